@@ -1,0 +1,457 @@
+"""Running child processes: one-shot commands and long-running supervised children.
+
+Every child gets its own session (so its whole process group can be signalled), an
+environment without our secrets, and its output streamed line by line into the log.
+Nothing started here is left running or unreaped, whether the caller finishes, times out
+or is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import pwd
+import re
+import signal
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import DEVNULL, PIPE, STDOUT
+from types import TracebackType
+from typing import IO, Any, Self
+
+from laterbased.errors import RefuseToRun
+
+logger = logging.getLogger(__name__)
+
+STDERR_TAIL_LINES = 20
+# How long a process group gets to exit after SIGTERM before it is killed.
+DEFAULT_TERM_GRACE = 5.0
+# After the leader exits, a descendant may still hold our pipe open; do not wait for it forever.
+PIPE_DRAIN_GRACE = 2.0
+DEFAULT_STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
+    (signal.SIGTERM, 10.0),
+    (signal.SIGKILL, 5.0),
+)
+
+_SECRET_NAMES = frozenset({"REPL_PASSWORD", "PGPASSWORD", "PGADMIN_PASSWORD", "PGPASSFILE"})
+_SECRET_PATTERNS = (
+    re.compile(r".*_PASSWORD(_FILE)?$"),
+    re.compile(r"^RCLONE_REMOTE_.*"),
+    re.compile(r"^RCLONE_CONFIG_.*"),
+    re.compile(r"^LATERBASED_.*"),
+    re.compile(r".*_TOKEN(_FILE)?$"),
+    re.compile(r".*_SECRET.*"),
+    re.compile(r"^NOTIFY_SOCKET$"),
+    re.compile(r"^WATCHDOG_.*"),
+)
+
+
+def _is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return upper in _SECRET_NAMES or any(p.match(upper) for p in _SECRET_PATTERNS)
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return a copy of our environment fit for a child: secrets removed, ``extra`` on top.
+
+    Removed: passwords (``*_PASSWORD``, ``*_PASSWORD_FILE``, ``PGPASSWORD``, ``PGPASSFILE``),
+    tokens and secrets, rclone remote definitions, every ``LATERBASED_*`` setting, and the
+    systemd notification variables (a child must never report readiness as us).
+    Values in ``extra`` are added after filtering, so a caller may pass a secret on purpose.
+    """
+    env = {k: v for k, v in os.environ.items() if not _is_secret_name(k)}
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An OS user a child process runs as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def resolve_run_as(name: str | None) -> RunAs | None:
+    """Decide which OS user PostgreSQL children run as.
+
+    * not root, no name (or our own name): ``None`` (run as ourselves);
+    * root, no name: the ``postgres`` OS user, because PostgreSQL refuses to run as root;
+    * a name: that user; unknown users, ``root``, or switching users without being root
+      raise :class:`RefuseToRun`.
+    """
+    is_root = os.geteuid() == 0
+    if name is None:
+        if not is_root:
+            return None
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RefuseToRun(
+                "refusing to run PostgreSQL as root: set standby.run_as to an unprivileged "
+                "OS user (no 'postgres' user exists on this machine; create one with "
+                "'useradd --system --home-dir /var/lib/postgresql postgres')"
+            ) from None
+        return _run_as_from_pwd(entry)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise RefuseToRun(
+            f"standby.run_as: OS user {name!r} does not exist; create it or pick another"
+        ) from None
+    if entry.pw_uid == 0:
+        raise RefuseToRun(
+            f"standby.run_as: {name!r} is root; PostgreSQL refuses to run as root, "
+            "pick an unprivileged user such as 'postgres'"
+        )
+    if not is_root:
+        if entry.pw_uid == os.geteuid():
+            return None
+        raise RefuseToRun(
+            f"standby.run_as={name!r} needs root to switch users, but laterbased runs as "
+            f"uid {os.geteuid()}; run as root or remove standby.run_as"
+        )
+    return _run_as_from_pwd(entry)
+
+
+def _run_as_from_pwd(entry: pwd.struct_passwd) -> RunAs:
+    return RunAs(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+
+
+@dataclass(frozen=True)
+class CompletedRun:
+    """Result of :func:`run`. ``stdout`` is empty unless it was captured."""
+
+    returncode: int
+    stdout: bytes
+    stderr_tail: list[str]
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with ``pid`` exists and is not a zombie (EPERM counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # kill(0) succeeds on zombies; an unreaped corpse is not a running server.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    state = stat.rpartition(")")[2].split()
+    return not (state and state[0] in ("Z", "X"))
+
+
+def read_postmaster_pid(data_dir: Path) -> int | None:
+    """PID on the first line of ``data_dir/postmaster.pid``, or None if absent/unreadable."""
+    try:
+        with open(data_dir / "postmaster.pid", encoding="ascii", errors="replace") as handle:
+            first = handle.readline().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        logger.warning("cannot read %s: %s", data_dir / "postmaster.pid", exc)
+        return None
+    try:
+        pid = int(first)
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
+
+
+def _exec_kwargs(
+    env: Mapping[str, str] | None, run_as: RunAs | None, cwd: str | Path | None
+) -> dict[str, Any]:
+    child_env = dict(env) if env is not None else child_environment()
+    kwargs: dict[str, Any] = {"start_new_session": True}
+    if run_as is not None:
+        child_env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+        kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
+        if cwd is None:
+            # Our own cwd may be unreadable for that user; postgres would complain.
+            cwd = run_as.home if os.path.isdir(run_as.home) else "/"
+    kwargs["env"] = child_env
+    kwargs["cwd"] = cwd
+    return kwargs
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        logger.warning("cannot signal process group %s with %s: %s", pgid, sig.name, exc)
+        return False
+    return True
+
+
+async def _stop_group(
+    process: asyncio.subprocess.Process, steps: Sequence[tuple[signal.Signals, float]]
+) -> int:
+    """Signal the group of ``process`` step by step, end with SIGKILL, reap the leader."""
+    pgid = process.pid
+    for sig, timeout in steps:
+        if process.returncode is not None:
+            break
+        _signal_group(pgid, sig)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await process.wait()
+    if process.returncode is None:
+        logger.warning("process %s did not exit in time; sending SIGKILL to its group", pgid)
+    # Also reaches descendants that outlived the leader in its group.
+    _signal_group(pgid, signal.SIGKILL)
+    return await process.wait()
+
+
+async def _finish_uncancellable(awaitable: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
+    """Await ``awaitable`` to the end even if we are cancelled again meanwhile.
+
+    Cleanup (killing and reaping a child) must complete; a repeated cancellation is
+    re-raised once the cleanup is done.
+    """
+    cancelled = False
+    while not awaitable.done():
+        try:
+            await asyncio.shield(awaitable)
+        except asyncio.CancelledError:
+            if awaitable.done():
+                break
+            cancelled = True
+    if not awaitable.cancelled() and awaitable.exception() is not None:
+        logger.error("cleanup of a child process failed: %s", awaitable.exception())
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+async def _pump_lines(
+    stream: asyncio.StreamReader,
+    log_name: str,
+    level: int,
+    tail: deque[str] | None = None,
+) -> None:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            return
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if tail is not None:
+            tail.append(line)
+        logger.log(level, "%s: %s", log_name, line)
+
+
+async def _read_all(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
+    while chunk := await stream.read(1 << 16):
+        chunks.append(chunk)
+
+
+async def _drain(pumps: Sequence[asyncio.Task[None]], log_name: str) -> None:
+    if not pumps:
+        return
+    _done, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_GRACE)
+    if pending:
+        logger.warning(
+            "%s: exited but a descendant still holds its output open; not waiting for it",
+            log_name,
+        )
+
+
+async def _cancel_and_await(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            logger.warning("output pump failed: %s", result)
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    run_as: RunAs | None = None,
+    cwd: str | Path | None = None,
+    stdin: int | None = None,
+    stdout: int | IO[bytes] | None = None,
+    capture_stdout: bool = False,
+    log_name: str,
+    timeout: float | None = None,  # noqa: ASYNC109 - callers' contract; applied via asyncio.timeout
+    stderr_level: int = logging.INFO,
+    term_grace: float = DEFAULT_TERM_GRACE,
+) -> CompletedRun:
+    """Run ``argv`` (no shell) to completion and return its exit status.
+
+    * ``env`` defaults to :func:`child_environment`; pass secrets only through ``env``.
+    * stderr is logged line by line as ``"<log_name>: <line>"`` at ``stderr_level``; the
+      last lines are kept in ``CompletedRun.stderr_tail`` for error messages.
+    * stdout goes to ``stdout`` when given (a file descriptor or binary file: pg_dump can
+      stream straight into a file), is collected when ``capture_stdout``, else is logged.
+    * stdin defaults to /dev/null.
+    * On timeout or cancellation the whole process group gets SIGTERM, then SIGKILL after
+      ``term_grace`` seconds, and is reaped before TimeoutError / CancelledError propagates.
+
+    A non-zero exit status is returned, not raised: the caller knows what failure means.
+    """
+    if capture_stdout and stdout is not None:
+        raise ValueError("pass either stdout or capture_stdout, not both")
+    stdout_target: int | IO[bytes] = PIPE if capture_stdout or stdout is None else stdout
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=DEVNULL if stdin is None else stdin,
+        stdout=stdout_target,
+        stderr=PIPE,
+        **_exec_kwargs(env, run_as, cwd),
+    )
+    logger.debug("%s: started pid=%s argv0=%s", log_name, process.pid, argv[0])
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    chunks: list[bytes] = []
+    pumps: list[asyncio.Task[None]] = []
+    try:
+        assert process.stderr is not None  # noqa: S101 - guaranteed by stderr=PIPE
+        pumps.append(asyncio.create_task(_pump_lines(process.stderr, log_name, stderr_level, tail)))
+        if process.stdout is not None:
+            if capture_stdout:
+                pumps.append(asyncio.create_task(_read_all(process.stdout, chunks)))
+            else:
+                pumps.append(
+                    asyncio.create_task(_pump_lines(process.stdout, log_name, stderr_level))
+                )
+        try:
+            async with asyncio.timeout(timeout):
+                returncode = await process.wait()
+                await _drain(pumps, log_name)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                logger.warning("%s: timed out after %ss; stopping it", log_name, timeout)
+            cleanup = asyncio.ensure_future(
+                _stop_group(process, ((signal.SIGTERM, term_grace),))
+            )
+            await _finish_uncancellable(cleanup)
+            raise
+    finally:
+        await _finish_uncancellable(asyncio.ensure_future(_cancel_and_await(pumps)))
+    logger.debug("%s: exited with status %s", log_name, returncode)
+    return CompletedRun(returncode=returncode, stdout=b"".join(chunks), stderr_tail=list(tail))
+
+
+class Child:
+    """A long-running child (e.g. the standby postmaster) whose output goes to the log.
+
+    The child owns the task pumping its output; :meth:`wait` and :meth:`stop` await it, so
+    no task outlives the child. Use as ``async with await spawn(...) as child:`` to be sure
+    it is stopped on the way out.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, log_name: str) -> None:
+        self._process = process
+        self.log_name = log_name
+        assert process.stdout is not None  # noqa: S101 - guaranteed by spawn()
+        self._pump = asyncio.create_task(_pump_lines(process.stdout, log_name, logging.INFO))
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped (negative: killed by that signal), else None."""
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        """Wait for the child to exit and its output to be logged; return its status."""
+        returncode = await self._process.wait()
+        await self._finish_pump()
+        return returncode
+
+    async def stop(
+        self, steps: Sequence[tuple[signal.Signals, float]] = DEFAULT_STOP_STEPS
+    ) -> int:
+        """Stop the child: send each signal to its process group in turn, waiting up to
+        its timeout for the child to exit; finish with SIGKILL to the group. Returns the
+        exit status. Safe to call when the child has already exited, and cancellation-safe:
+        the child is always reaped.
+        """
+        if self._process.returncode is None:
+            logger.info(
+                "%s: stopping pid=%s with %s",
+                self.log_name,
+                self.pid,
+                " then ".join(sig.name for sig, _ in steps) or "SIGKILL",
+            )
+        await _finish_uncancellable(asyncio.ensure_future(_stop_group(self._process, steps)))
+        await self._finish_pump()
+        returncode = self._process.returncode
+        assert returncode is not None  # noqa: S101 - reaped by _stop_group
+        return returncode
+
+    async def _finish_pump(self) -> None:
+        if not self._pump.done():
+            await _drain([self._pump], self.log_name)
+        await _finish_uncancellable(asyncio.ensure_future(_cancel_and_await([self._pump])))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    run_as: RunAs | None = None,
+    cwd: str | Path | None = None,
+    log_name: str,
+) -> Child:
+    """Start a long-running child in its own session; stdout and stderr go to the log."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=DEVNULL,
+        stdout=PIPE,
+        stderr=STDOUT,
+        **_exec_kwargs(env, run_as, cwd),
+    )
+    logger.info("%s: started pid=%s", log_name, process.pid)
+    return Child(process, log_name)
+
+
+def pids_with_cwd_under(directory: Path) -> list[int]:
+    """PIDs of processes whose working directory is ``directory`` or below it (Linux).
+
+    PostgreSQL servers chdir into their data directory, and each backend starts its own
+    session, so this finds a server's leftovers that process-group signals cannot reach.
+    """
+    target = os.path.realpath(directory)
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EACCES, errno.ESRCH, errno.EPERM):
+                raise
+            continue
+        if cwd == target or cwd.startswith(target + os.sep):
+            found.append(int(entry.name))
+    return found
