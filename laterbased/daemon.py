@@ -1,0 +1,254 @@
+"""The daemon: one process, long-lived workers in a TaskGroup, signals, systemd notify.
+
+Phases, like uvicorn's server: :meth:`Daemon.startup` (bind HTTP, tell systemd we are
+ready), :meth:`Daemon.main_loop` (run workers until asked to stop) and
+:meth:`Daemon.shutdown` (cancel workers, which stop their children in ``finally``; close
+HTTP last so health answers until the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .config import Config, secrets_of
+from .errors import ConfigError, LaterbasedError, RefuseToRun
+from .http import HttpServer, RouteAdder, build_app
+from .logs import masker
+from .sdnotify import Notifier
+from .state import State
+
+logger = logging.getLogger(__name__)
+
+# A worker that crashed is restarted after this delay, doubling up to the cap; a worker that
+# ran this long before crashing starts again from the base delay.
+RESTART_BASE_DELAY = 1.0
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 120.0
+
+
+@dataclass
+class WorkerContext:
+    """What a worker gets: the shared state, and the daemon's stop/reload signals."""
+
+    state: State
+    stopping: asyncio.Event
+    _reloaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    async def wait_reload(self) -> Config:
+        """Wait for the next successful SIGHUP reload and return the new config."""
+        await self._reloaded.wait()
+        return self.state.config
+
+    def _announce_reload(self) -> None:
+        event, self._reloaded = self._reloaded, asyncio.Event()
+        event.set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the daemon is stopping; True when woken by the stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        return self.stopping.is_set()
+
+
+WorkerFunction = Callable[[WorkerContext], Awaitable[None]]
+# Re-reads the configuration from wherever it came from (YAML, env file, environment).
+ConfigLoader = Callable[[], Config]
+
+
+@dataclass(frozen=True)
+class Worker:
+    name: str
+    run: WorkerFunction
+
+
+def configured_workers(config: Config) -> list[Worker]:
+    """The workers this configuration asks for (each issue's module adds itself here)."""
+    workers: list[Worker] = []
+    return workers
+
+
+def configured_routes(config: Config) -> list[RouteAdder]:
+    """Extra HTTP routes contributed by other modules (status pages, write API)."""
+    routes: list[RouteAdder] = []
+    return routes
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        loader: ConfigLoader | None = None,
+        workers: list[Worker] | None = None,
+    ) -> None:
+        self.state = State(config=config)
+        self.loader = loader
+        self.workers = configured_workers(config) if workers is None else workers
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.context = WorkerContext(state=self.state, stopping=self.stopping)
+        self.http: HttpServer | None = None
+        self.exit_code = 0
+        self.fatal: LaterbasedError | None = None
+        masker.set_secrets(secrets_of(config))
+
+    # --- phases -------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        config = self.state.config
+        os.umask(0o077)  # backups, manifests, passfiles: nobody else may read them
+        if config.http.enabled:
+            app = build_app(self.state, configured_routes(config))
+            self.http = HttpServer(app, config.http.host, config.http.port)
+            await self.http.start()
+
+    async def main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        reload_requests: asyncio.Queue[None] = asyncio.Queue()
+        self._reload_requests = reload_requests
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
+                    for worker in self.workers
+                ]
+                tasks.append(group.create_task(self._reload_loop(), name="reload"))
+                if self.notifier.watchdog_interval:
+                    tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
+                self.state.ready = True
+                self.notifier.ready(self._status_line())
+                logger.info(
+                    "laterbased ready workers=%s http=%s",
+                    ",".join(w.name for w in self.workers) or "-",
+                    f"{self.http.host}:{self.http.port}" if self.http else "off",
+                )
+                await self.stopping.wait()
+                self.notifier.stopping()
+                logger.info("stopping: cancelling workers")
+                for task in tasks:
+                    task.cancel()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+
+    async def shutdown(self) -> None:
+        self.state.ready = False
+        if self.http is not None:
+            await self.http.stop()
+        logger.info("laterbased stopped exit_code=%s", self.exit_code)
+
+    async def serve(self) -> int:
+        """Run all phases; the return value is the process exit code."""
+        await self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        if self.fatal is not None:
+            raise self.fatal
+        return self.exit_code
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def _supervise(self, worker: Worker) -> None:
+        delay = RESTART_BASE_DELAY
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                await worker.run(self.context)
+                return  # a worker that returns has nothing (more) to do
+            except RefuseToRun as exc:
+                logger.critical("worker %s refuses to continue: %s", worker.name, exc)
+                self.state.record_event("critical", f"{worker.name}: {exc}")
+                self.fatal = exc
+                self.stopping.set()
+                return
+            except Exception as exc:
+                self.state.worker_restarts[worker.name] += 1
+                self.state.record_event("error", f"{worker.name} crashed: {exc}")
+                if time.monotonic() - started > RESTART_RESET_AFTER:
+                    delay = RESTART_BASE_DELAY
+                logger.exception(
+                    "worker %s crashed; restarting in %.0fs", worker.name, delay
+                )
+            if await self.context.sleep(delay):
+                return
+            delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # --- signals ------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int) -> None:
+        if self.stopping.is_set():
+            logger.info("second %s: already stopping", signal.Signals(signum).name)
+            return
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def _on_reload_signal(self) -> None:
+        logger.info("received SIGHUP: reloading configuration")
+        self._reload_requests.put_nowait(None)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_requests.get()
+            self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the configuration; keep the old one when the new one is invalid."""
+        self.notifier.reloading()
+        if self.loader is None:
+            logger.warning("reload: no configuration source to re-read")
+            self.notifier.ready(self._status_line())
+            return False
+        try:
+            new = self.loader()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logger.error("reload rejected: %s", problem)
+            logger.error("reload rejected: keeping the previous configuration")
+            self.state.record_event("error", "configuration reload rejected")
+            self.notifier.ready(self._status_line())
+            return False
+        old = self.state.config
+        for label, before, after in (
+            ("http", old.http, new.http),
+            ("standby.enabled", old.standby.enabled, new.standby.enabled),
+            ("backup.enabled", old.backup.enabled, new.backup.enabled),
+            ("state_dir", old.state_dir, new.state_dir),
+        ):
+            if before != after:
+                logger.warning("reload: %s changed; this takes effect after a restart", label)
+        masker.set_secrets(secrets_of(old) + secrets_of(new))
+        self.state.config = new
+        self.context._announce_reload()
+        logger.info("reload applied")
+        self.notifier.ready(self._status_line())
+        return True
+
+    def _status_line(self) -> str:
+        return "running" if self.state.ready else "starting"
+
+
+async def run_daemon(config: Config, loader: ConfigLoader | None = None) -> int:
+    daemon = Daemon(config, loader=loader)
+    return await daemon.serve()

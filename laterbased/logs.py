@@ -1,0 +1,96 @@
+"""Logging setup: one line per event, text or JSON, secrets masked on the way out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TextIO
+
+MASK = "********"
+
+
+class SecretMasker(logging.Filter):
+    """Replace every known secret in a record's final message with a mask.
+
+    Applied at the handler, after %-formatting, so a secret that slipped into an argument,
+    an exception text or a child's stderr is still caught.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is masked whole. Very short values
+        # would mask innocent text everywhere, so they are left out.
+        unique = {s for s in secrets if len(s) >= 3}
+        with self._lock:
+            self._secrets = tuple(sorted(unique, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = self.mask(record.getMessage())
+        record.msg = message
+        record.args = None
+        if record.exc_info:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self.mask(formatted)
+            record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (Loki, Vector, journald's JSON mode)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        run_id = getattr(record, "run_id", None)
+        if run_id:
+            payload["run_id"] = run_id
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            payload["exception"] = record.exc_text
+        return json.dumps(payload, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+masker = SecretMasker()
+
+
+def setup_logging(
+    level: str = "info", fmt: str = "text", stream: TextIO | None = None
+) -> logging.Handler:
+    """Install our single handler on the root logger and return it."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(masker)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp logs every request at INFO; that is noise next to our own events.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler

@@ -1,0 +1,164 @@
+"""The one in-memory model of "how are we doing".
+
+Workers write facts here; ``health.py``, ``metrics.py`` and the HTTP pages only read them.
+Everything is plain data so health verdicts stay pure functions of (state, config, clock).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import Config
+
+Role = Literal["replica", "primary", "unknown"]
+
+
+@dataclass
+class StandbyState:
+    """What the standby supervisor knows about the local postgres child."""
+
+    enabled: bool = False
+    # disabled | waiting | bootstrapping | starting | running | restarting | stopping
+    # | stopped | promoted | failed
+    phase: str = "disabled"
+    role: Role = "unknown"
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: Counter[str] = field(default_factory=Counter)
+    last_exit: str | None = None
+    message: str | None = None
+    bootstrap_bytes_done: int = 0
+    bootstrap_bytes_total: int | None = None
+    promoted_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.phase in {"running", "promoted"} and self.pid is not None
+
+
+@dataclass
+class SlotState:
+    """Our physical replication slot as the primary reports it."""
+
+    name: str
+    exists: bool = False
+    active: bool = False
+    restart_lsn: str | None = None
+    retained_bytes: int | None = None
+    wal_status: str | None = None  # reserved | extended | unreserved | lost (PG >= 13)
+    safe_wal_size: int | None = None
+
+
+@dataclass
+class PrimaryState:
+    """Facts from polling the primary."""
+
+    reachable: bool | None = None  # None until the first poll
+    last_ok: float | None = None
+    last_error: str | None = None
+    server_version_num: int | None = None
+    system_identifier: str | None = None
+    current_lsn: str | None = None
+    slot: SlotState | None = None
+    # pg_stat_replication row of our standby, if connected.
+    replication_state: str | None = None
+    write_lag_seconds: float | None = None
+    flush_lag_seconds: float | None = None
+    replay_lag_seconds: float | None = None
+
+
+@dataclass
+class LocalServerState:
+    """Facts from polling our own postgres (standby, or primary after promotion)."""
+
+    reachable: bool | None = None
+    last_error: str | None = None
+    in_recovery: bool | None = None
+    receiver_status: str | None = None
+    sender_host: str | None = None
+    receive_lsn: str | None = None
+    replay_lsn: str | None = None
+    last_replay_timestamp: float | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+
+
+@dataclass
+class JobRun:
+    """One run of a job: a dump, an upload, a prune, a verify."""
+
+    id: str
+    job: str
+    started: float
+    finished: float | None = None
+    result: str | None = None  # success | failed | skipped | unchanged | cancelled
+    detail: str | None = None
+    database: str | None = None
+
+
+@dataclass
+class JobStatus:
+    """Per job kind: the latest runs, counters and what comes next."""
+
+    runs: Counter[str] = field(default_factory=Counter)  # by result
+    skipped_overlap: int = 0
+    last_run: JobRun | None = None
+    last_success: float | None = None
+    last_duration: float | None = None
+    next_fire: float | None = None
+    running: JobRun | None = None
+
+
+@dataclass
+class BackupSummary:
+    """The newest good backup of one database, and how many are kept locally."""
+
+    database: str
+    last_success: float | None = None
+    last_size: int | None = None
+    last_file: str | None = None
+    local_count: int = 0
+    pending_upload: int = 0
+    oldest_pending_upload: float | None = None
+    last_failure: float | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Event:
+    """A recent noteworthy event for the status page (errors, restarts, promotions)."""
+
+    at: float
+    level: str
+    message: str
+
+
+@dataclass
+class State:
+    """Root of the shared state. Owned by the daemon, handed to every worker."""
+
+    config: Config
+    started_at: float = field(default_factory=time.time)
+    standby: StandbyState = field(default_factory=StandbyState)
+    primary: PrimaryState = field(default_factory=PrimaryState)
+    local: LocalServerState = field(default_factory=LocalServerState)
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+    backups: dict[str, BackupSummary] = field(default_factory=dict)
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))
+    worker_restarts: Counter[str] = field(default_factory=Counter)
+    retention_deleted: int = 0
+    upload_last_success: float | None = None
+    upload_bytes: int = 0
+    ready: bool = False
+
+    def job(self, name: str) -> JobStatus:
+        return self.jobs.setdefault(name, JobStatus())
+
+    def backup(self, database: str) -> BackupSummary:
+        return self.backups.setdefault(database, BackupSummary(database=database))
+
+    def record_event(self, level: str, message: str) -> None:
+        self.events.append(Event(at=time.time(), level=level, message=message))
