@@ -1,0 +1,218 @@
+"""Child processes: output to logs, timeouts and cancellation leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from laterbased.errors import RefuseToRun
+from laterbased.proc import (
+    RunAs,
+    child_environment,
+    pid_alive,
+    read_postmaster_pid,
+    resolve_run_as,
+    run,
+    spawn,
+)
+
+PY = sys.executable
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+
+
+async def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+    assert condition(), what
+
+
+def grandchild_script(pid_file: Path, *, ignore_term: bool = False) -> str:
+    """A child that starts a long-sleeping grandchild in its group and records its pid."""
+    trap = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else ""
+    return (
+        "import subprocess, sys, time\n"
+        f"{trap}"
+        f"g = subprocess.Popen([{PY!r}, '-c', {trap!r} + 'import time; time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(g.pid))\n"
+        "print('ready', file=sys.stderr, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+
+
+async def test_run_logs_each_stderr_line_and_keeps_a_tail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="laterbased.proc")
+    script = "import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\nsys.exit(3)"
+    result = await run([PY, "-c", script], log_name="demo")
+    assert result.returncode == 3
+    assert result.stderr_tail[0] == "line 10" and result.stderr_tail[-1] == "line 29"
+    assert len(result.stderr_tail) == 20
+    messages = [r.getMessage() for r in caplog.records if r.name == "laterbased.proc"]
+    assert "demo: line 0" in messages and "demo: line 29" in messages
+
+
+async def test_run_captures_stdout_or_streams_it_into_a_file() -> None:
+    big = "x" * 1_000_000
+    script = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"
+    captured = await run([PY, "-c", script], capture_stdout=True, log_name="cap")
+    assert captured.returncode == 0 and captured.stdout == big.encode()
+    with tempfile.TemporaryFile() as handle:
+        streamed = await run([PY, "-c", script], stdout=handle, log_name="file")
+        handle.seek(0)
+        assert streamed.returncode == 0 and streamed.stdout == b""
+        assert handle.read() == big.encode()
+
+
+async def test_run_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await run(
+            [PY, "-c", grandchild_script(pid_file, ignore_term=True)],
+            log_name="slow",
+            timeout=1.5,
+            term_grace=0.5,
+        )
+    assert loop.time() - started < 10
+    grandchild = int(pid_file.read_text())
+    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild killed with its group")
+
+
+async def test_cancelling_run_stops_and_reaps_the_child(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    task = asyncio.create_task(
+        run([PY, "-c", grandchild_script(pid_file)], log_name="cancelme")
+    )
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 10, "child up")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    grandchild = int(pid_file.read_text())
+    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild gone after cancel")
+
+
+async def test_spawn_stop_escalates_to_sigkill_when_sigterm_is_ignored(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="laterbased.proc")
+    pid_file = tmp_path / "grandchild.pid"
+    child = await spawn(
+        [PY, "-c", grandchild_script(pid_file, ignore_term=True)], log_name="stubborn"
+    )
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 10, "child up")
+    assert child.returncode is None and pid_alive(child.pid)
+    returncode = await child.stop([(signal.SIGTERM, 0.5)])
+    assert returncode == -signal.SIGKILL
+    assert child.returncode == -signal.SIGKILL
+    assert not pid_alive(child.pid)
+    grandchild = int(pid_file.read_text())
+    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild killed with the group")
+    assert "stubborn: ready" in [r.getMessage() for r in caplog.records]
+    assert await child.stop() == -signal.SIGKILL  # stopping again is harmless
+
+
+async def test_spawn_wait_returns_exit_status_and_logs_both_streams(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="laterbased.proc")
+    script = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(7)"
+    async with await spawn([PY, "-c", script], log_name="brief") as child:
+        assert await child.wait() == 7
+    messages = [r.getMessage() for r in caplog.records]
+    assert "brief: out" in messages and "brief: err" in messages
+
+
+async def test_spawn_stop_with_sigterm_exits_gracefully() -> None:
+    child = await spawn([PY, "-c", "import time; time.sleep(600)"], log_name="polite")
+    assert await child.stop([(signal.SIGTERM, 10)]) == -signal.SIGTERM
+
+
+def test_child_environment_strips_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {
+        "REPL_PASSWORD": "a",
+        "PGPASSWORD": "b",
+        "PGADMIN_PASSWORD": "c",
+        "FOO_PASSWORD": "d",
+        "FOO_PASSWORD_FILE": "/run/secret",
+        "RCLONE_REMOTE_1_PARAM_SECRET_ACCESS_KEY": "e",
+        "RCLONE_CONFIG_S3_TYPE": "s3",
+        "LATERBASED_HTTP_TOKEN": "f",
+        "GITHUB_TOKEN": "g",
+        "AWS_SECRET_ACCESS_KEY": "h",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "WATCHDOG_USEC": "1000",
+        "WATCHDOG_PID": "1",
+    }
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    env = child_environment({"PGPASSFILE": "/state/pgpass", "RCLONE_CONFIG_X_TYPE": "local"})
+    assert not set(secrets) & set(env)
+    assert env["TZ"] == "Europe/Berlin"
+    assert env["PATH"] == os.environ["PATH"]
+    assert env["PGPASSFILE"] == "/state/pgpass" and env["RCLONE_CONFIG_X_TYPE"] == "local"
+
+
+async def test_run_uses_a_clean_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPL_PASSWORD", "hunter2")
+    result = await run(
+        [PY, "-c", "import os; print(os.environ.get('REPL_PASSWORD', 'absent'))"],
+        capture_stdout=True,
+        log_name="env",
+    )
+    assert result.stdout.strip() == b"absent"
+
+
+@needs_root
+async def test_run_as_postgres_really_runs_as_that_user() -> None:
+    run_as = resolve_run_as("postgres")
+    assert run_as is not None
+    entry = pwd.getpwnam("postgres")
+    uid = await run(["id", "-u"], run_as=run_as, capture_stdout=True, log_name="id")
+    assert uid.returncode == 0 and int(uid.stdout) == entry.pw_uid
+    whoami = await run(["id", "-un"], run_as=run_as, capture_stdout=True, log_name="id")
+    assert whoami.stdout.strip() == b"postgres"
+    groups = await run(["id", "-G"], run_as=run_as, capture_stdout=True, log_name="id")
+    assert groups.stdout.split() == [str(entry.pw_gid).encode()]  # no supplementary groups
+
+
+@needs_root
+def test_root_without_run_as_defaults_to_postgres_and_refuses_unknown_users() -> None:
+    assert resolve_run_as(None) == RunAs(
+        "postgres",
+        pwd.getpwnam("postgres").pw_uid,
+        pwd.getpwnam("postgres").pw_gid,
+        pwd.getpwnam("postgres").pw_dir,
+    )
+    with pytest.raises(RefuseToRun, match="no-such-user-xyz"):
+        resolve_run_as("no-such-user-xyz")
+    with pytest.raises(RefuseToRun, match="root"):
+        resolve_run_as("root")
+
+
+def test_pid_alive_and_postmaster_pid(tmp_path: Path) -> None:
+    assert pid_alive(os.getpid())
+    assert pid_alive(1)  # EPERM or not, PID 1 exists
+    assert not pid_alive(0)
+    assert read_postmaster_pid(tmp_path) is None
+    (tmp_path / "postmaster.pid").write_text("4242\n/var/lib/data\n1700000000\n5432\n")
+    assert read_postmaster_pid(tmp_path) == 4242
+    (tmp_path / "postmaster.pid").write_text("garbage\n")
+    assert read_postmaster_pid(tmp_path) is None
+
+
+async def test_pid_alive_is_false_for_an_exited_child() -> None:
+    result = await run([PY, "-c", "import os; print(os.getpid())"], capture_stdout=True,
+                       log_name="pid")
+    assert not pid_alive(int(result.stdout))
