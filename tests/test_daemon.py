@@ -1,0 +1,205 @@
+"""The daemon as users run it: a real `laterbased run` subprocess, real signals, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from daemon_process import DaemonProcess, free_tcp_port, minimal_config, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+    config = minimal_config(tmp_path)
+    path = write_config(tmp_path / "laterbased.yaml", config)
+    process = await DaemonProcess.start(path, config["http"]["port"])
+    try:
+        await process.wait_http()
+        yield process
+    finally:
+        await process.stop()
+
+
+async def test_sigterm_stops_cleanly_with_exit_0(daemon: DaemonProcess) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{daemon.url}/healthz") as r:
+        assert r.status in (200, 503)
+        body = await r.json()
+        assert {c["name"] for c in body["checks"]} >= {"daemon"}
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait_exit(timeout=10) == 0
+    assert "received SIGTERM: shutting down" in daemon.log
+    assert "Traceback" not in daemon.log
+
+
+async def test_sigint_stops_cleanly_with_exit_0(daemon: DaemonProcess) -> None:
+    daemon.send(signal.SIGINT)
+    assert await daemon.wait_exit(timeout=10) == 0
+
+
+async def test_sighup_applies_a_good_config_and_keeps_serving(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "laterbased.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("enabled: false", "enabled: false\n  retention_days: 9", 1))
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_log("reload applied")
+    await daemon.wait_http(timeout=5)
+
+
+async def test_sighup_with_a_bad_config_keeps_the_old_one(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    path = tmp_path / "laterbased.yaml"
+    path.write_text(path.read_text() + "http_port_typo: 1\nmonitor: {interval: soon}\n")
+    daemon.send(signal.SIGHUP)
+    await daemon.wait_log("reload rejected: keeping the previous configuration")
+    assert "http_port_typo: unknown key" in daemon.log
+    assert "monitor.interval: must be a duration" in daemon.log
+    await daemon.wait_http(timeout=5)
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait_exit() == 0
+
+
+async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = minimal_config(tmp_path, http={"port": port})
+        path = write_config(tmp_path / "laterbased.yaml", config)
+        process = await DaemonProcess.start(path, port)
+        code = await process.wait_exit()
+    assert code == 69
+    assert f"cannot listen on http://127.0.0.1:{port}" in process.log
+    assert "Traceback" not in process.log
+
+
+async def test_bad_config_exits_78_listing_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("primary: {port: x}\nbackup: {schedule: '61 * * * *'}\nnope: 1\n")
+    process = await DaemonProcess.start(path, free_tcp_port())
+    assert await process.wait_exit() == 78
+    log = process.log
+    assert "primary.port: must be a whole number" in log
+    assert "backup.schedule: invalid cron expression" in log
+    assert "nope: unknown key" in log
+    assert "primary.host: required" in log
+    assert "Traceback" not in log
+
+
+async def test_runs_from_environment_alone(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    env = {
+        "PRIMARY_HOST": "127.0.0.1",
+        "PRIMARY_PORT": str(free_tcp_port()),
+        "REPL_PASSWORD": "env-only-secret-pw",
+        "LATERBASED_STANDBY_ENABLED": "false",
+        "LATERBASED_BACKUP_ENABLED": "false",
+        "LATERBASED_HTTP_PORT": str(port),
+        "LATERBASED_STATE_DIR": str(tmp_path / "state"),
+    }
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")} | env
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "laterbased", "run", "--log-level", "debug",
+        env=environ, stderr=asyncio.subprocess.PIPE,
+    )
+    process = DaemonProcess(proc, port)
+    try:
+        await process.wait_http()
+        process.send(signal.SIGTERM)
+        assert await process.wait_exit() == 0
+    finally:
+        await process.stop()
+    assert "env-only-secret-pw" not in process.log
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self) -> None:
+        # Unix socket paths are short (108 bytes): use the system temp dir, not tmp_path.
+        self.directory = tempfile.mkdtemp(prefix="lb-notify-")
+        self.path = os.path.join(self.directory, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    async def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(text in message for message in self.messages):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{text!r} never sent; got {self.messages}")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), remaining)
+            except TimeoutError:
+                continue
+            self.messages.append(data.decode())
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.directory)
+
+
+async def test_systemd_notify_protocol(tmp_path: Path) -> None:
+    notify = NotifySocket()
+    try:
+        config = minimal_config(tmp_path)
+        path = write_config(tmp_path / "laterbased.yaml", config)
+        process = await DaemonProcess.start(
+            path,
+            config["http"]["port"],
+            env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"},
+        )
+        try:
+            await notify.wait_for("READY=1")
+            await notify.wait_for("WATCHDOG=1")
+            count = sum("WATCHDOG=1" in m for m in notify.messages)
+            await asyncio.sleep(0.5)
+            await notify.wait_for("WATCHDOG=1")
+            assert sum("WATCHDOG=1" in m for m in notify.messages) >= count
+            process.send(signal.SIGHUP)
+            await notify.wait_for("RELOADING=1")
+            reload_message = next(m for m in notify.messages if "RELOADING=1" in m)
+            assert "MONOTONIC_USEC=" in reload_message
+            process.send(signal.SIGTERM)
+            await notify.wait_for("STOPPING=1")
+            assert await process.wait_exit() == 0
+        finally:
+            await process.stop()
+    finally:
+        notify.close()
+
+
+async def test_systemd_abstract_notify_socket(tmp_path: Path) -> None:
+    name = f"laterbased-test-{os.getpid()}-{free_tcp_port()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(10)
+    try:
+        config = minimal_config(tmp_path)
+        path = write_config(tmp_path / "laterbased.yaml", config)
+        process = await DaemonProcess.start(
+            path, config["http"]["port"], env={"NOTIFY_SOCKET": "@" + name}
+        )
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, sock.recv, 4096)
+            assert b"READY=1" in data
+        finally:
+            await process.stop()
+    finally:
+        sock.close()

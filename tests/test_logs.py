@@ -1,0 +1,74 @@
+"""Logs: one line per event, JSON on request, and secrets masked whatever the path."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from laterbased.logs import SecretMasker, masker, setup_logging
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    setup_logging("debug", "text", stream)
+    masker.set_secrets(["p@ss w'o\"rd", "rclone-secret"])
+    try:
+        yield stream
+    finally:
+        masker.set_secrets([])
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved_handlers:
+            root.addHandler(handler)
+        root.setLevel(saved_level)
+
+
+def test_secret_in_arguments_is_masked(captured: io.StringIO) -> None:
+    logging.getLogger("laterbased.test").info("connecting with password=%s", "p@ss w'o\"rd")
+    out = captured.getvalue()
+    assert "p@ss" not in out
+    assert "password=********" in out
+
+
+def test_secret_in_exception_text_is_masked(captured: io.StringIO) -> None:
+    try:
+        raise RuntimeError("rclone failed: key rclone-secret rejected")
+    except RuntimeError:
+        logging.getLogger("laterbased.test").exception("upload failed")
+    out = captured.getvalue()
+    assert "rclone-secret" not in out
+    assert "upload failed" in out and "RuntimeError" in out
+
+
+def test_json_format_is_one_object_per_line() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    try:
+        setup_logging("info", "json", stream)
+        masker.set_secrets(["hunter2"])
+        logging.getLogger("laterbased.x").warning("dump failed database=%s pw=%s", "a b", "hunter2")
+    finally:
+        masker.set_secrets([])
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert record["logger"] == "laterbased.x"
+    assert record["message"] == "dump failed database=a b pw=********"
+
+
+def test_masker_ignores_values_too_short_to_mask_safely() -> None:
+    local = SecretMasker()
+    local.set_secrets(["ab", "longer-secret"])
+    assert local.mask("ab longer-secret") == "ab ********"
