@@ -184,6 +184,7 @@ class NotifyConfig:
     command: tuple[str, ...] = ()
     min_interval: float = field(default=900.0, metadata=DURATION)
     timeout: float = field(default=10.0, metadata=DURATION)
+    confirm_after: float = field(default=60.0, metadata=DURATION)
 
 
 @dataclass(frozen=True)

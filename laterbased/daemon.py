@@ -75,6 +75,10 @@ class Worker:
 def configured_workers(config: Config) -> list[Worker]:
     """The workers this configuration asks for (each issue's module adds itself here)."""
     workers: list[Worker] = []
+    if config.notify.webhook_url or config.notify.command:
+        from .notify import notify_worker
+
+        workers.append(Worker("notify", notify_worker))
     return workers
 
 

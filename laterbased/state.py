@@ -152,6 +152,9 @@ class State:
     retention_deleted: int = 0
     upload_last_success: float | None = None
     upload_bytes: int = 0
+    # Notifications (notify.py) by channel: webhook, command; failures also: queue, error.
+    notifications_sent: Counter[str] = field(default_factory=Counter)
+    notifications_failed: Counter[str] = field(default_factory=Counter)
     ready: bool = False
 
     def job(self, name: str) -> JobStatus:
