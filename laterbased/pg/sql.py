@@ -1,9 +1,15 @@
-"""SQL the daemon runs, as named constants (asyncpg ``$n`` parameters)."""
+"""SQL the daemon runs, as named constants (asyncpg ``$n`` parameters).
+
+Unless marked otherwise these need PostgreSQL 10+ (``wal``/``lsn`` names). For 9.x
+primaries (Resolve's bundled 9.5) the monitor builds version-specific queries in
+:mod:`laterbased.monitor.queries`.
+"""
 
 from __future__ import annotations
 
 SERVER_VERSION_NUM = "SELECT current_setting('server_version_num')::int"
 
+# PostgreSQL 9.6+. On 9.5 use IDENTIFY_SYSTEM on a replication connection or pg_controldata.
 SYSTEM_IDENTIFIER = "SELECT system_identifier FROM pg_control_system()"
 
 IS_IN_RECOVERY = "SELECT pg_is_in_recovery()"
