@@ -130,3 +130,13 @@ def test_cleanup_after_a_crash_kills_leftover_backends(
         10,
         "every process of the crashed server gone",
     )
+
+
+def test_no_password_in_any_command_line(primary: PgServer) -> None:
+    secrets = [primary.replication_password.encode(), primary.superuser_password.encode()]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            continue
+        assert not any(secret in text for secret in secrets), cmdline
