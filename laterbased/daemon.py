@@ -79,12 +79,19 @@ def configured_workers(config: Config) -> list[Worker]:
         from .notify import notify_worker
 
         workers.append(Worker("notify", notify_worker))
+    if config.backup.enabled:
+        from .jobs.runner import backup_worker
+
+        workers.append(Worker("backups", backup_worker))
     return workers
 
 
 def configured_routes(config: Config) -> list[RouteAdder]:
     """Extra HTTP routes contributed by other modules (status pages, write API)."""
     routes: list[RouteAdder] = []
+    from .jobs.runner import add_backup_routes
+
+    routes.append(add_backup_routes)
     return routes
 
 

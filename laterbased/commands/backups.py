@@ -1,0 +1,186 @@
+"""``laterbased backups list`` and ``laterbased backup-now``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from laterbased.backups import Catalogue
+from laterbased.config import Config
+from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
+from laterbased.jobs.prune import RetentionPolicy, decide
+from laterbased.jobs.runner import ChainResult, run_backup_chain
+from laterbased.state import State
+from laterbased.units import format_size
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    backups = subparsers.add_parser(
+        "backups",
+        help="list local backups",
+        description="Inspect the local backups (the manifests in the backup directory).",
+    )
+    actions = backups.add_subparsers(dest="backups_command", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="show each backup: database, time, size, uploaded, verified, kept by which rule",
+        description="Show every local backup laterbased made, oldest first, with the "
+        "retention rule that keeps it (newest, min_keep, age, hourly/daily/weekly/monthly, "
+        "not-uploaded) or 'delete' when the next prune will remove it.",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    listing.add_argument("--database", default=None, help="only this database (its real name)")
+    listing.set_defaults(handler=cmd_backups_list)
+
+    now = subparsers.add_parser(
+        "backup-now",
+        parents=[common],
+        help="run a backup now: dump → upload (when configured) → prune",
+        description="Run the same chain as a scheduled backup: dump → upload (when "
+        "configured) → prune. When a laterbased daemon answers on http.host:http.port, it is "
+        "asked to do it (POST /api/backup with http.token); otherwise the chain runs in this "
+        "process. Exit status 0 only when every step succeeded.",
+    )
+    now.add_argument("--database", default=None, help="dump only this database")
+    now.add_argument("--json", action="store_true", help="print the run result as JSON")
+    now.set_defaults(handler=cmd_backup_now)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from laterbased.cli import configure_logging, load_from_args
+
+    config = load_from_args(args)
+    configure_logging(args, config)
+    return config
+
+
+def cmd_backups_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    catalogue = Catalogue(config.backup_directory)
+    records = catalogue.list_backups()
+    policy = RetentionPolicy.from_config(config.backup, config.upload.enabled)
+    decisions = decide(records, policy, datetime.now(UTC), config.zone)
+    if args.database is not None:
+        decisions = [d for d in decisions if d.record.database == args.database]
+    if args.json:
+        rows = [
+            d.record.to_json() | {"path": str(d.record.path), "kept_by": d.rules, "keep": d.keep}
+            for d in decisions
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not decisions:
+        print(f"no backups in {config.backup_directory}")
+        return EXIT_OK
+    zone = config.zone
+    header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY")
+    rows_text: list[tuple[str, ...]] = []
+    for decision in decisions:
+        record = decision.record
+        verified = {None: "-", True: "ok", False: "FAILED"}[record.verified]
+        rows_text.append(
+            (
+                record.database,
+                record.started.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                format_size(record.size),
+                "yes" if record.uploaded_at else "no",
+                verified,
+                decision.describe(),
+            )
+        )
+    widths = [max(len(row[i]) for row in [header, *rows_text]) for i in range(len(header))]
+    for row in [header, *rows_text]:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print(f"{len(decisions)} backup(s) in {config.backup_directory}")
+    return EXIT_OK
+
+
+def _daemon_url(config: Config) -> str:
+    host = config.http.host
+    if host in {"0.0.0.0", "", "*"}:  # noqa: S104 - we connect, not listen
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.http.port}"
+
+
+async def _ask_daemon(config: Config, database: str | None) -> dict[str, Any] | None:
+    """The daemon's run result, or None when no daemon answers."""
+    if not config.http.enabled:
+        return None
+    url = _daemon_url(config)
+    # The chain may run for hours (pg_dump timeout); only connecting is bounded tightly.
+    timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{url}/liveness") as probe:
+                if probe.status != 200:
+                    return None
+            if not config.http.token:
+                raise JobFailed(
+                    f"a laterbased daemon is running at {url}; set http.token "
+                    "(LATERBASED_HTTP_TOKEN) so backup-now can ask it to run the backup "
+                    "(running a second backup next to it is refused)"
+                )
+            headers = {"Authorization": f"Bearer {config.http.token.reveal()}"}
+            body = {"database": database} if database else {}
+            async with session.post(f"{url}/api/backup", json=body, headers=headers) as answer:
+                if answer.status in (401, 403):
+                    detail = (await answer.json(content_type=None)).get("error", "")
+                    raise JobFailed(f"the daemon at {url} refused the request: {detail}")
+                result: dict[str, Any] = await answer.json(content_type=None)
+                return result
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+        return
+    print(f"run {result.get('run')}: {result.get('result')}")
+    for step in result.get("steps", []):
+        parts = [f"  {step.get('step')}"]
+        if step.get("database"):
+            parts.append(str(step["database"]))
+        parts.append(str(step.get("result")))
+        if step.get("size") is not None:
+            parts.append(format_size(int(step["size"])))
+        if step.get("detail"):
+            parts.append(str(step["detail"]))
+        if step.get("deleted"):
+            parts.append(f"deleted {len(step['deleted'])}")
+        print(" ".join(parts))
+
+
+async def _backup_now(config: Config, database: str | None) -> dict[str, Any]:
+    answer = await _ask_daemon(config, database)
+    if answer is not None:
+        return answer
+    logger.info("no daemon answers; running the backup in this process")
+    state = State(config=config)
+    result: ChainResult = await run_backup_chain(
+        state, databases=[database] if database else None, trigger="backup-now"
+    )
+    return result.to_json()
+
+
+def cmd_backup_now(args: argparse.Namespace) -> int:
+    config = _load(args)
+    result = asyncio.run(_backup_now(config, args.database))
+    _print_result(result, args.json)
+    return EXIT_OK if result.get("result") == "success" else EXIT_FAILURE

@@ -1,0 +1,518 @@
+"""The dump job: pg_dump every (Resolve) database into the catalogue, atomically.
+
+pg_dump writes straight into a file descriptor of a ``.partial/`` file (no Python in the data
+path, so memory stays flat whatever the size); stderr goes to the log. The password reaches
+pg_dump through a 0600 passfile named by ``PGPASSFILE``, never argv. The sha256 is computed
+after pg_dump exits, in a thread, from the page cache (see bench/dump.py for its cost).
+
+Skip-unchanged: before dumping, we read a *fingerprint* of the database from the primary:
+``pg_stat_database`` write counters (tup_inserted/updated/deleted, which include the system
+catalogs, so DDL and large objects count too), ``stats_reset`` and the postmaster start time.
+If it equals the fingerprint recorded in the newest good backup's manifest, no new file is
+written and the run is "unchanged". Limits: the statistics collector can lag a committed write
+by up to a few seconds and stats are reset by a crash or ``pg_stat_reset()``; both only
+cause an extra dump, never a skipped one, because the fingerprint is taken *before* the dump
+(a write that lands later changes it). With ``track_counts = off`` nothing is ever skipped.
+A background ANALYZE also changes the counters (one extra dump).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from laterbased import proc
+from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.config import Config
+from laterbased.errors import JobFailed, LaterbasedError
+from laterbased.pg import sql
+from laterbased.pg.binaries import dump_bindir, major_from_version_num, tool_version
+from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.pg.conninfo import build_conninfo
+from laterbased.pg.passfile import passfile_line, write_passfile
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT_QUERY = """
+SELECT current_setting('track_counts') AS track_counts,
+       pg_postmaster_start_time()::text AS started,
+       d.stats_reset::text AS stats_reset,
+       d.tup_inserted, d.tup_updated, d.tup_deleted
+FROM pg_stat_database d WHERE d.datname = current_database()
+"""
+SERVER_VERSION = "SELECT current_setting('server_version')"
+CONFLICT_WITH_RECOVERY = "conflict with recovery"
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where to connect for dumping: the primary, or the local standby."""
+
+    role: str  # primary | standby
+    host: str
+    port: int
+    user: str
+    password: str | None
+    maintenance_db: str
+    connect_timeout: float
+
+    async def connect(self, database: str | None = None) -> Any:
+        return await connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database or self.maintenance_db,
+            timeout=self.connect_timeout,
+            application_name="laterbased-backup",
+        )
+
+    def conninfo(self, database: str) -> str:
+        # A conninfo as --dbname: a database name containing '=' would otherwise be parsed
+        # as a connection string by pg_dump.
+        return build_conninfo(
+            dbname=database,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            application_name="laterbased-dump",
+            connect_timeout=max(1, int(self.connect_timeout)),
+        )
+
+
+def primary_server(config: Config) -> Server:
+    primary = config.primary
+    if primary.host is None:
+        raise JobFailed("primary.host is not set; nothing to dump")
+    return Server(
+        role="primary",
+        host=primary.host,
+        port=primary.port,
+        user=primary.user,
+        password=primary.password.reveal() if primary.password else None,
+        maintenance_db=primary.database,
+        connect_timeout=primary.connect_timeout,
+    )
+
+
+def source_server(config: Config) -> Server:
+    """The server pg_dump reads from (``backup.source``)."""
+    primary = primary_server(config)
+    if config.backup.source == "primary":
+        return primary
+    first = config.standby.listen_addresses.split(",")[0].strip()
+    host = "127.0.0.1" if first in {"", "*", "0.0.0.0", "::"} else first  # noqa: S104
+    return Server(
+        role="standby",
+        host=host,
+        port=config.standby.port,
+        user=primary.user,
+        password=primary.password,
+        maintenance_db=primary.maintenance_db,
+        connect_timeout=primary.connect_timeout,
+    )
+
+
+@dataclass
+class DumpOutcome:
+    """What happened to one database in one run."""
+
+    database: str
+    result: str  # success | unchanged | failed | cancelled
+    detail: str = ""
+    record: BackupRecord | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": "dump",
+            "database": self.database,
+            "result": self.result,
+            "detail": self.detail,
+            "file": str(self.record.path) if self.record else None,
+            "size": self.record.size if self.record else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class DumpTools:
+    bindir: Path
+    server_version: str
+    pg_dump_version: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+async def discover_databases(server: Server) -> list[str]:
+    """Databases that contain ``public."SM_Project"`` (DaVinci Resolve project libraries)."""
+    conn = await server.connect()
+    try:
+        names = [row["datname"] for row in await conn.fetch(sql.CONNECTABLE_DATABASES)]
+    finally:
+        await conn.close()
+    found: list[str] = []
+    for name in names:
+        try:
+            conn = await server.connect(name)
+        except PgUnavailable as exc:
+            logger.warning("discovery: cannot look into database=%r: %s", name, exc)
+            continue
+        try:
+            if await conn.fetchval(sql.IS_RESOLVE_DATABASE):
+                found.append(name)
+        finally:
+            await conn.close()
+    logger.info(
+        "discovered Resolve databases count=%s names=%s",
+        len(found),
+        ", ".join(repr(n) for n in found) or "-",
+    )
+    return found
+
+
+async def database_fingerprint(server: Server, database: str) -> str | None:
+    """A string that changes whenever ``database`` is written to (see module docstring)."""
+    conn = await server.connect(database)
+    try:
+        row = await conn.fetchrow(FINGERPRINT_QUERY)
+    finally:
+        await conn.close()
+    if row is None or row["track_counts"] != "on":
+        return None
+    return "|".join(
+        str(row[key])
+        for key in ("started", "stats_reset", "tup_inserted", "tup_updated", "tup_deleted")
+    )
+
+
+async def select_tools(config: Config, server: Server) -> DumpTools:
+    """pg_dump of the server's major (newer with a warning, older refused)."""
+    conn = await server.connect()
+    try:
+        version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+        server_version = str(await conn.fetchval(SERVER_VERSION))
+    finally:
+        await conn.close()
+    major = major_from_version_num(version_num)
+    bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
+    version = await asyncio.to_thread(tool_version, bindir / "pg_dump")
+    return DumpTools(bindir=bindir, server_version=server_version, pg_dump_version=version)
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file; blocking, for ``asyncio.to_thread``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class DumpFailed(Exception):
+    def __init__(self, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
+class Dumper:
+    """Dumps databases of one server into one catalogue, for one run."""
+
+    def __init__(self, config: Config, catalogue: Catalogue, run_id: str) -> None:
+        self.config = config
+        self.catalogue = catalogue
+        self.run_id = run_id
+        self.server = source_server(config)
+        self.primary = primary_server(config)
+        self.passfile: Path | None = None
+
+    async def __aenter__(self) -> Dumper:
+        await asyncio.to_thread(self.catalogue.prepare)
+        if self.server.password is not None:
+            self.passfile = self.catalogue.partial / f"pgpass-{secrets.token_hex(4)}"
+            line = passfile_line(
+                self.server.host, self.server.port, "*", self.server.user, self.server.password
+            )
+            await asyncio.to_thread(write_passfile, self.passfile, [line], None)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.passfile is not None:
+            self.passfile.unlink(missing_ok=True)
+
+    def environment(self) -> dict[str, str]:
+        extra = {"PGPASSFILE": str(self.passfile)} if self.passfile else {}
+        # Messages in English and UTF-8 whatever the machine's locale: they go to our log.
+        extra |= {"LC_MESSAGES": "C", "PGCLIENTENCODING": "UTF8"}
+        return proc.child_environment(extra)
+
+    async def dump(self, database: str, tools: DumpTools) -> DumpOutcome:
+        """Dump one database; never raises except CancelledError."""
+        started_clock = time.monotonic()
+        fmt = self.config.backup.format
+        try:
+            fingerprint = None
+            if self.config.backup.skip_unchanged:
+                try:
+                    fingerprint = await database_fingerprint(self.primary, database)
+                except PgUnavailable as exc:
+                    logger.warning(
+                        "skip-unchanged: no fingerprint run=%s database=%r: %s",
+                        self.run_id,
+                        database,
+                        exc,
+                    )
+            if fingerprint is not None:
+                unchanged = await self._confirm_unchanged(database, fmt, fingerprint)
+                if unchanged is not None:
+                    return DumpOutcome(
+                        database,
+                        "unchanged",
+                        f"unchanged since {unchanged.file}",
+                        unchanged,
+                        time.monotonic() - started_clock,
+                    )
+            record = await self._dump_with_retry(database, fmt, tools, fingerprint)
+        except asyncio.CancelledError:
+            logger.warning("dump cancelled run=%s database=%r", self.run_id, database)
+            raise
+        except (DumpFailed, PgUnavailable, OSError, TimeoutError) as exc:
+            detail = _describe_failure(exc, self.config.backup.timeout)
+            logger.error("dump failed run=%s database=%r: %s", self.run_id, database, detail)
+            return DumpOutcome(database, "failed", detail, None, time.monotonic() - started_clock)
+        seconds = time.monotonic() - started_clock
+        logger.info(
+            "dump finished run=%s database=%r file=%s size=%s seconds=%.1f",
+            self.run_id,
+            database,
+            record.path,
+            record.size,
+            seconds,
+        )
+        return DumpOutcome(database, "success", record.file, record, seconds)
+
+    async def _confirm_unchanged(
+        self, database: str, fmt: str, fingerprint: str
+    ) -> BackupRecord | None:
+        records = await asyncio.to_thread(self.catalogue.list_backups, database)
+        good = [r for r in records if r.database == database and r.format == fmt and r.good]
+        if not good or good[-1].fingerprint != fingerprint:
+            return None
+        newest = await asyncio.to_thread(self.catalogue.mark_confirmed, good[-1], datetime.now(UTC))
+        logger.info(
+            "dump skipped: database unchanged run=%s database=%r since=%s",
+            self.run_id,
+            database,
+            newest.file,
+        )
+        return newest
+
+    async def _dump_with_retry(
+        self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
+    ) -> BackupRecord:
+        attempts = 2 if self.server.role == "standby" else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._replay_paused():
+                    return await self._dump_once(database, fmt, tools, fingerprint)
+            except DumpFailed as exc:
+                if not exc.conflict or attempt == attempts:
+                    raise
+                logger.warning(
+                    "dump hit a recovery conflict on the standby; retrying run=%s database=%r",
+                    self.run_id,
+                    database,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def _replay_paused(self) -> Any:
+        """On a standby, pause WAL replay for the dump (no recovery conflicts), and always
+        resume it afterwards, even on failure or cancellation."""
+        if self.server.role != "standby":
+            yield
+            return
+        conn = await self.server.connect()
+        paused = False
+        try:
+            if await conn.fetchval(sql.IS_IN_RECOVERY):
+                try:
+                    await conn.execute("SELECT pg_wal_replay_pause()")
+                    paused = True
+                    logger.info("paused WAL replay on the standby for the dump run=%s", self.run_id)
+                except Exception as exc:  # permission denied: fall back to retrying
+                    logger.warning("cannot pause WAL replay run=%s: %s", self.run_id, exc)
+            yield
+        finally:
+            try:
+                if paused:
+                    await asyncio.shield(conn.execute("SELECT pg_wal_replay_resume()"))
+                    logger.info("resumed WAL replay on the standby run=%s", self.run_id)
+            finally:
+                await asyncio.shield(conn.close())
+
+    async def _dump_once(
+        self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
+    ) -> BackupRecord:
+        started = datetime.now(UTC)
+        name = self.catalogue.file_name(database, fmt, started)
+        partial = self.catalogue.new_partial(name)
+        argv = [str(tools.bindir / "pg_dump"), "--no-password"]
+        argv += ["--format=custom"] if fmt == "custom" else ["--format=plain", "--compress=6"]
+        argv.append(f"--dbname={self.server.conninfo(database)}")
+        fd = await asyncio.to_thread(self.catalogue.open_partial, partial)
+        try:
+            try:
+                completed = await proc.run(
+                    argv,
+                    env=self.environment(),
+                    stdout=fd,
+                    log_name=f"pg_dump run={self.run_id} database={database!r}",
+                    timeout=self.config.backup.timeout,
+                    stderr_level=logging.WARNING,
+                )
+            finally:
+                os.close(fd)
+            if completed.returncode != 0:
+                tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
+                raise DumpFailed(
+                    f"pg_dump exited with status {completed.returncode}: {tail}",
+                    conflict=any(CONFLICT_WITH_RECOVERY in line for line in completed.stderr_tail),
+                )
+            size, digest = await asyncio.to_thread(hash_file, partial)
+            record = BackupRecord(
+                database=database,
+                file=name,
+                directory=self.catalogue.database_dir(database, fmt),
+                format=fmt,
+                size=size,
+                sha256=digest,
+                started=started,
+                finished=datetime.now(UTC),
+                source=self.server.role,
+                server_version=tools.server_version,
+                pg_dump_version=tools.pg_dump_version,
+                fingerprint=fingerprint,
+            )
+            await asyncio.to_thread(self.catalogue.publish, partial, record)
+            return record
+        finally:
+            # Published files were renamed away; anything left here is unfinished.
+            partial.unlink(missing_ok=True)
+
+    async def dump_globals(self, tools: DumpTools) -> DumpOutcome:
+        """Roles and tablespaces (``pg_dumpall --globals-only``), without role passwords."""
+        started_clock = time.monotonic()
+        started = datetime.now(UTC)
+        name = self.catalogue.file_name(GLOBALS_NAME, "globals", started)
+        partial = self.catalogue.new_partial(name)
+        argv = [str(tools.bindir / "pg_dumpall"), "--globals-only", "--no-password"]
+        if not tools.server_version.startswith("9."):
+            argv.append("--no-role-passwords")
+        argv.append(f"--dbname={self.server.conninfo(self.server.maintenance_db)}")
+        try:
+            fd = await asyncio.to_thread(self.catalogue.open_partial, partial)
+            try:
+                completed = await proc.run(
+                    argv,
+                    env=self.environment(),
+                    stdout=fd,
+                    log_name=f"pg_dumpall run={self.run_id}",
+                    timeout=self.config.backup.timeout,
+                    stderr_level=logging.WARNING,
+                )
+            finally:
+                os.close(fd)
+            if completed.returncode != 0:
+                tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
+                raise DumpFailed(f"pg_dumpall exited with status {completed.returncode}: {tail}")
+            size, digest = await asyncio.to_thread(hash_file, partial)
+            record = BackupRecord(
+                database=GLOBALS_NAME,
+                file=name,
+                directory=self.catalogue.database_dir(GLOBALS_NAME, "globals"),
+                format="globals",
+                size=size,
+                sha256=digest,
+                started=started,
+                finished=datetime.now(UTC),
+                source=self.server.role,
+                server_version=tools.server_version,
+                pg_dump_version=tools.pg_dump_version,
+            )
+            await asyncio.to_thread(self.catalogue.publish, partial, record)
+        except (DumpFailed, OSError, TimeoutError) as exc:
+            detail = _describe_failure(exc, self.config.backup.timeout)
+            logger.error("globals dump failed run=%s: %s", self.run_id, detail)
+            seconds = time.monotonic() - started_clock
+            return DumpOutcome(GLOBALS_NAME, "failed", detail, None, seconds)
+        finally:
+            partial.unlink(missing_ok=True)
+        return DumpOutcome(
+            GLOBALS_NAME, "success", record.file, record, time.monotonic() - started_clock
+        )
+
+
+def _describe_failure(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"pg_dump did not finish within backup.timeout={timeout:.0f}s"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+    return str(exc)
+
+
+async def run_dumps(
+    config: Config,
+    catalogue: Catalogue,
+    run_id: str,
+    databases: Sequence[str] | None = None,
+) -> list[DumpOutcome]:
+    """Dump ``databases`` (default: configured, else discovered), then globals if asked.
+
+    Failures of single databases are outcomes, not exceptions; a failure before any dump
+    (server unreachable, no pg_dump) is one outcome for database ``"*"``.
+    """
+    outcomes: list[DumpOutcome] = []
+    try:
+        async with Dumper(config, catalogue, run_id) as dumper:
+            tools = await select_tools(config, dumper.server)
+            names = list(databases or config.backup.databases)
+            if not names:
+                names = await discover_databases(dumper.primary)
+                if not names:
+                    return [
+                        DumpOutcome(
+                            "*",
+                            "failed",
+                            'no database with a table public."SM_Project" found; set '
+                            "backup.databases (PRIMARY_DBS) to choose what to dump",
+                        )
+                    ]
+            logger.info(
+                "dump run started run=%s source=%s databases=%s pg_dump=%s",
+                run_id,
+                dumper.server.role,
+                len(names),
+                tools.bindir / "pg_dump",
+            )
+            for name in names:
+                outcomes.append(await dumper.dump(name, tools))
+            if config.backup.dump_globals:
+                outcomes.append(await dumper.dump_globals(tools))
+    except (LaterbasedError, OSError) as exc:
+        # Includes ToolMissing: no usable pg_dump fails the backup, not the whole daemon.
+        logger.error("dump run failed run=%s: %s", run_id, exc)
+        outcomes.append(DumpOutcome("*", "failed", str(exc)))
+    return outcomes

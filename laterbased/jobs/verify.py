@@ -1,0 +1,111 @@
+"""The verify job: is the newest backup of each database readable and intact?
+
+Checks, cheapest first: the file's sha256 still matches its manifest; a custom-format
+archive lists with ``pg_restore --list`` (its table of contents is complete); a plain-gzip
+file decompresses to the end (gzip's own CRC). The result goes into the manifest
+(``verified``, ``verified_at``, ``verify_detail``). The full restore drill
+(``backup.restore_drill``) is not implemented yet: it is logged as skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from typing import Any
+
+from laterbased import proc
+from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.config import Config
+from laterbased.errors import LaterbasedError
+from laterbased.pg.binaries import dump_bindir
+
+from .dump import HASH_CHUNK, hash_file
+
+logger = logging.getLogger(__name__)
+
+
+def server_major(version: str | None) -> str | None:
+    """``"15.4 (Debian…)"`` → ``"15"``, ``"9.5.24"`` → ``"9.5"``."""
+    if not version:
+        return None
+    parts = version.split()[0].split(".")
+    try:
+        first = int(parts[0])
+    except ValueError:
+        return None
+    if first >= 10 or len(parts) < 2:
+        return str(first)
+    return f"{first}.{parts[1]}"
+
+
+def _gunzip_to_end(record: BackupRecord) -> None:
+    with gzip.open(record.path, "rb") as handle:
+        while handle.read(HASH_CHUNK):
+            pass
+
+
+async def check_backup(config: Config, record: BackupRecord, run_id: str) -> tuple[bool, str]:
+    size, digest = await asyncio.to_thread(hash_file, record.path)
+    if size != record.size or digest != record.sha256:
+        return False, f"checksum mismatch (size {size}, manifest says {record.size})"
+    if record.format == "plain-gzip":
+        try:
+            await asyncio.to_thread(_gunzip_to_end, record)
+        except (OSError, EOFError) as exc:
+            return False, f"gzip stream is damaged: {exc}"
+        return True, "sha256 ok, gzip stream complete"
+    if record.format != "custom":
+        return True, "sha256 ok"
+    major = server_major(record.server_version)
+    if major is None:
+        return False, "manifest has no server version"
+    bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
+    completed = await proc.run(
+        [str(bindir / "pg_restore"), "--list", str(record.path)],
+        capture_stdout=True,
+        log_name=f"pg_restore --list run={run_id}",
+        timeout=config.backup.timeout,
+        stderr_level=logging.WARNING,
+    )
+    if completed.returncode != 0:
+        tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
+        return False, f"pg_restore --list exited with status {completed.returncode}: {tail}"
+    entries = sum(
+        1
+        for line in completed.stdout.decode("utf-8", errors="replace").splitlines()
+        if line and not line.startswith(";")
+    )
+    return True, f"sha256 ok, pg_restore --list ok ({entries} entries)"
+
+
+async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> list[dict[str, Any]]:
+    """Check the newest backup of every database; record the verdict in its manifest."""
+    records = await asyncio.to_thread(catalogue.list_backups)
+    newest: dict[str, BackupRecord] = {}
+    for record in records:
+        if record.database != GLOBALS_NAME and record.path.exists():
+            newest[record.database] = record  # list is oldest first
+    results: list[dict[str, Any]] = []
+    for database, record in sorted(newest.items()):
+        try:
+            ok, detail = await check_backup(config, record, run_id)
+        except (OSError, LaterbasedError, TimeoutError) as exc:
+            ok, detail = False, str(exc)
+        await asyncio.to_thread(catalogue.mark_verified, record, ok, detail)
+        if ok:
+            logger.info(
+                "verify ok run=%s database=%r file=%s: %s", run_id, database, record.file, detail
+            )
+        else:
+            logger.error(
+                "verify FAILED run=%s database=%r file=%s: %s",
+                run_id,
+                database,
+                record.file,
+                detail,
+            )
+        results.append({"database": database, "file": record.file, "ok": ok, "detail": detail})
+    if config.backup.restore_drill:
+        logger.warning("verify: backup.restore_drill is not implemented yet run=%s", run_id)
+    return results

@@ -1,0 +1,169 @@
+"""The dump job against a real PostgreSQL server and a Resolve-like database."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from pgserver import PgServer
+from test_backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
+
+from laterbased.backups import Catalogue, encode_name
+from laterbased.jobs.dump import discover_databases, primary_server, run_dumps
+
+pytestmark = pytest.mark.slow
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def resolve_db(primary: PgServer) -> AsyncIterator[str]:
+    await build_resolve_db(primary, RESOLVE_DB)
+    yield RESOLVE_DB
+
+
+@pytest.fixture
+def backup_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="laterbased-dump-test-"))
+    try:
+        yield base / "backups"
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def restore(server: PgServer, dump: Path, target: str) -> None:
+    quoted = '"' + target.replace('"', '""') + '"'
+    server.sql(f"CREATE DATABASE {quoted} TEMPLATE template0 ENCODING 'UTF8'")
+    result = subprocess.run(
+        [
+            str(server.bindir / "pg_restore"),
+            "--exit-on-error",
+            "--no-password",
+            "-h", server.host,
+            "-p", str(server.port),
+            "-U", server.superuser,
+            "-d", target,
+            str(dump),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PGPASSFILE": str(server.passfile)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_dump_restores_into_new_utf8_database_with_same_rows_and_bytes(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    config = make_config(primary, backup_dir, databases=(resolve_db,), skip_unchanged=False)
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-test-1")
+    assert [o.result for o in outcomes] == ["success"], outcomes
+    record = outcomes[0].record
+    assert record is not None
+    # The file lives under the encoded name; the manifest keeps the real one.
+    assert record.path.parent == backup_dir / encode_name(resolve_db)
+    assert record.path.name.endswith(".dump")
+    assert stat.S_IMODE(record.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.path.parent.stat().st_mode) == 0o700
+    listed = Catalogue(backup_dir).list_backups(resolve_db)
+    assert [r.database for r in listed] == [resolve_db]
+    assert listed[0].size == record.path.stat().st_size
+    assert listed[0].pg_dump_version and "PostgreSQL" in listed[0].pg_dump_version
+    assert not list((backup_dir / ".partial").iterdir()), "nothing left in .partial"
+
+    target = "restored ü " + os.urandom(3).hex()
+    restore(primary, record.path, target)
+    assert await db_digest(primary, target) == await db_digest(primary, resolve_db)
+
+
+async def test_plain_gzip_format_writes_a_gzip_sql_file(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    config = make_config(
+        primary, backup_dir, databases=(resolve_db,), format="plain-gzip", skip_unchanged=False
+    )
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-test-gz")
+    record = outcomes[0].record
+    assert record is not None and record.path.name.endswith(".sql.gz")
+    text = subprocess.run(
+        ["gzip", "-dc", str(record.path)], capture_output=True, check=True, timeout=60
+    ).stdout
+    assert b'CREATE TABLE public."SM_Project"' in text
+    assert b"pg_dump:" not in text, "stderr must never end up in the dump"
+
+
+async def test_second_dump_of_an_unchanged_database_is_skipped(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    config = make_config(primary, backup_dir, databases=(resolve_db,))
+    catalogue = Catalogue(backup_dir)
+    first = await run_dumps(config, catalogue, "dump-test-a")
+    assert first[0].result == "success"
+    second = await run_dumps(config, catalogue, "dump-test-b")
+    assert second[0].result == "unchanged", second[0].detail
+    assert len(catalogue.list_backups(resolve_db)) == 1
+    assert catalogue.list_backups(resolve_db)[0].confirmed_at is not None
+
+    primary.sql('INSERT INTO "BtVideoInfo" VALUES (-1, NULL)', resolve_db)
+    third = await run_dumps(config, catalogue, "dump-test-c")
+    assert third[0].result == "success", "a write must produce a new backup"
+    assert len(catalogue.list_backups(resolve_db)) == 2
+
+
+async def test_discovery_finds_only_databases_with_sm_project(
+    primary: PgServer, resolve_db: str
+) -> None:
+    primary.create_database("not resolve")
+    config = make_config(primary, Path("/nonexistent"))
+    found = await discover_databases(primary_server(config))
+    assert resolve_db in found
+    assert "not resolve" not in found and "postgres" not in found
+
+
+async def test_failed_dump_publishes_nothing_and_reports_why(
+    primary: PgServer, backup_dir: Path
+) -> None:
+    config = make_config(primary, backup_dir, databases=("no such database",))
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-test-fail")
+    assert outcomes[0].result == "failed"
+    assert "no such database" in outcomes[0].detail
+    assert Catalogue(backup_dir).list_backups() == []
+    assert not any(p.is_file() for p in backup_dir.rglob("*") if ".partial" not in p.parts)
+
+
+async def test_disk_full_fails_the_run_and_keeps_old_backups(
+    primary: PgServer, backup_dir: Path
+) -> None:
+    small = "small " + os.urandom(2).hex()
+    primary.create_database(small)
+    primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', small)
+    backup_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(backup_dir)], check=True)
+    try:
+        config = make_config(primary, backup_dir, databases=(small,), skip_unchanged=False)
+        catalogue = Catalogue(backup_dir)
+        good = await run_dumps(config, catalogue, "dump-test-small")
+        assert good[0].result == "success"
+        # 3 MB of random bytes cannot fit in what is left of 1 MB.
+        conn = await primary.connect(small)
+        try:
+            await conn.execute("CREATE TABLE big (b bytea)")
+            for _ in range(3):
+                await conn.execute("INSERT INTO big VALUES ($1)", os.urandom(1_000_000))
+        finally:
+            await conn.close()
+        full = await run_dumps(config, catalogue, "dump-test-full")
+        assert full[0].result == "failed"
+        assert "No space left" in full[0].detail or "space" in full[0].detail.lower()
+        records = catalogue.list_backups(small)
+        assert [r.file for r in records] == [good[0].record.file]  # type: ignore[union-attr]
+        assert records[0].path.stat().st_size == records[0].size
+        assert not list((backup_dir / ".partial").iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(backup_dir)], check=False)
