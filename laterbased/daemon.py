@@ -108,6 +108,7 @@ class Daemon:
         self.workers = configured_workers(config) if workers is None else workers
         self.notifier = Notifier()
         self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # set once every worker is started and HTTP answers
         self.context = WorkerContext(state=self.state, stopping=self.stopping)
         self.http: HttpServer | None = None
         self.exit_code = 0
@@ -141,6 +142,7 @@ class Daemon:
                 if self.notifier.watchdog_interval:
                     tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
                 self.state.ready = True
+                self.ready.set()
                 self.notifier.ready(self._status_line())
                 logger.info(
                     "laterbased ready workers=%s http=%s",
