@@ -75,6 +75,10 @@ class Worker:
 def configured_workers(config: Config) -> list[Worker]:
     """The workers this configuration asks for (each issue's module adds itself here)."""
     workers: list[Worker] = []
+    if config.primary.host is not None:
+        from .monitor.worker import run_monitor
+
+        workers.append(Worker("monitor", run_monitor))
     if config.notify.webhook_url or config.notify.command:
         from .notify import notify_worker
 
@@ -89,6 +93,9 @@ def configured_workers(config: Config) -> list[Worker]:
 def configured_routes(config: Config) -> list[RouteAdder]:
     """Extra HTTP routes contributed by other modules (status pages, write API)."""
     routes: list[RouteAdder] = []
+    from .web import add_monitoring_routes
+
+    routes.append(add_monitoring_routes)
     from .jobs.runner import add_backup_routes
 
     routes.append(add_backup_routes)

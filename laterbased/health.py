@@ -1,17 +1,30 @@
 """Health verdicts: pure functions of (state, config, clock), so they test without servers.
 
-Each enabled part of the daemon contributes one :class:`Check`. ``/healthz`` is 200 only
-when every check is ok; otherwise 503 with the failing checks and why.
+Each enabled part of the daemon contributes one or more :class:`Check`. ``/healthz`` is 200
+only when every check is ok; otherwise 503 with the failing checks and why. A ``warning``
+fails ``/healthz`` too: it means "a human should look", and nobody looks at a green light.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .state import State
+from .config import Config
+from .schedule.cron import period_of
+from .state import BackupSummary, SlotState, State
+from .units import format_duration, format_size
 
 Severity = Literal["ok", "warning", "critical"]
+
+# Standby phases that mean "on its way up": a warning, not yet a failure.
+_STANDBY_COMING_UP = {"waiting", "bootstrapping", "starting"}
+
+RECLONE_ADVICE = (
+    "re-clone the standby: stop laterbased, move the standby data directory aside, "
+    "start laterbased (it bootstraps a fresh copy), then delete the old directory"
+)
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,219 @@ def check_daemon(state: State, now: float) -> Check:
     return Check("daemon", "ok", f"up {now - state.started_at:.0f}s")
 
 
+def _poll_grace(config: Config) -> float:
+    """How old a successful poll may be before we stop believing it (the monitor is stuck)."""
+    monitor = config.monitor
+    return 3 * monitor.interval + config.primary.connect_timeout + 4 * monitor.query_timeout
+
+
 def check_primary(state: State, now: float) -> Check:
     primary = state.primary
     if primary.reachable is None:
         return Check("primary", "warning", "not polled yet")
     if not primary.reachable:
         return Check("primary", "critical", f"unreachable: {primary.last_error or 'unknown'}")
+    if primary.last_ok is not None and now - primary.last_ok > _poll_grace(state.config):
+        return Check(
+            "primary",
+            "warning",
+            f"no successful poll for {format_duration(now - primary.last_ok)}",
+        )
+    if primary.in_recovery:
+        return Check(
+            "primary",
+            "warning",
+            "the configured primary is in recovery (it is a standby itself): "
+            "was another server promoted?",
+        )
     return Check("primary", "ok", "reachable")
+
+
+def check_standby(state: State, now: float) -> Check:
+    """Is the local postgres child running (when the standby is enabled)."""
+    standby = state.standby
+    detail = f": {standby.message}" if standby.message else ""
+    if standby.running:
+        if standby.phase == "promoted":
+            return Check("standby", "ok", "promoted: this server is now a primary")
+        return Check("standby", "ok", f"running pid {standby.pid}")
+    if standby.phase in _STANDBY_COMING_UP:
+        return Check("standby", "warning", f"{standby.phase}{detail}")
+    return Check("standby", "critical", f"not running (phase {standby.phase}){detail}")
+
+
+def is_streaming(state: State) -> bool:
+    """True when our standby receives WAL from the primary right now.
+
+    The standby's own ``pg_stat_wal_receiver`` says so when our role may read it; without
+    ``pg_monitor`` its status reads NULL and the primary's ``pg_stat_replication`` decides.
+    """
+    status = state.local.receiver_status
+    if status == "streaming":
+        return True
+    return status == "unknown" and state.primary.replication_state == "streaming"
+
+
+def check_replication(state: State, now: float) -> Check:
+    """Our standby in recovery, streaming, within ``monitor.max_lag_*``."""
+    local, config = state.local, state.config.monitor
+    if local.reachable is None:
+        return Check("replication", "warning", "standby not polled yet")
+    if not local.reachable:
+        return Check(
+            "replication", "critical", f"standby not answering: {local.last_error or 'unknown'}"
+        )
+    if local.in_recovery is False:
+        return Check("replication", "critical", "the local server is not in recovery")
+    if not is_streaming(state):
+        return Check(
+            "replication",
+            "critical",
+            f"not streaming from the primary (wal receiver: {local.receiver_status or 'none'})",
+        )
+    problems = []
+    if local.lag_bytes is not None and local.lag_bytes > config.max_lag_bytes:
+        problems.append(
+            f"{format_size(local.lag_bytes)} behind (limit {format_size(config.max_lag_bytes)})"
+        )
+    if local.lag_seconds is not None and local.lag_seconds > config.max_lag_seconds:
+        problems.append(
+            f"{format_duration(local.lag_seconds)} behind "
+            f"(limit {format_duration(config.max_lag_seconds)})"
+        )
+    if problems:
+        return Check("replication", "warning", "streaming but " + " and ".join(problems))
+    return Check("replication", "ok", f"streaming, {describe_lag(state)}")
+
+
+def describe_lag(state: State) -> str:
+    local = state.local
+    if local.lag_bytes is None:
+        return "lag unknown"
+    seconds = "" if local.lag_seconds is None else f", {format_duration(local.lag_seconds)}"
+    return f"lag {format_size(local.lag_bytes)}{seconds}"
+
+
+def slot_verdict(slot: SlotState | None, config: Config, standby_running: bool) -> Check:
+    """How dangerous our replication slot is for the primary's disk and for the standby."""
+    if slot is None:
+        return Check("slot", "warning", "slot not checked yet")
+    name = slot.name
+    if not slot.exists:
+        if standby_running:
+            return Check(
+                "slot",
+                "warning",
+                f"slot {name} does not exist on the primary: the primary may remove WAL "
+                "the standby still needs",
+            )
+        return Check("slot", "ok", f"slot {name} not created yet")
+    retained = ""
+    if slot.retained_bytes is not None:
+        retained = f", retains {format_size(slot.retained_bytes)}"
+    if slot.wal_status == "lost":
+        return Check(
+            "slot",
+            "critical",
+            f"slot {name} lost WAL the standby needs (wal_status=lost): the standby can never "
+            f"catch up; {RECLONE_ADVICE}",
+        )
+    if slot.wal_status == "unreserved":
+        return Check(
+            "slot",
+            "warning",
+            f"slot {name} is past max_slot_wal_keep_size (wal_status=unreserved{retained}): "
+            "the next checkpoint on the primary may remove WAL the standby needs",
+        )
+    if slot.wal_status == "extended":
+        return Check(
+            "slot",
+            "warning",
+            f"slot {name} holds WAL beyond max_wal_size (wal_status=extended{retained}): "
+            "the standby is far behind; the primary's disk fills while this lasts",
+        )
+    threshold = config.monitor.slot_retained_warn_bytes
+    if (
+        not slot.active
+        and slot.retained_bytes is not None
+        and slot.retained_bytes > threshold
+    ):
+        return Check(
+            "slot",
+            "warning",
+            f"slot {name} is inactive and retains {format_size(slot.retained_bytes)} of WAL "
+            f"on the primary (limit {format_size(threshold)}); it grows until the standby "
+            "reconnects and fills the primary's disk",
+        )
+    return Check("slot", "ok", f"slot {name} {'active' if slot.active else 'inactive'}{retained}")
+
+
+def check_slot(state: State, now: float) -> Check:
+    return slot_verdict(state.primary.slot, state.config, state.standby.running)
+
+
+def backup_stale_after(config: Config, now: float) -> float:
+    """``backup.stale_after``, or twice the schedule's period around ``now``."""
+    if config.backup.stale_after is not None:
+        return config.backup.stale_after
+    try:
+        period = period_of(config.backup.schedule, config.zone, datetime.fromtimestamp(now, UTC))
+    except ValueError:
+        return 2 * 86400.0
+    return 2 * period.total_seconds()
+
+
+def check_backup(summary: BackupSummary, state: State, now: float) -> Check:
+    """One database: a recent good backup, and the last run did not fail."""
+    name = f"backup:{summary.database}"
+    stale_after = backup_stale_after(state.config, now)
+    failed = summary.last_failure is not None and (
+        summary.last_success is None or summary.last_failure > summary.last_success
+    )
+    error = f": {summary.last_error}" if summary.last_error else ""
+    if summary.last_success is None:
+        waited = now - state.started_at
+        if waited > stale_after:
+            return Check(
+                name,
+                "critical",
+                f"no successful backup in {format_duration(waited)} since start{error}",
+            )
+        if failed:
+            return Check(name, "warning", f"first backup failed{error}")
+        return Check(name, "ok", "no backup yet")
+    age = now - summary.last_success
+    if age > stale_after:
+        return Check(
+            name,
+            "critical",
+            f"last good backup is {format_duration(age)} old "
+            f"(limit {format_duration(stale_after)}){error if failed else ''}",
+        )
+    if failed:
+        return Check(name, "warning", f"last run failed{error}")
+    return Check(name, "ok", f"last good backup {format_duration(age)} ago")
+
+
+def backup_databases(state: State) -> list[str]:
+    """Databases to judge: those configured plus those any backup run has reported."""
+    return sorted(set(state.config.backup.databases) | set(state.backups))
+
+
+def check_upload(summary: BackupSummary, state: State, now: float) -> Check:
+    name = f"upload:{summary.database}"
+    oldest = summary.oldest_pending_upload
+    limit = state.config.upload.pending_max_age
+    if oldest is not None and now - oldest > limit:
+        return Check(
+            name,
+            "warning",
+            f"{summary.pending_upload} backup(s) waiting for upload, the oldest for "
+            f"{format_duration(now - oldest)} (limit {format_duration(limit)})",
+        )
+    if summary.pending_upload:
+        return Check(name, "ok", f"{summary.pending_upload} backup(s) waiting for upload")
+    return Check(name, "ok", "nothing waiting")
 
 
 def evaluate(state: State, now: float) -> list[Check]:
@@ -46,6 +265,18 @@ def evaluate(state: State, now: float) -> list[Check]:
     config = state.config
     if config.primary.host is not None:
         checks.append(check_primary(state, now))
+    if config.standby.enabled:
+        checks.append(check_standby(state, now))
+        if state.standby.running and state.standby.phase != "promoted":
+            checks.append(check_replication(state, now))
+        if state.primary.reachable and state.standby.phase != "promoted":
+            checks.append(check_slot(state, now))
+    if config.backup.enabled:
+        for database in backup_databases(state):
+            summary = state.backups.get(database) or BackupSummary(database=database)
+            checks.append(check_backup(summary, state, now))
+            if config.upload.enabled:
+                checks.append(check_upload(summary, state, now))
     return checks
 
 

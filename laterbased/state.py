@@ -68,6 +68,11 @@ class PrimaryState:
     write_lag_seconds: float | None = None
     flush_lag_seconds: float | None = None
     replay_lag_seconds: float | None = None
+    # Monitor (issue 5): the standby's positions as the primary sees them, and whether the
+    # "primary" is itself in recovery (someone promoted something else).
+    sent_lsn: str | None = None
+    replay_lsn: str | None = None
+    in_recovery: bool | None = None
 
 
 @dataclass
@@ -84,6 +89,9 @@ class LocalServerState:
     last_replay_timestamp: float | None = None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
+    # Monitor (issue 5): last successful poll; our WAL position once promoted.
+    last_ok: float | None = None
+    current_lsn: str | None = None
 
 
 @dataclass

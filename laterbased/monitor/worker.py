@@ -1,0 +1,312 @@
+"""The monitor worker: poll the primary and our standby, publish facts, log what changes.
+
+Both servers are polled concurrently, each over its own long-lived connection with a connect
+timeout and a per-query timeout, so a slow or dead primary costs the event loop nothing.
+A server that fails is retried with a doubling delay (from ``monitor.interval`` up to
+:data:`RECONNECT_MAX_DELAY`); its state says "unreachable" immediately, not after the delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from laterbased import health
+from laterbased.config import Config
+from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.state import LocalServerState, PrimaryState, State
+from laterbased.units import format_duration, format_size
+
+from .lsn import LagClock, parse_lsn
+from .probes import probe_local, probe_primary, server_version_num
+
+if TYPE_CHECKING:
+    from laterbased.daemon import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_MAX_DELAY = 60.0
+# Errors that mean "this server cannot answer right now" rather than a bug of ours.
+_SERVER_TROUBLE: tuple[type[BaseException], ...] = (
+    PgUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+@dataclass
+class _Target:
+    """One server we poll: its connection and when we may try again after a failure."""
+
+    label: str
+    conn: Any = None
+    version_num: int = 0
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def close(self) -> None:
+        # terminate() is synchronous: safe in finally blocks and during cancellation.
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.terminate()
+        self.conn = None
+
+    def failed(self, interval: float) -> float:
+        self.close()
+        self.failures += 1
+        delay = min(interval * 2.0 ** (self.failures - 1), max(interval, RECONNECT_MAX_DELAY))
+        self.retry_at = time.monotonic() + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.retry_at = 0.0
+
+
+def local_host(config: Config) -> str:
+    """Where our standby listens: its first listen address, loopback for wildcards."""
+    first = config.standby.listen_addresses.split(",")[0].strip()
+    if first in {"", "*", "0.0.0.0"}:  # noqa: S104 - mapping a wildcard to loopback
+        return "127.0.0.1"
+    if first == "::":
+        return "::1"
+    return first
+
+
+def _error_text(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    return str(exc) or type(exc).__name__
+
+
+class Monitor:
+    """Polls once per :meth:`poll_once`; owns its connections (call :meth:`close`)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.primary = _Target("primary")
+        self.local = _Target("standby")
+        self.clock = LagClock()
+        self._reported: dict[str, object] = {}
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    def close(self) -> None:
+        self.primary.close()
+        self.local.close()
+
+    async def poll_once(self) -> None:
+        poll_local = self.config.standby.enabled and self.state.standby.running
+        async with asyncio.TaskGroup() as group:
+            if self.config.primary.host is not None:
+                group.create_task(self._poll_primary())
+            if poll_local:
+                group.create_task(self._poll_local())
+        if not poll_local:
+            # A stopped standby must not keep answering /replica with its last facts.
+            self.local.close()
+            self.state.local = LocalServerState()
+        self._compute_lag(time.time())
+        self._report_changes()
+
+    # --- polling ------------------------------------------------------------------------
+
+    async def _connect(self, target: _Target, host: str, port: int) -> Any:
+        if target.conn is not None and not target.conn.is_closed():
+            return target.conn
+        config = self.config
+        password = config.primary.password.reveal() if config.primary.password else None
+        target.conn = await connect(
+            host=host,
+            port=port,
+            user=config.primary.user,
+            password=password,
+            database=config.primary.database,
+            timeout=config.primary.connect_timeout,
+            application_name="laterbased-monitor",
+        )
+        target.version_num = await server_version_num(target.conn, config.monitor.query_timeout)
+        return target.conn
+
+    def _budget(self) -> float:
+        # Belt and braces over asyncpg's own timeouts: one poll of one server can never
+        # take longer than a connect plus a few queries.
+        return self.config.primary.connect_timeout + 5 * self.config.monitor.query_timeout
+
+    async def _poll_primary(self) -> None:
+        target, config = self.primary, self.config
+        if time.monotonic() < target.retry_at:
+            return
+        assert config.primary.host is not None  # noqa: S101 - checked by poll_once
+        timeout = config.monitor.query_timeout
+        try:
+            async with asyncio.timeout(self._budget()):
+                conn = await self._connect(target, config.primary.host, config.primary.port)
+                facts = await probe_primary(conn, config, target.version_num, timeout)
+        except _SERVER_TROUBLE as exc:
+            delay = target.failed(config.monitor.interval)
+            previous = self.state.primary
+            self.state.primary = PrimaryState(
+                reachable=False,
+                last_ok=previous.last_ok,
+                last_error=_error_text(exc, self._budget()),
+                server_version_num=previous.server_version_num,
+                system_identifier=previous.system_identifier,
+            )
+            logger.debug("primary poll failed; next try in %.1fs: %s", delay, exc)
+            return
+        target.succeeded()
+        self.clock.observe(time.time(), parse_lsn(facts.current_lsn or "0/0"))
+        self.state.primary = facts
+
+    async def _poll_local(self) -> None:
+        target, config = self.local, self.config
+        if time.monotonic() < target.retry_at:
+            return
+        timeout = config.monitor.query_timeout
+        try:
+            async with asyncio.timeout(self._budget()):
+                conn = await self._connect(target, local_host(config), config.standby.port)
+                facts = await probe_local(conn, target.version_num, timeout)
+        except _SERVER_TROUBLE as exc:
+            target.failed(config.monitor.interval)
+            self.state.local = LocalServerState(
+                reachable=False, last_error=_error_text(exc, self._budget())
+            )
+            return
+        target.succeeded()
+        self.state.local = facts
+
+    def _compute_lag(self, now: float) -> None:
+        """Lag bytes = primary's current WAL position − standby's replay position."""
+        local, primary = self.state.local, self.state.primary
+        if not (local.reachable and local.in_recovery and local.replay_lsn):
+            return
+        if not (primary.reachable and primary.current_lsn) or primary.in_recovery:
+            local.lag_bytes = None
+            local.lag_seconds = None
+            return
+        replay = parse_lsn(local.replay_lsn)
+        # The two servers were asked at slightly different moments: never report < 0.
+        local.lag_bytes = max(0, parse_lsn(primary.current_lsn) - replay)
+        local.lag_seconds = self.clock.lag_seconds(now, replay)
+
+    # --- telling humans -----------------------------------------------------------------
+
+    def _changed(self, key: str, value: object) -> bool:
+        """True (and remember) when ``value`` differs from what we last reported."""
+        if key in self._reported and self._reported[key] == value:
+            return False
+        first = key not in self._reported
+        self._reported[key] = value
+        return not first or value is not None
+
+    def _report_changes(self) -> None:
+        state, config = self.state, self.config
+        primary, local = state.primary, state.local
+        where = f"{config.primary.host}:{config.primary.port}"
+        if config.primary.host is not None and self._changed("primary", primary.reachable):
+            if primary.reachable:
+                logger.info(
+                    "primary reachable host=%s version=%s system_identifier=%s",
+                    where,
+                    primary.server_version_num,
+                    primary.system_identifier or "unknown",
+                )
+                state.record_event("info", f"primary {where} reachable")
+            elif primary.reachable is False:
+                logger.error("primary unreachable host=%s error=%s", where, primary.last_error)
+                state.record_event("error", f"primary {where} unreachable: {primary.last_error}")
+        if primary.reachable and self._changed("primary_in_recovery", primary.in_recovery):
+            if primary.in_recovery:
+                logger.warning("primary %s is in recovery: it is a standby, not a primary", where)
+                state.record_event("warning", f"primary {where} is in recovery")
+        if primary.reachable and self._changed("replication_state", primary.replication_state):
+            logger.info(
+                "standby on the primary: pg_stat_replication state=%s",
+                primary.replication_state or "absent (not connected)",
+            )
+        if config.standby.enabled and primary.reachable and state.standby.phase != "promoted":
+            self._report_slot()
+        if state.standby.running and self._changed(
+            "receiver", (local.reachable, local.in_recovery, local.receiver_status)
+        ):
+            self._report_receiver()
+        if local.reachable and local.in_recovery:
+            self._report_lag()
+
+    def _report_slot(self) -> None:
+        state = self.state
+        verdict = health.check_slot(state, time.time())
+        if not self._changed("slot", verdict.severity):
+            return
+        slot = state.primary.slot
+        retained = format_size(slot.retained_bytes) if slot and slot.retained_bytes else "0 B"
+        if verdict.severity == "critical":
+            logger.critical("replication slot in danger: %s", verdict.reason)
+            state.record_event("critical", verdict.reason)
+        elif verdict.severity == "warning":
+            logger.warning("replication slot warning: %s", verdict.reason)
+            state.record_event("warning", verdict.reason)
+        else:
+            logger.info("replication slot ok: %s retained=%s", verdict.reason, retained)
+
+    def _report_receiver(self) -> None:
+        local = self.state.local
+        if local.reachable is False:
+            logger.warning("standby not answering: %s", local.last_error)
+            self.state.record_event("warning", f"standby not answering: {local.last_error}")
+        elif local.in_recovery is False:
+            logger.warning("standby is not in recovery: it was promoted or is a primary")
+        elif local.reachable:
+            logger.info(
+                "standby wal receiver status=%s sender=%s",
+                local.receiver_status,
+                local.sender_host or "-",
+            )
+
+    def _report_lag(self) -> None:
+        local, limits = self.state.local, self.config.monitor
+        too_far = (local.lag_bytes is not None and local.lag_bytes > limits.max_lag_bytes) or (
+            local.lag_seconds is not None and local.lag_seconds > limits.max_lag_seconds
+        )
+        previous = self._reported.get("lag_exceeded")
+        if not self._changed("lag_exceeded", too_far):
+            return
+        bytes_text = "unknown" if local.lag_bytes is None else format_size(local.lag_bytes)
+        seconds_text = (
+            "unknown" if local.lag_seconds is None else format_duration(local.lag_seconds)
+        )
+        if too_far:
+            logger.warning(
+                "standby lagging lag_bytes=%s lag_seconds=%s limits=%s/%s",
+                bytes_text,
+                seconds_text,
+                format_size(limits.max_lag_bytes),
+                format_duration(limits.max_lag_seconds),
+            )
+            self.state.record_event("warning", f"standby lagging {bytes_text} / {seconds_text}")
+        elif previous is True:
+            logger.info("standby caught up lag_bytes=%s lag_seconds=%s", bytes_text, seconds_text)
+
+
+async def run_monitor(ctx: WorkerContext) -> None:
+    """The ``monitor`` worker: poll every ``monitor.interval`` until the daemon stops."""
+    monitor = Monitor(ctx.state)
+    try:
+        while True:
+            await monitor.poll_once()
+            if await ctx.sleep(ctx.config.monitor.interval):
+                return
+    finally:
+        monitor.close()
