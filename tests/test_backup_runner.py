@@ -1,0 +1,225 @@
+"""The backup worker, the chain, POST /api/backup and a real daemon killed mid-dump."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from pgserver import PgServer, free_port
+from test_backup_support import make_config
+
+from laterbased.backups import Catalogue, writers_into
+from laterbased.config import HttpConfig, Secret
+from laterbased.daemon import WorkerContext
+from laterbased.http import HttpServer, build_app
+from laterbased.jobs.runner import add_backup_routes, backup_worker, run_backup_chain
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def small_db(primary: PgServer) -> AsyncIterator[str]:
+    name = "runner proj ø"
+    primary.create_database(name)
+    primary.sql(
+        'CREATE TABLE "SM_Project" (id int, name text); '
+        "INSERT INTO \"SM_Project\" SELECT i, 'p' || i FROM generate_series(1, 100) i",
+        name,
+    )
+    yield name
+
+
+@pytest.fixture
+def backup_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="laterbased-runner-test-"))
+    try:
+        yield base / "backups"
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+async def hold_lock(server: PgServer, database: str) -> Any:
+    """A connection holding ACCESS EXCLUSIVE on "SM_Project": pg_dump blocks on it."""
+    conn = await server.connect(database)
+    await conn.execute('BEGIN; LOCK TABLE "SM_Project" IN ACCESS EXCLUSIVE MODE')
+    return conn
+
+
+async def test_post_backup_needs_a_configured_token_and_the_right_one(
+    primary: PgServer, small_db: str, backup_dir: Path
+) -> None:
+    async def post(config_token: str | None, header: str | None) -> tuple[int, dict[str, Any]]:
+        config = make_config(
+            primary,
+            backup_dir,
+            databases=(small_db,),
+            http=HttpConfig(port=0, token=Secret(config_token) if config_token else None),
+        )
+        server = HttpServer(build_app(State(config=config), [add_backup_routes]), "127.0.0.1", 0)
+        await server.start()
+        try:
+            headers = {"Authorization": header} if header else {}
+            async with aiohttp.ClientSession() as session:
+                async with session.post(
+                    f"http://127.0.0.1:{server.port}/api/backup", headers=headers, json={}
+                ) as answer:
+                    return answer.status, await answer.json()
+        finally:
+            await server.stop()
+
+    status, body = await post(None, "Bearer anything")
+    assert (status, body["error"]) == (403, "disabled: set http.token")
+    status, body = await post("s3cret-token", "Bearer wrong")
+    assert status == 401
+    status, body = await post("s3cret-token", None)
+    assert status == 401
+    assert Catalogue(backup_dir).list_backups() == []
+    status, body = await post("s3cret-token", "Bearer s3cret-token")
+    assert status == 200, body
+    assert body["result"] == "success"
+    assert [s["step"] for s in body["steps"]] == ["dump", "prune"]
+    assert body["run"].startswith("dump-")
+    assert len(Catalogue(backup_dir).list_backups(small_db)) == 1
+
+
+async def test_chain_reports_failure_and_state(primary: PgServer, backup_dir: Path) -> None:
+    config = make_config(primary, backup_dir, databases=("missing db",))
+    state = State(config=config)
+    result = await run_backup_chain(state, trigger="test")
+    assert result.result == "failed"
+    assert state.job("dump").runs["failed"] == 1
+    assert state.backup("missing db").last_error
+    assert state.job("prune").runs["success"] == 1, "prune still runs after a failed dump"
+
+
+async def test_schedule_runs_dump_then_prune_and_never_overlaps(
+    primary: PgServer, small_db: str, backup_dir: Path
+) -> None:
+    config = make_config(
+        primary,
+        backup_dir,
+        databases=(small_db,),
+        schedule="* * * * * *",  # every second (croniter: seconds field last)
+        skip_unchanged=False,
+    )
+    state = State(config=config)
+    ctx = WorkerContext(state=state, stopping=asyncio.Event())
+    lock = await hold_lock(primary, small_db)
+    worker = asyncio.create_task(backup_worker(ctx))
+    try:
+        # Catch-up fires at once (no backup yet) and blocks on the lock for 2.5 s, across
+        # at least two one-second deadlines.
+        await asyncio.sleep(2.5)
+        assert state.job("dump").running is not None
+        assert state.job("dump").skipped_overlap >= 1
+        assert len(writers_into(backup_dir / ".partial")) == 1, "one pg_dump at a time"
+        await lock.execute("ROLLBACK")
+        deadline = time.monotonic() + 30
+        while state.job("dump").runs["success"] < 3:
+            assert time.monotonic() < deadline, f"dumps did not run: {state.job('dump')}"
+            await asyncio.sleep(0.1)
+    finally:
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        await lock.close()
+    dump, prune = state.job("dump"), state.job("prune")
+    assert prune.runs["success"] >= dump.runs["success"] - 1
+    assert prune.last_run is not None and dump.last_run is not None
+    assert prune.last_run.id == dump.last_run.id or prune.last_run.started >= dump.last_run.started
+    assert not writers_into(backup_dir / ".partial"), "cancel leaves no pg_dump behind"
+    assert state.backup(small_db).local_count >= 3
+
+
+def start_daemon(primary: PgServer, database: str, backup_dir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
+    env.update(
+        PRIMARY_HOST=primary.host,
+        PRIMARY_PORT=str(primary.port),
+        PRIMARY_USER=primary.superuser,
+        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
+        LATERBASED_STANDBY_ENABLED="false",
+        LATERBASED_BACKUP_DIRECTORY=str(backup_dir),
+        LATERBASED_STATE_DIR=str(backup_dir.parent),
+        LATERBASED_BACKUP_DATABASES=database,
+        LATERBASED_HTTP_PORT=str(free_port()),
+    )
+    with open(backup_dir.parent / "daemon.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "laterbased", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for: {what}"
+        await asyncio.sleep(0.1)
+
+
+def published_files(backup_dir: Path) -> list[Path]:
+    return [
+        p for p in backup_dir.rglob("*") if p.is_file() and ".partial" not in p.relative_to(
+            backup_dir).parts
+    ]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+async def test_daemon_killed_mid_dump_publishes_nothing_and_next_start_cleans_up(
+    primary: PgServer, small_db: str, backup_dir: Path, signum: signal.Signals
+) -> None:
+    partial = backup_dir / ".partial"
+    lock = await hold_lock(primary, small_db)
+    daemon = start_daemon(primary, small_db, backup_dir)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_for(lambda: bool(writers_into(partial)), 60, "catch-up pg_dump to start")
+        dumper = writers_into(partial)[0]
+        daemon.send_signal(signum)
+        code = await asyncio.to_thread(daemon.wait, 60)
+        if signum == signal.SIGTERM:
+            assert code == 0, (backup_dir.parent / "daemon.log").read_text()
+            await wait_for(lambda: not writers_into(partial), 10, "pg_dump stopped with us")
+            assert not [p for p in partial.iterdir() if not p.name.startswith("pgpass")]
+        assert published_files(backup_dir) == []
+        assert not list(partial.glob("*.dump.json"))
+
+        second = start_daemon(primary, small_db, backup_dir)
+        await wait_for(
+            lambda: not os.path.exists(f"/proc/{dumper}") or dumper not in writers_into(partial),
+            60,
+            "the next start to kill the orphan pg_dump",
+        )
+        await lock.execute("ROLLBACK")
+        await wait_for(
+            lambda: len(Catalogue(backup_dir).list_backups(small_db)) == 1,
+            60,
+            "the next start's catch-up backup",
+        )
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, 60) == 0
+        leftovers = list(partial.iterdir())
+        assert leftovers == [], leftovers
+    finally:
+        for process in (daemon, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+        await lock.close()
