@@ -75,6 +75,10 @@ class Worker:
 def configured_workers(config: Config) -> list[Worker]:
     """The workers this configuration asks for (each issue's module adds itself here)."""
     workers: list[Worker] = []
+    if config.standby.enabled:
+        from .standby.supervisor import run_standby
+
+        workers.append(Worker("standby", run_standby))
     if config.primary.host is not None:
         from .monitor.worker import run_monitor
 
@@ -93,6 +97,9 @@ def configured_workers(config: Config) -> list[Worker]:
 def configured_routes(config: Config) -> list[RouteAdder]:
     """Extra HTTP routes contributed by other modules (status pages, write API)."""
     routes: list[RouteAdder] = []
+    from .standby.promote import add_promote_route
+
+    routes.append(add_promote_route)
     from .web import add_monitoring_routes
 
     routes.append(add_monitoring_routes)

@@ -1,0 +1,155 @@
+"""Checks before a data directory is used: what it is, who owns it, who runs in it.
+
+All functions here are synchronous and touch only the file system: call them through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import stat
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+
+from laterbased.errors import RefuseToRun
+from laterbased.proc import RunAs, pid_alive, pids_with_cwd_under, read_postmaster_pid
+
+logger = logging.getLogger(__name__)
+
+
+class DataDirKind(enum.Enum):
+    ABSENT = "absent"  # no directory at all
+    EMPTY = "empty"  # an empty directory (e.g. a fresh volume)
+    CLUSTER = "cluster"  # has PG_VERSION and global/pg_control
+    FOREIGN = "foreign"  # has files but is not a PostgreSQL data directory
+
+
+def classify(data_dir: Path) -> DataDirKind:
+    if not data_dir.exists():
+        return DataDirKind.ABSENT
+    if not data_dir.is_dir():
+        return DataDirKind.FOREIGN
+    entries = [e for e in os.listdir(data_dir) if e != "lost+found"]
+    if not entries:
+        return DataDirKind.EMPTY
+    if (data_dir / "PG_VERSION").is_file() and (data_dir / "global" / "pg_control").is_file():
+        return DataDirKind.CLUSTER
+    return DataDirKind.FOREIGN
+
+
+def cluster_major(data_dir: Path) -> str:
+    """The major version written in ``PG_VERSION`` ("15", "9.5")."""
+    return (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
+
+
+def system_identifier(data_dir: Path) -> str:
+    """The cluster's system identifier: the first field of ``global/pg_control`` (a uint64
+    in the machine's byte order), as the decimal string pg_control_system() shows."""
+    with open(data_dir / "global" / "pg_control", "rb") as handle:
+        head = handle.read(8)
+    if len(head) != 8:
+        raise RefuseToRun(f"{data_dir}/global/pg_control is truncated: damaged data directory")
+    (value,) = struct.unpack("=Q", head)
+    return str(value)
+
+
+def check_ownership(data_dir: Path, run_as: RunAs | None) -> None:
+    """The data directory must belong to the user postgres runs as, mode 0700.
+
+    A wrong mode is fixed (postgres itself refuses a group/world-readable directory); a
+    wrong owner is refused: changing ownership of someone's files is not our call.
+    """
+    info = data_dir.stat()
+    uid = run_as.uid if run_as is not None else os.geteuid()
+    if info.st_uid != uid:
+        user = run_as.name if run_as is not None else f"uid {uid}"
+        raise RefuseToRun(
+            f"standby data directory {data_dir} belongs to uid {info.st_uid}, not to {user} "
+            f"who runs the standby; fix it with: chown -R {user}: {data_dir}"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o700:
+        logger.warning("standby data directory %s had mode %o; setting 0700", data_dir, mode)
+        os.chmod(data_dir, 0o700)
+
+
+def live_postmaster(data_dir: Path) -> int | None:
+    """PID of a running postgres that owns ``data_dir`` (per ``postmaster.pid``), if any.
+
+    A stale file whose PID now belongs to some other program does not count.
+    """
+    pid = read_postmaster_pid(data_dir)
+    if pid is None or not pid_alive(pid):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return pid  # cannot tell: assume the worst
+    return pid if comm.startswith(("postgres", "postmaster")) else None
+
+
+def refuse_foreign_postmaster(data_dir: Path, run_as: RunAs | None) -> None:
+    pid = live_postmaster(data_dir)
+    if pid is None:
+        return
+    user = run_as.name if run_as is not None else "the postgres user"
+    raise RefuseToRun(
+        f"a PostgreSQL server (pid {pid}) not started by this laterbased is already running "
+        f"on {data_dir}; refusing to start a second one. Stop it first, e.g. "
+        f"'runuser -u {user} -- pg_ctl stop -m fast -D {data_dir}', then start laterbased"
+    )
+
+
+def move_aside(data_dir: Path, reason: str) -> Path:
+    """Rename ``data_dir`` to ``<name>.<reason>-<UTC timestamp>`` next to it; never delete."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = data_dir.with_name(f"{data_dir.name}.{reason}-{stamp}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = data_dir.with_name(f"{data_dir.name}.{reason}-{stamp}-{counter}")
+    os.rename(data_dir, target)
+    _fsync_dir(data_dir.parent)
+    return target
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree we created (staging), tolerating a half-gone one."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=False)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    _fsync_dir(directory)
+
+
+def server_leftovers(data_dir: Path, uid: int) -> list[int]:
+    """PostgreSQL processes of ``uid`` still working in ``data_dir``.
+
+    Backends start their own sessions, so after a postmaster is killed they escape its
+    process group; they must be gone before a new postmaster can use the directory.
+    """
+    found = []
+    for pid in pids_with_cwd_under(data_dir):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            owner = Path(f"/proc/{pid}").stat().st_uid
+        except OSError:
+            continue
+        if owner == uid and comm.startswith(("postgres", "postmaster")):
+            found.append(pid)
+    return found

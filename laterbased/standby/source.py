@@ -1,0 +1,92 @@
+"""What the standby needs to know about its primary: version, identity, slot, password."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from laterbased.config import Config
+from laterbased.pg import sql
+from laterbased.pg.binaries import major_from_version_num
+from laterbased.pg.connect import connect
+from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.pg.slot import ensure_physical_slot
+from laterbased.proc import RunAs
+
+from .configure import PrimaryLink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrimaryFacts:
+    version_num: int
+    major: str
+    system_identifier: str | None  # None before 9.6 (no pg_control_system())
+
+
+async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
+    """Connect to the primary, read version and system identifier, and (first of all
+    replication business) make sure our physical slot exists. Raises PgUnavailable when
+    the primary cannot be reached, RefuseToRun when the slot name is taken by another kind.
+    """
+    primary = config.primary
+    assert primary.host is not None  # noqa: S101 - required by config validation when enabled
+    conn = await connect(
+        host=primary.host,
+        port=primary.port,
+        user=primary.user,
+        password=primary.password.reveal() if primary.password else None,
+        database=primary.database,
+        timeout=primary.connect_timeout,
+        application_name=f"{config.standby.application_name}_supervisor",
+    )
+    try:
+        version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+        sysid: str | None = None
+        if version_num >= 90600:
+            try:
+                sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
+            except asyncpg.InsufficientPrivilegeError:
+                logger.warning(
+                    "user %s may not call pg_control_system() on the primary; the standby's "
+                    "system identifier cannot be checked",
+                    primary.user,
+                )
+        if ensure_slot:
+            await ensure_physical_slot(conn, config.standby.slot_name)
+    finally:
+        await asyncio.shield(conn.close())
+    return PrimaryFacts(version_num, major_from_version_num(version_num), sysid)
+
+
+def primary_link(config: Config, passfile: Path) -> PrimaryLink:
+    primary = config.primary
+    assert primary.host is not None  # noqa: S101 - required by config validation when enabled
+    return PrimaryLink(
+        host=primary.host,
+        port=primary.port,
+        user=primary.user,
+        passfile=passfile,
+        slot_name=config.standby.slot_name,
+        application_name=config.standby.application_name,
+        sslmode=primary.sslmode,
+        connect_timeout=max(1, int(primary.connect_timeout)),
+    )
+
+
+def write_primary_passfile(config: Config, passfile: Path, run_as: RunAs | None) -> None:
+    """The passfile the standby's WAL receiver (and pg_basebackup) read the password from,
+    owned by the run-as user, 0600. Blocking: call via ``asyncio.to_thread``."""
+    primary = config.primary
+    assert primary.host is not None  # noqa: S101 - required by config validation when enabled
+    lines = []
+    if primary.password:
+        lines.append(
+            passfile_line(primary.host, primary.port, "*", primary.user, primary.password.reveal())
+        )
+    write_passfile(passfile, lines, run_as)

@@ -1,0 +1,443 @@
+"""The standby worker: slot → bootstrap if needed → run postgres → restart it when it dies.
+
+Everything it learns goes into ``state.standby`` (phase, role, pid, restarts by reason,
+progress, a message a human can act on). On cancellation (daemon shutdown) the postgres
+child is stopped fast → immediate → SIGKILL, and no process of it is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from laterbased.config import Config
+from laterbased.daemon import WorkerContext
+from laterbased.errors import JobFailed, RefuseToRun
+from laterbased.pg.binaries import find_bindir
+from laterbased.pg.connect import PgUnavailable
+from laterbased.proc import Child, RunAs, child_environment, resolve_run_as, run, spawn
+from laterbased.state import StandbyState, State
+
+from . import bootstrap, configure, safety, source
+from .layout import Layout, prepare_directories
+
+logger = logging.getLogger(__name__)
+
+RESTART_BASE_DELAY = 1.0
+# A postgres that ran this long before dying is restarted after the base delay again.
+RESTART_RESET_AFTER = 120.0
+# Consecutive liveness checks without any answer before the postmaster counts as stuck.
+STUCK_CHECKS = 3
+PING_TIMEOUT = 5
+LEFTOVER_WAIT = 30.0
+
+
+def is_promoted(data_dir: Path, major: str) -> bool:
+    """A cluster without its standby marker runs (or will run) as a primary."""
+    if configure.uses_standby_signal(major):
+        return not (data_dir / configure.STANDBY_SIGNAL).exists()
+    return not (data_dir / configure.RECOVERY_CONF).exists()
+
+
+def exit_reason(returncode: int) -> tuple[str, str]:
+    """(counter label, human description) for an unexpected exit of the postmaster."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+        return "killed", f"killed by signal {-returncode} {name}".rstrip()
+    if returncode == 0:
+        return "exited", "exited on its own (status 0: stopped by someone else?)"
+    return "crash", f"exited with status {returncode}"
+
+
+class StandbySupervisor:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.state: StandbyState = ctx.state.standby
+        self.config: Config = ctx.config
+        self.layout = Layout.from_config(self.config)
+        self.run_as: RunAs | None = None
+        self.major = ""
+        self.bindir = Path()
+
+    # --- the worker -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        st = self.state
+        st.enabled = True
+        st.phase = "waiting"
+        try:
+            self.run_as = resolve_run_as(self.config.standby.run_as)
+            await asyncio.to_thread(
+                prepare_directories, self.layout, self.config.state_dir, self.run_as
+            )
+            await asyncio.to_thread(bootstrap.clean_leftovers, self.layout.data_dir)
+            if await self._ensure_cluster():
+                await self._supervise()
+        except RefuseToRun as exc:
+            st.phase = "failed"
+            st.message = str(exc)
+            raise
+        finally:
+            st.pid = None
+            if st.phase != "failed":
+                st.phase = "stopped"
+
+    # --- getting a data directory -----------------------------------------------------------
+
+    async def _ensure_cluster(self) -> bool:
+        """Return True once ``data_dir`` holds a usable cluster: checked, configured, or
+        freshly cloned (retried with backoff while the primary is away or the clone fails);
+        False when the daemon stops meanwhile."""
+        delay = RESTART_BASE_DELAY
+        data_dir = self.layout.data_dir
+        while True:
+            kind = await asyncio.to_thread(safety.classify, data_dir)
+            if kind is safety.DataDirKind.FOREIGN:
+                raise RefuseToRun(
+                    f"standby data directory {data_dir} is not empty and is not a PostgreSQL "
+                    "data directory; refusing to touch it. Point standby.data_dir (PGDATA) at "
+                    "an empty or absent directory"
+                )
+            if kind is safety.DataDirKind.CLUSTER:
+                if await self._adopt_cluster():
+                    return True
+                continue  # moved aside: clone afresh
+            try:
+                await self._bootstrap_once()
+                delay = RESTART_BASE_DELAY
+                continue
+            except (PgUnavailable, JobFailed, OSError) as exc:
+                self.state.phase = "waiting"
+                self.state.message = f"bootstrap failed, retrying in {delay:.0f}s: {exc}"
+                self.ctx.state.record_event("error", f"standby bootstrap failed: {exc}")
+                logger.error("bootstrap failed; retrying in %.0fs: %s", delay, exc)
+            if await self.ctx.sleep(delay):
+                return False
+            delay = min(delay * 2, self.config.standby.bootstrap_retry_max)
+
+    async def _bootstrap_once(self) -> None:
+        st = self.state
+        st.phase = "waiting"
+        st.message = f"connecting to primary {self.config.primary.host}:{self.config.primary.port}"
+        facts = await source.inspect_primary(self.config, ensure_slot=True)
+        await self._find_binaries(facts.major)
+        await asyncio.to_thread(
+            source.write_primary_passfile, self.config, self.layout.passfile, self.run_as
+        )
+        st.phase = "bootstrapping"
+        st.message = "starting base backup"
+        self.ctx.state.record_event(
+            "info", f"standby bootstrap from {self.config.primary.host} started"
+        )
+        plan = bootstrap.BootstrapPlan(
+            bindir=self.bindir,
+            major=self.major,
+            data_dir=self.layout.data_dir,
+            link=source.primary_link(self.config, self.layout.passfile),
+            checkpoint=self.config.standby.checkpoint,
+            run_as=self.run_as,
+        )
+        await bootstrap.bootstrap(plan, st)
+        st.message = "bootstrap finished"
+        self.ctx.state.record_event("info", "standby bootstrap finished")
+
+    async def _find_binaries(self, major: str) -> None:
+        self.major = major
+        self.bindir = await asyncio.to_thread(find_bindir, major, self.config.standby.bin_dir)
+
+    async def _adopt_cluster(self) -> bool:
+        """Safety checks on an existing cluster. False when it was moved aside."""
+        data_dir = self.layout.data_dir
+        await asyncio.to_thread(safety.check_ownership, data_dir, self.run_as)
+        await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
+        major = await asyncio.to_thread(safety.cluster_major, data_dir)
+        if await asyncio.to_thread(is_promoted, data_dir, major):
+            logger.warning(
+                "standby data directory %s was promoted: running it as a primary (no "
+                "replication, no re-clone). To make it a standby again, move it aside",
+                data_dir,
+            )
+            self.state.role = "primary"
+            await self._find_binaries(major)
+            return True
+        self.state.role = "replica"
+        try:
+            facts = await source.inspect_primary(self.config, ensure_slot=True)
+        except PgUnavailable as exc:
+            logger.warning(
+                "primary unreachable (%s); starting the existing standby without checking "
+                "its system identifier",
+                exc,
+            )
+            facts = None
+        if facts is not None:
+            mismatch = None
+            if facts.major != major:
+                mismatch = (
+                    f"the standby data directory {data_dir} is PostgreSQL {major} but the "
+                    f"primary is PostgreSQL {facts.major} (upgraded?)"
+                )
+            elif facts.system_identifier is not None:
+                ours = await asyncio.to_thread(safety.system_identifier, data_dir)
+                if ours != facts.system_identifier:
+                    mismatch = (
+                        f"the standby data directory {data_dir} belongs to another cluster: "
+                        f"system identifier {ours}, primary has {facts.system_identifier}"
+                    )
+            if mismatch is not None:
+                if not self.config.standby.reclone_on_mismatch:
+                    raise RefuseToRun(
+                        f"{mismatch}. Refusing to start it. Move it aside yourself, or set "
+                        "standby.reclone_on_mismatch: true to have it moved aside (never "
+                        "deleted) and cloned afresh"
+                    )
+                aside = await asyncio.to_thread(safety.move_aside, data_dir, "mismatch")
+                logger.warning("%s; moved it aside to %s and cloning afresh", mismatch, aside)
+                self.ctx.state.record_event("warning", f"{mismatch}; moved aside to {aside}")
+                return False
+        await self._find_binaries(major)
+        await asyncio.to_thread(
+            source.write_primary_passfile, self.config, self.layout.passfile, self.run_as
+        )
+        link = source.primary_link(self.config, self.layout.passfile)
+        await asyncio.to_thread(
+            bootstrap.write_primary_link, data_dir, major, link, self.run_as
+        )
+        return True
+
+    # --- running postgres -----------------------------------------------------------------------
+
+    def _argv(self) -> list[str]:
+        data_dir = self.layout.data_dir
+        primary_settings: dict[str, str] = {}
+        for name in (configure.MAIN_CONF, configure.AUTO_CONF):
+            path = data_dir / name
+            if path.exists():
+                primary_settings.update(configure.parse_settings(path.read_text("utf-8")))
+        overrides = configure.server_overrides(
+            self.major,
+            primary_settings,
+            data_dir=data_dir,
+            port=self.config.standby.port,
+            listen_addresses=self.config.standby.listen_addresses,
+            socket_dir=self.layout.socket_dir,
+        )
+        return configure.server_argv(self.bindir / "postgres", data_dir, overrides)
+
+    async def _supervise(self) -> None:
+        st = self.state
+        delay = RESTART_BASE_DELAY
+        while True:
+            started = time.monotonic()
+            reason, description = await self._run_once()
+            ran = time.monotonic() - started
+            if ran > RESTART_RESET_AFTER:
+                delay = RESTART_BASE_DELAY
+            st.restarts[reason] += 1
+            st.last_exit = description
+            st.phase = "restarting"
+            st.message = f"postgres {description}; restarting in {delay:.0f}s"
+            self.ctx.state.record_event(
+                "warning", f"standby postgres {description}; restart #{sum(st.restarts.values())}"
+            )
+            logger.warning(
+                "standby postgres %s after %.0fs; restarting in %.0fs reason=%s",
+                description,
+                ran,
+                delay,
+                reason,
+            )
+            if await self.ctx.sleep(delay):
+                return
+            delay = min(delay * 2, self.config.standby.restart_backoff_max)
+
+    async def _run_once(self) -> tuple[str, str]:
+        """Start postgres, watch it until it must be restarted; (reason, description)."""
+        data_dir = self.layout.data_dir
+        await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
+        await self._kill_leftovers()
+        argv = await asyncio.to_thread(self._argv)
+        self.state.phase = "starting"
+        self.state.message = "starting postgres"
+        child = await spawn(
+            argv,
+            env=child_environment({"PGPASSFILE": str(self.layout.passfile)}),
+            run_as=self.run_as,
+            cwd=data_dir,
+            log_name="standby postgres",
+        )
+        self.state.pid = child.pid
+        self.state.started_at = time.time()
+        try:
+            return await self._watch(child)
+        finally:
+            self.state.phase = "stopping"
+            timeout = self.config.standby.stop_timeout
+            await child.stop(((signal.SIGINT, timeout), (signal.SIGQUIT, timeout)))
+            await self._kill_leftovers()
+            self.state.pid = None
+
+    async def _kill_leftovers(self) -> None:
+        uid = self.run_as.uid if self.run_as is not None else os.geteuid()
+        deadline = time.monotonic() + LEFTOVER_WAIT
+        while pids := await asyncio.to_thread(safety.server_leftovers, self.layout.data_dir, uid):
+            if time.monotonic() > deadline:
+                raise JobFailed(
+                    f"postgres processes {pids} in {self.layout.data_dir} survive SIGKILL"
+                )
+            logger.warning("killing leftover postgres processes pids=%s", pids)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+
+    async def _watch(self, child: Child) -> tuple[str, str]:
+        interval = max(0.5, min(self.config.monitor.interval, 10.0))
+        silent = 0
+        async with asyncio.TaskGroup() as group:
+            exit_task = group.create_task(child.wait())
+            reload_task = group.create_task(self.ctx.wait_reload())
+            try:
+                while True:
+                    await asyncio.wait(
+                        {exit_task, reload_task},
+                        timeout=interval,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if exit_task.done():
+                        return exit_reason(exit_task.result())
+                    if reload_task.done():
+                        await self._apply_reload(reload_task.result(), child)
+                        reload_task = group.create_task(self.ctx.wait_reload())
+                        continue
+                    answer = await self._ping()
+                    if answer == 2 and not exit_task.done():
+                        silent += 1
+                        self.state.message = (
+                            f"postgres pid {child.pid} does not answer ({silent}/{STUCK_CHECKS})"
+                        )
+                        if silent >= STUCK_CHECKS:
+                            return "stuck", (
+                                f"pid {child.pid} alive but not answering for "
+                                f"{silent} checks ({silent * interval:.0f}s)"
+                            )
+                        continue
+                    silent = 0
+                    await self._observe(answer)
+            finally:
+                exit_task.cancel()
+                reload_task.cancel()
+
+    async def _ping(self) -> int:
+        """pg_isready on our socket: 0 accepting, 1 rejecting (starting), 2 no answer."""
+        result = await run(
+            [
+                str(self.bindir / "pg_isready"),
+                "-q",
+                "-h",
+                str(self.layout.socket_dir),
+                "-p",
+                str(self.config.standby.port),
+                "-t",
+                str(PING_TIMEOUT),
+                # A role that exists (it came from the primary): a ping as "root" would
+                # leave a FATAL line in the server log at every check.
+                "-U",
+                self.config.primary.user,
+                "-d",
+                self.config.primary.database,
+            ],
+            log_name="pg_isready",
+            timeout=PING_TIMEOUT + 5,
+        )
+        return result.returncode
+
+    async def _observe(self, answer: int) -> None:
+        st = self.state
+        promoted = await asyncio.to_thread(is_promoted, self.layout.data_dir, self.major)
+        if promoted and st.role != "primary":
+            mark_promoted(self.ctx.state, how="noticed: the standby marker is gone")
+        if answer == 1:
+            st.message = "postgres is starting (not accepting connections yet)"
+            return
+        if answer != 0:
+            return
+        target = "promoted" if st.role == "primary" else "running"
+        if st.phase != target:
+            st.phase = target
+            st.message = (
+                "running as primary (promoted)" if target == "promoted" else "streaming standby"
+            )
+            logger.info(
+                "standby postgres accepting connections pid=%s port=%s role=%s",
+                st.pid,
+                self.config.standby.port,
+                st.role,
+            )
+
+    async def _apply_reload(self, new: Config, child: Child) -> None:
+        old = self.config
+        self.config = new
+        for label, before, after in (
+            ("standby.data_dir", old.standby_data_dir, new.standby_data_dir),
+            ("standby.port", old.standby.port, new.standby.port),
+            ("standby.listen_addresses", old.standby.listen_addresses,
+             new.standby.listen_addresses),
+            ("standby.run_as", old.standby.run_as, new.standby.run_as),
+        ):
+            if before != after:
+                logger.warning("reload: %s changed; takes effect after a restart of laterbased",
+                               label)
+        link_before = (old.primary, old.standby.slot_name, old.standby.application_name)
+        link_after = (new.primary, new.standby.slot_name, new.standby.application_name)
+        if link_before == link_after:
+            return
+        if self.state.role == "primary":
+            logger.info("reload: primary connection changed, ignored: this server was promoted")
+            return
+        if new.standby.slot_name != old.standby.slot_name:
+            try:
+                await source.inspect_primary(new, ensure_slot=True)
+            except PgUnavailable as exc:
+                logger.warning("reload: cannot create slot %s now (%s); the standby will "
+                               "retry connecting", new.standby.slot_name, exc)
+        await asyncio.to_thread(
+            source.write_primary_passfile, new, self.layout.passfile, self.run_as
+        )
+        link = source.primary_link(new, self.layout.passfile)
+        await asyncio.to_thread(
+            bootstrap.write_primary_link, self.layout.data_dir, self.major, link, self.run_as
+        )
+        if configure.reloads_primary_conninfo(self.major):
+            # What pg_reload_conf() does, without needing a superuser login.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGHUP)
+            logger.info("reload: standby now follows %s:%s slot=%s", new.primary.host,
+                        new.primary.port, new.standby.slot_name)
+            self.ctx.state.record_event("info", "standby primary connection reloaded")
+        else:
+            logger.warning("reload: PostgreSQL %s applies a new primary connection only after a "
+                           "restart; restart laterbased", self.major)
+
+
+def mark_promoted(state: State, *, how: str = "") -> None:
+    """Record that the local server is a primary now (idempotent)."""
+    st = state.standby
+    if st.role == "primary" and st.promoted_at is not None:
+        return
+    st.role = "primary"
+    st.phase = "promoted"
+    st.promoted_at = time.time()
+    st.message = "promoted: accepts writes, no longer follows the old primary"
+    logger.warning("standby promoted to primary%s", f" ({how})" if how else "")
+    state.record_event("warning", f"standby promoted to primary{f' ({how})' if how else ''}")
+
+
+async def run_standby(ctx: WorkerContext) -> None:
+    """The ``standby`` worker registered in daemon.configured_workers."""
+    await StandbySupervisor(ctx).run()

@@ -1,0 +1,382 @@
+"""The standby supervisor against a real primary: the worker runs in-process with a
+WorkerContext, exactly as the daemon runs it, and starts a real standby postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from pgserver import NASTY_PASSWORD, PgServer, free_port
+
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    HttpConfig,
+    MonitorConfig,
+    PrimaryConfig,
+    Secret,
+    StandbyConfig,
+)
+from laterbased.daemon import WorkerContext
+from laterbased.errors import RefuseToRun
+from laterbased.proc import pid_alive, pids_with_cwd_under
+from laterbased.standby import safety
+from laterbased.standby.supervisor import run_standby
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+
+DEADLINE = 60.0
+
+
+def standby_config(primary: PgServer, state_dir: Path, **standby: Any) -> Config:
+    return Config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret(primary.replication_password),
+            connect_timeout=5.0,
+        ),
+        standby=StandbyConfig(port=free_port(), **standby),
+        monitor=MonitorConfig(interval=1.0),
+        backup=BackupConfig(enabled=False),
+        http=HttpConfig(enabled=False),
+        state_dir=state_dir,
+    )
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = DEADLINE
+) -> None:
+    """Poll ``condition`` (sync or async) until true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        await asyncio.sleep(0.1)
+
+
+class RunningStandby:
+    """The standby worker running in this event loop, plus ways to look at its server."""
+
+    def __init__(self, config: Config) -> None:
+        self.state = State(config=config)
+        self.ctx = WorkerContext(state=self.state, stopping=asyncio.Event())
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.standby_data_dir
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(run_standby(self.ctx))
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.ctx.stopping.set()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    def check_alive(self) -> None:
+        if self.task is not None and self.task.done():
+            exc = None if self.task.cancelled() else self.task.exception()
+            raise AssertionError(f"standby worker ended: {exc!r}; state={self.state.standby}")
+
+    async def connect(self, primary: PgServer) -> Any:
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=self.config.standby.port,
+            user=primary.superuser,
+            password=primary.superuser_password,
+            database="postgres",
+            timeout=10,
+        )
+
+    async def query(self, primary: PgServer, sql: str) -> Any:
+        conn = await self.connect(primary)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    async def wait_running(self, timeout: float = DEADLINE) -> None:
+        def running() -> bool:
+            self.check_alive()
+            return self.state.standby.phase in {"running", "promoted"}
+
+        await wait_for(running, f"standby running (state: {self.state.standby})", timeout)
+
+    async def wait_row(self, primary: PgServer, table: str, value: str) -> None:
+        async def replicated() -> bool:
+            self.check_alive()
+            try:
+                return bool(
+                    await self.query(
+                        primary, f"SELECT count(*) FROM {table} WHERE v = '{value}'"  # noqa: S608
+                    )
+                )
+            except (OSError, asyncpg.PostgresError):
+                return False
+
+        await wait_for(replicated, f"row {value!r} of {table} on the standby")
+
+
+@contextlib.asynccontextmanager
+async def running_standby(
+    primary: PgServer, *, start: bool = True, **standby: Any
+) -> AsyncIterator[RunningStandby]:
+    state_dir = Path(tempfile.mkdtemp(prefix="laterbased-state-"))
+    runner = RunningStandby(standby_config(primary, state_dir, **standby))
+    if start:
+        runner.start()
+    try:
+        yield runner
+    finally:
+        if runner.task is not None and not runner.task.done():
+            await runner.stop()
+        leftovers = pids_with_cwd_under(state_dir)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        assert leftovers == [], f"processes left running in {state_dir}: {leftovers}"
+
+
+def drop_slot(primary: PgServer, name: str = "laterbase_standby_slot") -> None:
+    query = "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE "
+    primary.sql(query + f"slot_name = '{name}' AND NOT active")
+
+
+def cmdlines() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append((entry / "cmdline").read_bytes())
+    return found
+
+
+async def test_bootstrap_from_empty_dir_streams_rows_with_active_slot_and_no_password_in_argv(
+    primary: PgServer,
+) -> None:
+    primary.sql("CREATE TABLE IF NOT EXISTS sb_first (v text)")
+    drop_slot(primary)
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        st = standby.state.standby
+        assert st.role == "replica"
+        assert st.bootstrap_bytes_done > 0
+        assert st.bootstrap_bytes_total is not None
+        assert (standby.data_dir / "standby.signal").exists()
+        assert safety.system_identifier(standby.data_dir) == primary.sql(
+            "SELECT system_identifier FROM pg_control_system()"
+        )
+        primary.sql("INSERT INTO sb_first VALUES ('hello from the primary')")
+        await standby.wait_row(primary, "sb_first", "hello from the primary")
+        assert primary.sql(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'laterbase_standby_slot'"
+        ) == "t"
+        # The password is nowhere in any command line, ours or our children's.
+        for cmdline in cmdlines():
+            assert NASTY_PASSWORD.encode() not in cmdline
+            assert b"w\\'o" not in cmdline
+        # It is in the passfile, owned by the postgres user, mode 0600, in the state dir.
+        passfile = standby.config.state_dir / "standby-run" / "primary.pgpass"
+        info = passfile.stat()
+        assert info.st_mode & 0o777 == 0o600
+        if primary.os_user is not None:
+            assert info.st_uid == primary.os_user.pw_uid
+        # The standby listens where we said, not where the primary does.
+        assert await standby.query(primary, "SHOW listen_addresses") == "127.0.0.1"
+        assert await standby.query(primary, "SELECT pg_is_in_recovery()") is True
+        pid = st.pid
+    assert pid is not None and not pid_alive(pid)
+    assert standby.state.standby.phase == "stopped"
+
+
+async def test_kill_9_of_the_postmaster_restarts_it_and_replication_resumes(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    primary.sql("CREATE TABLE sb_kill (v text)")
+    async with running_standby(primary, restart_backoff_max=2.0) as standby:
+        await standby.wait_running()
+        first = standby.state.standby.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await wait_for(
+            lambda: standby.state.standby.restarts["killed"] == 1,
+            "restart counted with reason killed",
+        )
+        await standby.wait_running()
+        assert standby.state.standby.pid not in (None, first)
+        assert "signal 9" in (standby.state.standby.last_exit or "")
+        primary.sql("INSERT INTO sb_kill VALUES ('after the kill')")
+        await standby.wait_row(primary, "sb_kill", "after the kill")
+        assert any("restart #1" in event.message for event in standby.state.events)
+
+
+async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    async with running_standby(primary, stop_timeout=2.0) as standby:
+        await standby.wait_running()
+        first = standby.state.standby.pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)  # alive, PID present, answers nothing
+        await wait_for(
+            lambda: standby.state.standby.restarts["stuck"] == 1, "restart with reason stuck"
+        )
+        await standby.wait_running()
+        assert standby.state.standby.pid != first
+        assert not pid_alive(first)
+
+
+async def test_primary_stop_and_start_standby_reconnects_by_itself(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    primary.sql("CREATE TABLE sb_reconnect (v text)")
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        primary.stop("fast")
+        await asyncio.sleep(1.0)
+        primary.start()
+        primary.sql("INSERT INTO sb_reconnect VALUES ('back again')")
+        await standby.wait_row(primary, "sb_reconnect", "back again")
+        assert sum(standby.state.standby.restarts.values()) == 0
+
+
+async def test_reload_with_a_new_slot_and_password_keeps_streaming_without_reclone(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    primary.sql("CREATE TABLE sb_reload (v text)")
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        pid = standby.state.standby.pid
+        new_password = "n3w p'a\\ss \"word\""
+        primary.sql(
+            "ALTER ROLE replicator PASSWORD '" + new_password.replace("'", "''") + "'"
+        )
+        new = replace(
+            standby.config,
+            primary=replace(standby.config.primary, password=Secret(new_password)),
+            standby=replace(standby.config.standby, slot_name="laterbased_reloaded"),
+        )
+        standby.state.config = new
+        standby.ctx._announce_reload()
+        await wait_for(
+            lambda: primary.sql(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'laterbased_reloaded'"
+            ) == "t",
+            "the standby streams through the new slot",
+        )
+        primary.sql("INSERT INTO sb_reload VALUES ('via new slot')")
+        await standby.wait_row(primary, "sb_reload", "via new slot")
+        assert standby.state.standby.pid == pid  # reloaded, not restarted or re-cloned
+        assert "laterbased_reloaded" in (standby.data_dir / "postgresql.auto.conf").read_text()
+
+
+async def test_data_dir_of_another_cluster_is_refused_with_the_sysid(
+    primary: PgServer, make_primary: Callable[..., PgServer]
+) -> None:
+    other = make_primary()
+    other_sysid = other.sql("SELECT system_identifier FROM pg_control_system()")
+    async with running_standby(primary, start=False) as standby:
+        data_dir = standby.data_dir
+        other.stop()
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(other.data_dir, data_dir, symlinks=True)
+        if other.os_user is not None:
+            for path in [data_dir, *data_dir.rglob("*")]:
+                os.lchown(path, other.os_user.pw_uid, other.os_user.pw_gid)
+        (data_dir / "standby.signal").touch()
+        standby.start()
+        assert standby.task is not None
+        with pytest.raises(RefuseToRun) as refused:
+            await asyncio.wait_for(standby.task, DEADLINE)
+        assert other_sysid in str(refused.value)
+        assert "reclone_on_mismatch" in str(refused.value)
+        assert standby.state.standby.phase == "failed"
+        assert safety.system_identifier(data_dir) == other_sysid  # untouched
+
+
+async def test_reclone_on_mismatch_moves_the_old_dir_aside_and_streams(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    other = make_primary()
+    other_sysid = other.sql("SELECT system_identifier FROM pg_control_system()")
+    primary.sql("CREATE TABLE sb_reclone (v text)")
+    async with running_standby(primary, start=False, reclone_on_mismatch=True) as standby:
+        data_dir = standby.data_dir
+        other.stop()
+        shutil.copytree(other.data_dir, data_dir, symlinks=True)
+        if other.os_user is not None:
+            for path in [data_dir, *data_dir.rglob("*")]:
+                os.lchown(path, other.os_user.pw_uid, other.os_user.pw_gid)
+        (data_dir / "standby.signal").touch()
+        standby.start()
+        await standby.wait_running()
+        aside = list(data_dir.parent.glob("standby.mismatch-*"))
+        assert len(aside) == 1
+        assert safety.system_identifier(aside[0]) == other_sysid
+        primary.sql("INSERT INTO sb_reclone VALUES ('fresh clone')")
+        await standby.wait_row(primary, "sb_reclone", "fresh clone")
+
+
+async def test_cancel_mid_bootstrap_leaves_no_data_dir_and_next_start_cleans_and_clones(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    # A checkpointer that cannot run keeps pg_basebackup waiting for its checkpoint.
+    checkpointer = int(
+        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    )
+    async with running_standby(primary, start=False) as standby:
+        os.kill(checkpointer, signal.SIGSTOP)
+        try:
+            standby.start()
+            await wait_for(
+                lambda: "waiting for checkpoint" in (standby.state.standby.message or ""),
+                "bootstrap waiting for the primary's checkpoint",
+            )
+            assert standby.state.standby.phase == "bootstrapping"
+            staging = standby.data_dir.with_name(".standby.laterbased-staging")
+            assert staging.exists()
+            await standby.stop()
+        finally:
+            os.kill(checkpointer, signal.SIGCONT)
+        assert not standby.data_dir.exists()
+        assert not staging.exists()
+        # A harder death (no cleanup) leaves staging behind: the next start removes it.
+        staging.mkdir()
+        (staging / "PG_VERSION").write_text("15\n")
+        standby.ctx.stopping.clear()
+        standby.start()
+        await standby.wait_running()
+        assert not staging.exists()
