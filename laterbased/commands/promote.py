@@ -1,0 +1,105 @@
+"""``laterbased promote``: fail over to the local standby.
+
+Asks the running daemon (``POST /api/promote`` with the bearer token) so it records the
+promotion and stops treating the server as a standby; when no daemon answers, promotes the
+server directly (``pg_promote()``, or ``pg_ctl promote`` as the run-as user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import aiohttp
+
+from laterbased import cli
+from laterbased.config import Config
+from laterbased.errors import EXIT_FAILURE, EXIT_OK
+
+DESCRIPTION = """\
+Promote the local standby to a primary (failover). Run it only when the Resolve primary
+is gone for good: afterwards the old primary and this server are two separate databases.
+
+With the daemon running, this goes through its HTTP API (POST /api/promote, needs
+http.token); without it, the standby postgres is promoted directly. Then point Resolve's
+Project Manager at this host and the standby port (see README, "Standby and failover").
+"""
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "promote",
+        parents=[common],
+        help="promote the standby to a primary (failover)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=cmd_promote)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    config = cli.load_from_args(args)
+    cli.configure_logging(args, config)
+    return asyncio.run(promote(config))
+
+
+async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) from the daemon's API, or None when no daemon answers."""
+    host = config.http.host
+    if host in {"", "0.0.0.0", "::", "*"}:  # noqa: S104 - we connect, not bind
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.http.port}/api/promote"
+    headers = {}
+    if config.http.token:
+        headers["Authorization"] = f"Bearer {config.http.token.reveal()}"
+    timeout = aiohttp.ClientTimeout(total=120, connect=5)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, headers=headers) as response,
+        ):
+            body = await response.json(content_type=None)
+            return response.status, body if isinstance(body, dict) else {}
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def promote(config: Config) -> int:
+    from laterbased.standby.promote import PromoteRefused, promote_server
+
+    if not config.standby.enabled:
+        print("laterbased: no standby is configured (standby.enabled is false)", file=sys.stderr)
+        return EXIT_FAILURE
+    answer = await _ask_daemon(config) if config.http.enabled else None
+    if answer is not None:
+        status, body = answer
+        if status == 200:
+            print(f"promoted by the running daemon ({body.get('method')}); role: primary")
+            _print_next_steps(config)
+            return EXIT_OK
+        if status != 403:
+            print(f"laterbased: the daemon refused: {body.get('error', status)}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(
+            "the daemon runs but HTTP promotion is disabled (no http.token); promoting the "
+            "server directly; the daemon notices within its check interval",
+            file=sys.stderr,
+        )
+    try:
+        how = await promote_server(config)
+    except PromoteRefused as exc:
+        print(f"laterbased: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"promoted with {how}; role: primary")
+    _print_next_steps(config)
+    return EXIT_OK
+
+
+def _print_next_steps(config: Config) -> None:
+    print(
+        f"next: in DaVinci Resolve's Project Manager, connect the project library on this "
+        f"host, port {config.standby.port} (listen_addresses: "
+        f"{config.standby.listen_addresses}); keep the old primary switched off"
+    )

@@ -1,0 +1,199 @@
+"""The standby through a real ``laterbased run`` subprocess: nasty password end to end,
+promotion with ``laterbased promote``, SIGTERM leaves no postgres behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from daemon_process import DaemonProcess, write_config
+from pgserver import NASTY_PASSWORD, PgServer, free_port
+from test_standby_supervisor import cmdlines, wait_for
+
+from laterbased.config import Config, HttpConfig, Secret
+from laterbased.http import HttpServer, build_app
+from laterbased.proc import pids_with_cwd_under
+from laterbased.standby.promote import add_promote_route
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "promote-token-" + os.urandom(6).hex()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="laterbased-daemon-"))
+    try:
+        yield path
+    finally:
+        for pid in pids_with_cwd_under(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def daemon_config(primary: PgServer, state_dir: Path, **standby: Any) -> dict[str, Any]:
+    return {
+        "primary": {
+            "host": primary.host,
+            "port": primary.port,
+            "user": primary.replication_user,
+            "password": primary.replication_password,
+        },
+        "standby": {"port": free_port(), **standby},
+        "monitor": {"interval": "1s"},
+        "backup": {"enabled": False},
+        "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+        "state_dir": str(state_dir),
+    }
+
+
+async def standby_sql(primary: PgServer, port: int, query: str) -> Any:
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=port,
+        user=primary.superuser,
+        password=primary.superuser_password,
+        database="postgres",
+        timeout=10,
+    )
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "laterbased", *args,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                fields = stat.rpartition(")")[2].split()
+                if int(fields[2]) == pgid:
+                    members.append(int(entry.name))
+    return members
+
+
+async def test_daemon_streams_with_nasty_password_promotes_and_leaves_nothing_on_sigterm(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = make_primary()
+    assert primary.replication_password == NASTY_PASSWORD
+    primary.sql("CREATE TABLE sb_daemon (v text)")
+    config = daemon_config(primary, state_dir)
+    port = config["standby"]["port"]
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=90)
+        primary.sql("INSERT INTO sb_daemon VALUES ('through the daemon')")
+
+        async def replicated() -> bool:
+            try:
+                return bool(await standby_sql(
+                    primary, port, "SELECT count(*) FROM sb_daemon WHERE v = 'through the daemon'"
+                ))
+            except (OSError, asyncpg.PostgresError):
+                return False
+
+        await wait_for(replicated, "row replicated to the daemon's standby")
+        for cmdline in cmdlines():
+            assert NASTY_PASSWORD.encode() not in cmdline
+        assert NASTY_PASSWORD not in daemon.log
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{daemon.url}/api/promote", headers={"Authorization": "Bearer wrong"}
+            ) as response:
+                assert response.status == 401
+
+        code, out = await run_cli("promote", "--config", str(config_path))
+        assert code == 0, out
+        assert "role: primary" in out
+        assert await standby_sql(primary, port, "SELECT pg_is_in_recovery()") is False
+        await standby_sql(primary, port, "CREATE TABLE written_after_failover (id int)")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.url}/metrics") as response:
+                assert response.status == 200
+
+        postmaster = int((state_dir / "standby" / "postmaster.pid").read_text().split()[0])
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
+    assert group_members(postmaster) == []
+    assert pids_with_cwd_under(state_dir) == []
+    assert "promoted" in daemon.log
+
+
+async def test_daemon_sigterm_mid_bootstrap_leaves_no_data_dir(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = make_primary()
+    checkpointer = int(
+        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    )
+    config = daemon_config(primary, state_dir)
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    os.kill(checkpointer, signal.SIGSTOP)
+    try:
+        daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+        try:
+            await daemon.wait_log("waiting for the primary's checkpoint", timeout=60)
+            daemon.send(signal.SIGTERM)
+            assert await daemon.wait_exit(timeout=60) == 0
+        finally:
+            await daemon.stop()
+    finally:
+        os.kill(checkpointer, signal.SIGCONT)
+    assert not (state_dir / "standby").exists()
+    assert not (state_dir / ".standby.laterbased-staging").exists()
+    assert pids_with_cwd_under(state_dir) == []
+
+
+async def test_promote_api_is_forbidden_without_a_token_and_says_how_to_enable() -> None:
+    config = Config(http=HttpConfig(host="127.0.0.1", port=0))
+    state = State(config=config)
+    server = HttpServer(build_app(state, [add_promote_route]), "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{server.port}/api/promote"
+            async with session.post(url) as response:
+                assert response.status == 403
+                assert "http.token" in (await response.json())["error"]
+            state.config = Config(http=HttpConfig(token=Secret(TOKEN)))
+            async with session.post(url) as response:
+                assert response.status == 401
+            async with session.post(
+                url, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as response:
+                assert response.status == 409  # no standby running here
+    finally:
+        await server.stop()
