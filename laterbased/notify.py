@@ -1,18 +1,18 @@
 """Telling a human about trouble without Prometheus: a webhook and/or a hook command.
 
-The notify worker watches the health verdicts (:func:`health.evaluate`) plus failed job runs
-and per-database backup failures, and sends a message when a verdict changes: a *problem*
-(a check turned warning/critical, or changed severity) and a *recovery* (back to ok after a
-problem was told).
+The notify worker watches the health verdicts (:func:`health.evaluate`: primary, standby,
+replication, slot, ``backup:<db>``, ``upload:<db>``) plus failed job runs, and sends a
+message when a verdict changes: a *problem* (a check turned warning/critical, or changed
+severity) and a *recovery* (back to ok after a problem was told).
 
 Rules that keep a 3 a.m. phone quiet but honest:
 
-* a new state must last ``notify.confirm_after`` before it is told (a 5-second blip is not
-  news); failed job runs and backups are facts, told at once;
+* a new state, problem or recovery, must last ``notify.confirm_after`` before it is told (a
+  5-second blip is not news); a failed job run is a fact, told at once;
 * per check at most one problem message per ``notify.min_interval``; a problem held back by
   that limit is not lost, it is sent when the interval is over if it still stands, with the
   number of changes seen meanwhile;
-* a recovery is told at once after a told problem, so nobody gets up for a problem that has
+* a recovery is never held back by the rate limit, so nobody gets up for a problem that has
   already gone away;
 * sending never blocks the watcher: messages go through a bounded queue to a sender task;
   a failed send is logged and counted in ``state.notifications_failed``, never fatal.
@@ -226,23 +226,19 @@ def _with_confirm(
 
 
 def job_checks(state: State) -> list[Check]:
-    """Facts that are news the moment they happen: a failed backup of a database, a failed
-    run of any other job (upload, prune, verify). A later good run recovers them."""
+    """Failed job runs are news the moment they happen (upload, prune, verify, and a dump
+    failure not tied to one database); a later good run of the job recovers them.
+
+    A failed backup of a database is not repeated here: health's ``backup:<db>`` check
+    already reports it (warning, then critical once stale).
+    """
     checks: list[Check] = []
-    for database, summary in sorted(state.backups.items()):
-        if summary.last_failure is None:
-            continue
-        if summary.last_success is not None and summary.last_success >= summary.last_failure:
-            checks.append(Check(f"backup:{database}", "ok", "backup succeeded"))
-        else:
-            reason = summary.last_error or "backup failed"
-            checks.append(Check(f"backup:{database}", "critical", f"backup failed: {reason}"))
     for name, status in sorted(state.jobs.items()):
         run = status.last_run
         if run is None or run.finished is None:
             continue
         if name == "dump" and run.database is not None:
-            continue  # told per database above
+            continue  # health's backup:<database> check tells this one
         if run.result == "failed":
             where = f" database={run.database}" if run.database else ""
             detail = run.detail or "no detail"

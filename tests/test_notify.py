@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,17 +17,30 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from laterbased.config import Config, NotifyConfig, PrimaryConfig
+from laterbased import health
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    NotifyConfig,
+    PrimaryConfig,
+    StandbyConfig,
+)
 from laterbased.daemon import configured_workers
 from laterbased.health import Check
-from laterbased.notify import Tracker, job_checks, run_notify
+from laterbased.notify import Notification, Tracker, job_checks, run_notify
 from laterbased.state import JobRun, State
 
 POLL = 0.05
 
 
 def make_state(**notify: Any) -> State:
-    config = Config(primary=PrimaryConfig(host="127.0.0.1"), notify=NotifyConfig(**notify))
+    """Only the primary is checked (no standby, no backups), so tests flip one verdict."""
+    config = Config(
+        primary=PrimaryConfig(host="127.0.0.1"),
+        standby=StandbyConfig(enabled=False),
+        backup=BackupConfig(enabled=False),
+        notify=NotifyConfig(**notify),
+    )
     state = State(config=config)
     state.ready = True
     state.primary.reachable = True
@@ -137,18 +151,35 @@ def test_flapping_check_sends_one_problem_per_interval_and_never_loses_the_last_
     assert "more changes since the last message" in again.text
 
 
-def test_failed_backup_is_told_at_once_and_recovers_on_the_next_good_one() -> None:
+def test_failed_backup_from_health_is_told_after_confirm_and_recovers() -> None:
     state = make_state()
+    state.config = dataclasses.replace(state.config, backup=BackupConfig(enabled=True))
     tracker = Tracker(min_interval=900, confirm_after=60, host="h")
     summary = state.backup("Resolve Projects")
-    summary.last_failure = 100.0
+    summary.last_success = 1000.0
+    summary.last_failure = 1100.0
     summary.last_error = "pg_dump exit status 1: permission denied for table SM_Project"
-    [message] = tracker.observe([], now=101, immediate=job_checks(state))
+
+    def observe(now: float) -> list[Notification]:
+        return tracker.observe(health.evaluate(state, now), now, job_checks(state))
+
+    assert observe(1101) == []
+    [message] = observe(1161)
     assert message.check == "backup:Resolve Projects"
     assert "permission denied" in message.message
-    summary.last_success = 200.0
-    [recovered] = tracker.observe([], now=201, immediate=job_checks(state))
+    summary.last_success = 1200.0
+    assert observe(1200) == []  # a recovery must hold for confirm_after too
+    [recovered] = observe(1260)
     assert recovered.event == "recovered"
+    assert recovered.check == "backup:Resolve Projects"
+
+
+def test_dump_failures_are_left_to_the_per_database_health_check() -> None:
+    state = make_state()
+    state.job("dump").last_run = JobRun(
+        id="d-1", job="dump", started=1, finished=2, result="failed", database="Resolve"
+    )
+    assert job_checks(state) == []
 
 
 def test_failed_job_run_names_its_run_id() -> None:
@@ -292,7 +323,6 @@ def test_hook_environment_has_no_laterbased_settings_of_ours(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # child_environment drops every LATERBASED_* setting; the event variables are added after.
-    from laterbased.notify import Notification
     from laterbased.proc import child_environment
 
     monkeypatch.setenv("LATERBASED_HTTP_TOKEN", "tok-123")
