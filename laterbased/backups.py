@@ -312,8 +312,9 @@ class Catalogue:
         """
         directory = record.directory
         _make_private_dir(directory)
-        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask was when it was created
             os.fsync(fd)
         finally:
             os.close(fd)

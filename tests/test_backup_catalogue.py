@@ -1,0 +1,151 @@
+"""The on-disk catalogue: safe names, atomic publish, manifests, cleaning .partial."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from laterbased.backups import BackupRecord, Catalogue, decode_name, encode_name, writers_into
+
+T0 = datetime(2026, 11, 26, 13, 0, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"),
+    [
+        ("Resolve", "Resolve"),
+        ("My Project", "My%20Project"),
+        ("a/b", "a%2Fb"),
+        ("..", "%2E."),
+        (".hidden", "%2Ehidden"),
+        ("it's \"q\"", "it%27s%20%22q%22"),
+        ("ü", "%C3%BC"),
+        ("@globals", "%40globals"),
+        ("a%b", "a%25b"),
+    ],
+)
+def test_database_names_become_safe_file_names(name: str, encoded: str) -> None:
+    assert encode_name(name) == encoded
+    assert decode_name(encoded) == name
+
+
+@given(st.text(min_size=1, max_size=63).filter(lambda s: "\x00" not in s))
+def test_encoding_round_trips_and_stays_a_single_path_component(name: str) -> None:
+    encoded = encode_name(name)
+    assert decode_name(encoded) == name
+    assert "/" not in encoded and encoded not in {".", ".."} and not encoded.startswith(".")
+    assert len(encoded.encode()) <= 255 - len("-20261126T130000Z-99.sql.gz")
+
+
+def publish(catalogue: Catalogue, database: str, started: datetime, data: bytes) -> BackupRecord:
+    name = catalogue.file_name(database, "custom", started)
+    partial = catalogue.new_partial(name)
+    partial.write_bytes(data)
+    record = BackupRecord(
+        database=database,
+        file=name,
+        directory=catalogue.database_dir(database),
+        format="custom",
+        size=len(data),
+        sha256="ab" * 32,
+        started=started,
+        finished=started + timedelta(seconds=3),
+        source="primary",
+        server_version="15.4",
+    )
+    return catalogue.publish(partial, record)
+
+
+def test_publish_places_file_and_manifest_private_and_lists_real_name(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path / "backups")
+    record = publish(catalogue, "Proj ü/1", T0, b"PGDMP data")
+    directory = tmp_path / "backups" / "Proj%20%C3%BC%2F1"
+    assert record.path == directory / "Proj%20%C3%BC%2F1-20261126T130005Z.dump"
+    manifest = json.loads(record.manifest_path.read_text())
+    assert manifest["database"] == "Proj ü/1"
+    assert manifest["size"] == 10 and manifest["started"] == "2026-11-26T13:00:05Z"
+    assert manifest["uploaded_to"] is None and manifest["verified"] is None
+    for path in (record.path, record.manifest_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for path in (directory, catalogue.partial, catalogue.root):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert list(catalogue.partial.iterdir()) == []
+    [listed] = catalogue.list_backups()
+    assert listed.database == "Proj ü/1" and listed.good
+    assert catalogue.list_backups("Proj ü/1") == [listed]
+
+
+def test_two_backups_in_the_same_second_get_distinct_names(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    first = publish(catalogue, "db", T0, b"1")
+    second = publish(catalogue, "db", T0, b"2")
+    assert first.file != second.file and second.file.endswith("-2.dump")
+    assert len(catalogue.list_backups("db")) == 2
+
+
+def test_marks_are_written_to_the_manifest(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    record = publish(catalogue, "db", T0, b"x")
+    catalogue.mark_uploaded(record, "s3:bucket/db", T0 + timedelta(minutes=5))
+    [listed] = catalogue.list_backups()
+    assert listed.uploaded_to == "s3:bucket/db"
+    assert listed.uploaded_at == T0 + timedelta(minutes=5)
+    catalogue.mark_verified(listed, False, "checksum mismatch")
+    [listed] = catalogue.list_backups()
+    assert listed.verified is False and not listed.good
+    assert [p.name for p in record.directory.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_file_without_manifest_is_not_a_backup_and_is_foreign(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    record = publish(catalogue, "db", T0, b"x")
+    stray = record.directory / "db-20200101T000000Z.dump"
+    stray.write_bytes(b"half")
+    (record.directory / "broken.json").write_text("{not json")
+    assert [r.file for r in catalogue.list_backups()] == [record.file]
+    assert set(catalogue.foreign_files()) == {stray, record.directory / "broken.json"}
+
+
+def test_clean_partial_removes_leftovers_and_kills_a_writer(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    catalogue.prepare()
+    leftover = catalogue.new_partial("db-x.dump")
+    leftover.write_bytes(b"half a dump")
+    # A stand-in for an orphaned pg_dump: a process whose stdout is a file in .partial.
+    with open(catalogue.partial / "writer.out", "wb") as out:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], stdout=out
+        )
+    try:
+        assert writers_into(catalogue.partial) == [writer.pid]
+        assert catalogue.clean_partial() == 2
+        assert writer.wait(10) == -9
+        assert list(catalogue.partial.iterdir()) == []
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+
+
+def test_publish_failure_leaves_nothing_outside_partial(tmp_path: Path) -> None:
+    catalogue = Catalogue(tmp_path)
+    first = publish(catalogue, "db", T0, b"x")
+    partial = catalogue.new_partial(first.file)
+    partial.write_bytes(b"y")
+    duplicate = BackupRecord(**{**first.__dict__})
+    with pytest.raises(FileExistsError):
+        catalogue.publish(partial, duplicate)
+    assert [r.file for r in catalogue.list_backups()] == [first.file]
+    assert sorted(p.name for p in first.directory.iterdir()) == sorted(
+        [first.file, first.manifest_path.name]
+    )
+    os.unlink(partial)

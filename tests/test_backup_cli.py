@@ -1,0 +1,149 @@
+"""``backup-now`` (in-process and through a running daemon), ``backups list``, verify."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgserver import PgServer, free_port
+from test_backup_support import make_config
+
+from laterbased.backups import Catalogue
+from laterbased.jobs.runner import run_verify_job
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+DB = "cli proj é"
+
+
+@pytest.fixture(scope="module")
+def cli_db(primary: PgServer) -> str:
+    primary.create_database(DB)
+    primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', DB)
+    return DB
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="laterbased-cli-test-"))
+    try:
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def environment(primary: PgServer, workdir: Path, port: int, token: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
+    env.update(
+        PRIMARY_HOST=primary.host,
+        PRIMARY_PORT=str(primary.port),
+        PRIMARY_USER=primary.superuser,
+        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
+        LATERBASED_STANDBY_ENABLED="false",
+        LATERBASED_STATE_DIR=str(workdir),
+        LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
+        LATERBASED_BACKUP_DATABASES=DB,
+        LATERBASED_BACKUP_CATCH_UP="false",
+        LATERBASED_HTTP_PORT=str(port),
+    )
+    if token:
+        env["LATERBASED_HTTP_TOKEN"] = token
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "laterbased", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_backup_now_without_daemon_runs_the_chain_and_list_shows_it(
+    primary: PgServer, cli_db: str, workdir: Path
+) -> None:
+    env = environment(primary, workdir, free_port(), None)
+    done = cli(env, "backup-now", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["result"] == "success"
+    assert [s["step"] for s in result["steps"]] == ["dump", "prune"]
+    listed = cli(env, "backups", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["database"] == cli_db and row["keep"] is True
+    assert "newest" in row["kept_by"]
+    table = cli(env, "backups", "list", "--database", cli_db)
+    assert cli_db in table.stdout and "newest" in table.stdout
+    failing = cli(env, "backup-now", "--database", "no such db")
+    assert failing.returncode == 1
+    assert "failed" in failing.stdout
+
+
+def test_backup_now_asks_the_running_daemon_with_its_token(
+    primary: PgServer, cli_db: str, workdir: Path
+) -> None:
+    port = free_port()
+    for index, token in enumerate((None, "tok-" + os.urandom(6).hex())):
+        env = environment(primary, workdir, port, token)
+        log_path = workdir / f"daemon-{index}.log"
+        with open(log_path, "ab") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "laterbased", "run"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while "laterbased ready" not in log_path.read_text():
+                assert daemon.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "daemon did not become ready"
+                time.sleep(0.1)
+            done = cli(env, "backup-now")
+            if token is None:
+                assert done.returncode == 1
+                assert "set http.token" in done.stderr
+            else:
+                assert done.returncode == 0, done.stdout + done.stderr
+                run_id = done.stdout.split()[1].rstrip(":")
+                assert f"run={run_id}" in log_path.read_text()
+        finally:
+            daemon.terminate()
+            assert daemon.wait(60) == 0
+
+
+async def test_verify_marks_good_and_damaged_backups(
+    primary: PgServer, cli_db: str, workdir: Path
+) -> None:
+    config = make_config(primary, workdir / "backups", databases=(cli_db,))
+    state = State(config=config)
+    from laterbased.jobs.runner import run_backup_chain
+
+    assert (await run_backup_chain(state)).result == "success"
+    outcome = await run_verify_job(state)
+    assert outcome["result"] == "success", outcome
+    [record] = Catalogue(workdir / "backups").list_backups()
+    assert record.verified is True and "pg_restore --list ok" in (record.verify_detail or "")
+    with open(record.path, "r+b") as handle:
+        handle.seek(record.size // 2)
+        handle.write(b"\xff\x00garbage")
+    outcome = await asyncio.wait_for(run_verify_job(state), 60)
+    assert outcome["result"] == "failed"
+    [record] = Catalogue(workdir / "backups").list_backups()
+    assert record.verified is False and "checksum mismatch" in (record.verify_detail or "")
+    assert state.job("verify").runs == {"success": 1, "failed": 1}
