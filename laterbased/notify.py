@@ -9,9 +9,9 @@ Rules that keep a 3 a.m. phone quiet but honest:
 
 * a new state, problem or recovery, must last ``notify.confirm_after`` before it is told (a
   5-second blip is not news); a failed job run is a fact, told at once;
-* per check at most one problem message per ``notify.min_interval``; a problem held back by
-  that limit is not lost, it is sent when the interval is over if it still stands, with the
-  number of changes seen meanwhile;
+* per check at most one problem message per ``notify.min_interval`` (plus one escalation to
+  a worse severity); a problem held back by that limit is not lost, it is sent when the
+  interval is over if it still stands, with the number of changes seen meanwhile;
 * a recovery is never held back by the rate limit, so nobody gets up for a problem that has
   already gone away;
 * sending never blocks the watcher: messages go through a bounded queue to a sender task;
@@ -53,6 +53,7 @@ IGNORED_CHECKS = frozenset({"daemon"})
 GOOD_RESULTS = frozenset({"success", "unchanged"})
 
 EventKind = Literal["problem", "recovered"]
+_RANK: dict[Severity, int] = {"ok": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,10 @@ class _Track:
     message: str
     told: Severity = "ok"
     told_since: float | None = None
-    last_problem_sent: float | None = None
+    # The rate-limit window: when its first problem message went out, and the worst
+    # severity told in it (an escalation to something worse still gets through).
+    window_start: float | None = None
+    window_worst: Severity = "ok"
     changes_since_sent: int = 0
 
 
@@ -192,10 +196,10 @@ class Tracker:
             track.told_since = now
             track.changes_since_sent = 0
             return notification
-        if (
-            track.last_problem_sent is not None
-            and now - track.last_problem_sent < self.min_interval
-        ):
+        in_window = (
+            track.window_start is not None and now - track.window_start < self.min_interval
+        )
+        if in_window and _RANK[track.observed] <= _RANK[track.window_worst]:
             return None  # held: sent when the interval is over, if it still stands
         held = max(0, track.changes_since_sent - 1)
         notification = Notification(
@@ -211,7 +215,10 @@ class Tracker:
         if track.told == "ok":
             track.told_since = track.observed_since
         track.told = track.observed
-        track.last_problem_sent = now
+        if in_window:
+            track.window_worst = track.observed
+        else:
+            track.window_start, track.window_worst = now, track.observed
         track.changes_since_sent = 0
         return notification
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
@@ -149,6 +150,15 @@ def test_flapping_check_sends_one_problem_per_interval_and_never_loses_the_last_
     assert again.event == "problem"
     assert again.changes_held > 0
     assert "more changes since the last message" in again.text
+
+
+def test_escalation_to_critical_gets_through_the_rate_limit_once() -> None:
+    tracker = Tracker(min_interval=900, confirm_after=0, host="h")
+    [first] = tracker.observe([Check("replication", "warning", "lag 20MB")], now=0)
+    [worse] = tracker.observe([Check("replication", "critical", "not streaming")], now=30)
+    assert (first.severity, worse.severity) == ("warning", "critical")
+    assert tracker.observe([Check("replication", "warning", "lag 20MB")], now=60) == []
+    assert tracker.observe([Check("replication", "critical", "not streaming")], now=90) == []
 
 
 def test_failed_backup_from_health_is_told_after_confirm_and_recovers() -> None:
@@ -331,3 +341,48 @@ def test_hook_environment_has_no_laterbased_settings_of_ours(
     assert "LATERBASED_HTTP_TOKEN" not in env
     assert env["LATERBASED_EVENT"] == "problem"
     assert os.environ["LATERBASED_HTTP_TOKEN"] == "tok-123"
+
+
+@pytest.mark.slow
+async def test_real_daemon_runs_the_hook_when_the_primary_is_unreachable(tmp_path: Path) -> None:
+    """The worker as the daemon registers it: a real `laterbased run`, a primary nobody
+    listens on, a real hook script."""
+    from daemon_process import DaemonProcess, minimal_config, write_config
+
+    out = tmp_path / "events.jsonl"
+    script = tmp_path / "hook"
+    script.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os\n"
+        f"with open({str(out)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({k: v for k, v in os.environ.items()\n"
+        "                        if k.startswith('LATERBASED_')}) + '\\n')\n"
+    )
+    script.chmod(0o700)
+    config = minimal_config(
+        tmp_path,
+        monitor={"interval": "1s", "query_timeout": "1s"},
+        primary={"connect_timeout": "1s"},
+        notify={"command": [str(script)], "confirm_after": "0s"},
+    )
+    port = config["http"]["port"]
+    daemon = await DaemonProcess.start(write_config(tmp_path / "laterbased.yaml", config), port)
+    try:
+        await daemon.wait_http()
+
+        def critical_primary_told() -> bool:
+            if not out.exists():
+                return False
+            events = [json.loads(line) for line in out.read_text().splitlines()]
+            return any(
+                e["LATERBASED_CHECK"] == "primary" and e["LATERBASED_SEVERITY"] == "critical"
+                for e in events
+            )
+
+        await wait_until(critical_primary_told, "hook run for the unreachable primary", 30)
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0
+    finally:
+        await daemon.stop()
+    assert "notification sent channel=command" in daemon.log
+    assert "Traceback" not in daemon.log
