@@ -38,7 +38,8 @@ def test_database_names_become_safe_file_names(name: str, encoded: str) -> None:
     assert decode_name(encoded) == name
 
 
-@given(st.text(min_size=1, max_size=63).filter(lambda s: "\x00" not in s))
+# PostgreSQL identifiers are at most 63 bytes (NAMEDATALEN - 1), NUL never allowed.
+@given(st.text(min_size=1, max_size=63).filter(lambda s: "\x00" not in s and len(s.encode()) <= 63))
 def test_encoding_round_trips_and_stays_a_single_path_component(name: str) -> None:
     encoded = encode_name(name)
     assert decode_name(encoded) == name
@@ -149,3 +150,17 @@ def test_publish_failure_leaves_nothing_outside_partial(tmp_path: Path) -> None:
         [first.file, first.manifest_path.name]
     )
     os.unlink(partial)
+
+
+def test_catch_up_reference_is_the_stalest_database_newest_backup(tmp_path: Path) -> None:
+    from laterbased.jobs.runner import catch_up_reference
+
+    catalogue = Catalogue(tmp_path)
+    assert catch_up_reference(catalogue) == datetime(1970, 1, 1, tzinfo=UTC), "none: run now"
+    publish(catalogue, "a", T0 - timedelta(hours=5), b"1")
+    newest_a = publish(catalogue, "a", T0 - timedelta(hours=3), b"2")
+    publish(catalogue, "b", T0 - timedelta(hours=1), b"3")
+    assert catch_up_reference(catalogue) == newest_a.finished
+    # An "unchanged" run confirms a backup is still current: that counts as fresh.
+    catalogue.mark_confirmed(newest_a, T0)
+    assert catch_up_reference(catalogue) == T0 - timedelta(hours=1) + timedelta(seconds=3)

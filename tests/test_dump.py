@@ -167,3 +167,18 @@ async def test_disk_full_fails_the_run_and_keeps_old_backups(
         assert not list((backup_dir / ".partial").iterdir())
     finally:
         subprocess.run(["umount", "-l", str(backup_dir)], check=False)
+
+
+async def test_globals_dump_has_roles_but_no_password_hashes(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    config = make_config(
+        primary, backup_dir, databases=(resolve_db,), dump_globals=True, skip_unchanged=False
+    )
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-test-globals")
+    assert [o.result for o in outcomes] == ["success", "success"]
+    record = outcomes[1].record
+    assert record is not None and record.path.parent == backup_dir / "@globals"
+    text = record.path.read_text()
+    assert "CREATE ROLE replicator" in text
+    assert "SCRAM-SHA-256$" not in text and "PASSWORD" not in text
