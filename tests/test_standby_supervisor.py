@@ -242,7 +242,7 @@ async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
     make_primary: Callable[..., PgServer],
 ) -> None:
     primary = make_primary()
-    async with running_standby(primary, stop_timeout=2.0) as standby:
+    async with running_standby(primary) as standby:
         await standby.wait_running()
         first = standby.state.standby.pid
         assert first is not None

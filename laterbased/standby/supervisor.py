@@ -34,6 +34,7 @@ RESTART_RESET_AFTER = 120.0
 # Consecutive liveness checks without any answer before the postmaster counts as stuck.
 STUCK_CHECKS = 3
 PING_TIMEOUT = 5
+STUCK_QUIT_WAIT = 5.0
 LEFTOVER_WAIT = 30.0
 
 
@@ -273,12 +274,20 @@ class StandbySupervisor:
         )
         self.state.pid = child.pid
         self.state.started_at = time.time()
+        outcome: tuple[str, str] | None = None
         try:
-            return await self._watch(child)
+            outcome = await self._watch(child)
+            return outcome
         finally:
             self.state.phase = "stopping"
             timeout = self.config.standby.stop_timeout
-            await child.stop(((signal.SIGINT, timeout), (signal.SIGQUIT, timeout)))
+            steps: tuple[tuple[signal.Signals, float], ...]
+            if outcome is not None and outcome[0] == "stuck":
+                # It answers nothing, so it will not run a fast shutdown either.
+                steps = ((signal.SIGQUIT, min(timeout, STUCK_QUIT_WAIT)),)
+            else:
+                steps = ((signal.SIGINT, timeout), (signal.SIGQUIT, timeout))
+            await child.stop(steps)
             await self._kill_leftovers()
             self.state.pid = None
 
