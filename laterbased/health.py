@@ -89,12 +89,21 @@ def is_streaming(state: State) -> bool:
     """True when our standby receives WAL from the primary right now.
 
     The standby's own ``pg_stat_wal_receiver`` says so when our role may read it; without
-    ``pg_monitor`` its status reads NULL and the primary's ``pg_stat_replication`` decides.
+    ``pg_monitor`` its status reads NULL and the primary's ``pg_stat_replication`` decides,
+    or, when that is hidden too, an active slot on the primary.
     """
     status = state.local.receiver_status
     if status == "streaming":
         return True
-    return status == "unknown" and state.primary.replication_state == "streaming"
+    if status != "unknown":
+        return False
+    seen_by_primary = state.primary.replication_state
+    if seen_by_primary == "unknown":
+        # Neither side lets our role read the status: a WAL receiver exists here and a
+        # WAL sender holds our slot on the primary. Good enough; pg_monitor makes it exact.
+        slot = state.primary.slot
+        return slot is not None and slot.active
+    return seen_by_primary == "streaming"
 
 
 def check_replication(state: State, now: float) -> Check:

@@ -209,7 +209,9 @@ def test_configured_database_without_any_run_is_judged_too() -> None:
     ("pending", "oldest_ago", "severity"),
     [(0, None, "ok"), (2, HOUR, "ok"), (2, 4 * HOUR, "warning")],
 )
-def test_uploads_pending_too_long_warn(pending: int, oldest_ago: float | None, severity: str) -> None:
+def test_uploads_pending_too_long_warn(
+    pending: int, oldest_ago: float | None, severity: str
+) -> None:
     state = make_state(standby=False, backup=True, upload=True)
     summary = state.backup("db")
     summary.last_success = NOW - 60

@@ -57,7 +57,8 @@ async def probe_primary(
         queries.stat_replication(version_num), config.standby.application_name, timeout=timeout
     )
     if replication is not None:
-        facts.replication_state = replication["state"]
+        # Without pg_read_all_stats (pg_monitor) the row is visible but its state is NULL.
+        facts.replication_state = replication["state"] or "unknown"
         facts.sent_lsn = replication["sent_lsn"]
         facts.replay_lsn = replication["replay_lsn"]
         facts.write_lag_seconds = replication["write_lag"]

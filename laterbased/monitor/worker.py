@@ -180,8 +180,16 @@ class Monitor:
                 facts = await probe_local(conn, target.version_num, timeout)
         except _SERVER_TROUBLE as exc:
             target.failed(config.monitor.interval)
+            previous = self.state.local
+            # A standby that stopped answering has not replayed anything since we last saw
+            # it: keep its last positions so the lag keeps growing instead of vanishing.
             self.state.local = LocalServerState(
-                reachable=False, last_error=_error_text(exc, self._budget())
+                reachable=False,
+                last_error=_error_text(exc, self._budget()),
+                in_recovery=previous.in_recovery,
+                receive_lsn=previous.receive_lsn,
+                replay_lsn=previous.replay_lsn,
+                last_replay_timestamp=previous.last_replay_timestamp,
             )
             return
         target.succeeded()
@@ -190,7 +198,7 @@ class Monitor:
     def _compute_lag(self, now: float) -> None:
         """Lag bytes = primary's current WAL position − standby's replay position."""
         local, primary = self.state.local, self.state.primary
-        if not (local.reachable and local.in_recovery and local.replay_lsn):
+        if not (local.in_recovery and local.replay_lsn):
             return
         if not (primary.reachable and primary.current_lsn) or primary.in_recovery:
             local.lag_bytes = None
@@ -215,7 +223,10 @@ class Monitor:
         state, config = self.state, self.config
         primary, local = state.primary, state.local
         where = f"{config.primary.host}:{config.primary.port}"
-        if config.primary.host is not None and self._changed("primary", primary.reachable):
+        # Keyed on the error text too: "connection refused" turning into "password
+        # authentication failed" is news for the operator.
+        primary_key = (primary.reachable, None if primary.reachable else primary.last_error)
+        if config.primary.host is not None and self._changed("primary", primary_key):
             if primary.reachable:
                 logger.info(
                     "primary reachable host=%s version=%s system_identifier=%s",
@@ -244,6 +255,15 @@ class Monitor:
             self._report_receiver()
         if local.reachable and local.in_recovery:
             self._report_lag()
+        hidden = local.receiver_status == "unknown" or primary.replication_state == "unknown"
+        if hidden and self._changed("privilege_hint", True):
+            logger.warning(
+                "role %s may not read replication status (pg_stat_wal_receiver / "
+                "pg_stat_replication show NULL); streaming is judged from the slot instead. "
+                "For exact status run on the primary: GRANT pg_monitor TO %s",
+                config.primary.user,
+                config.primary.user,
+            )
 
     def _report_slot(self) -> None:
         state = self.state

@@ -1,0 +1,145 @@
+"""The monitor when things go wrong on real servers: a lost slot, a primary that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+from pgserver import PgServer
+
+from laterbased import health
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    HttpConfig,
+    MonitorConfig,
+    PrimaryConfig,
+    Secret,
+    StandbyConfig,
+)
+from laterbased.daemon import Daemon, Worker
+from laterbased.monitor.worker import Monitor, run_monitor
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+
+SLOT = "doomed_slot"
+
+
+def config_for(primary: PgServer, *, standby: bool, interval: float) -> Config:
+    return Config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret(primary.replication_password),
+            connect_timeout=2.0,
+        ),
+        standby=StandbyConfig(enabled=standby, slot_name=SLOT),
+        monitor=MonitorConfig(interval=interval, query_timeout=2.0),
+        backup=BackupConfig(enabled=False),
+        http=HttpConfig(host="127.0.0.1", port=0),
+        timezone="UTC",
+    )
+
+
+async def test_lost_slot_is_critical_and_says_how_to_reclone(
+    make_primary: Callable[..., PgServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = make_primary(max_slot_wal_keep_size="1MB")
+    await asyncio.to_thread(
+        primary.sql,
+        f"SELECT pg_create_physical_replication_slot('{SLOT}', immediately_reserve => true);"
+        "CREATE TABLE churn (x int)",
+    )
+    state = State(config=config_for(primary, standby=True, interval=0.2))
+    state.ready = True
+    monitor = Monitor(state)
+    caplog.set_level(logging.INFO)
+    try:
+        await monitor.poll_once()
+        slot = state.primary.slot
+        assert slot is not None and slot.exists and slot.wal_status == "reserved"
+        assert slot.safe_wal_size is not None  # PG 13+ with max_slot_wal_keep_size set
+        deadline = time.monotonic() + 60
+        while state.primary.slot is None or state.primary.slot.wal_status != "lost":
+            assert time.monotonic() < deadline, f"slot never lost: {state.primary.slot}"
+            # Nobody consumes the slot: switch WAL segments and checkpoint until the
+            # primary gives up on it.
+            await asyncio.to_thread(
+                primary.sql,
+                "INSERT INTO churn SELECT generate_series(1, 1000); SELECT pg_switch_wal(); "
+                "CHECKPOINT",
+            )
+            await monitor.poll_once()
+    finally:
+        monitor.close()
+    verdict = next(c for c in health.evaluate(state, time.time()) if c.name == "slot")
+    assert verdict.severity == "critical"
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1, "a lost slot is logged once, not at every poll"
+    message = critical[0].getMessage()
+    assert "wal_status=lost" in message and "re-clone" in message
+    assert "move the standby data directory aside" in message
+    assert any(e.level == "critical" for e in state.events)
+
+
+async def http_status(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        await response.read()
+        return response.status
+
+
+async def wait_status(url: str, want: int, timeout: float) -> float:
+    """Seconds until ``url`` answers ``want``; fails after ``timeout``."""
+    started = time.monotonic()
+    while (status := await http_status(url)) != want:
+        elapsed = time.monotonic() - started
+        assert elapsed < timeout, f"{url} still {status} after {elapsed:.1f}s, wanted {want}"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_primary_down_is_503_within_two_polls_and_recovers_without_traceback(
+    make_primary: Callable[..., PgServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = make_primary()
+    interval = 0.5
+    daemon = Daemon(
+        config_for(primary, standby=False, interval=interval),
+        workers=[Worker("monitor", run_monitor)],
+    )
+    caplog.set_level(logging.DEBUG)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(daemon.serve())
+        try:
+            while daemon.http is None or daemon.http.port == 0:
+                await asyncio.sleep(0.02)
+            url = f"http://127.0.0.1:{daemon.http.port}"
+            await wait_status(f"{url}/healthz", 200, timeout=20)
+            # fast, not immediate: the harness commits asynchronously, so a crash could
+            # lose the replication role itself.
+            await asyncio.to_thread(primary.stop, "fast")
+            took = await wait_status(f"{url}/healthz", 503, timeout=10)
+            assert took <= 2 * interval + 0.5, f"503 only after {took:.2f}s"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{url}/metrics") as response:
+                    metrics = await response.text()
+                async with session.get(f"{url}/healthz") as response:
+                    body = await response.json()
+            assert "laterbased_primary_up 0.0" in metrics
+            assert body["failing"] == ["primary"]
+            assert "unreachable" in body["checks"][1]["reason"]
+            await asyncio.to_thread(primary.start)
+            await wait_status(f"{url}/healthz", 200, timeout=30)
+        finally:
+            daemon.stopping.set()
+    assert "primary unreachable" in caplog.text
+    assert "primary reachable" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info], "no tracebacks for a dead primary"
+    assert daemon.state.worker_restarts["monitor"] == 0
