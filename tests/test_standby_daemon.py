@@ -197,3 +197,38 @@ async def test_promote_api_is_forbidden_without_a_token_and_says_how_to_enable()
                 assert response.status == 409  # no standby running here
     finally:
         await server.stop()
+
+
+async def test_primary_restart_degrades_health_then_the_standby_recovers_by_itself(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = make_primary()
+    config = daemon_config(primary, state_dir)
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+
+    async def health() -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.url}/healthz") as response:
+                return response.status, await response.json()
+
+    async def health_is(status: int) -> bool:
+        try:
+            return (await health())[0] == status
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await daemon.wait_http(timeout=30)
+        await wait_for(lambda: health_is(200), f"healthy standby:\n{daemon.log[-3000:]}", 90)
+        primary.stop("fast")
+        await wait_for(lambda: health_is(503), "health degrades with the primary down", 60)
+        status, body = await health()
+        assert "primary" in body["failing"]
+        primary.start()
+        await wait_for(lambda: health_is(200), f"health recovers:\n{daemon.log[-3000:]}", 90)
+        assert "restart #" not in daemon.log  # the standby reconnected, it was not restarted
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()

@@ -32,6 +32,7 @@ from laterbased.daemon import WorkerContext
 from laterbased.errors import RefuseToRun
 from laterbased.proc import pid_alive, pids_with_cwd_under
 from laterbased.standby import safety
+from laterbased.standby.promote import PromoteRefused, promote_in_daemon
 from laterbased.standby.supervisor import run_standby
 from laterbased.state import State
 
@@ -40,13 +41,17 @@ pytestmark = pytest.mark.slow
 DEADLINE = 60.0
 
 
-def standby_config(primary: PgServer, state_dir: Path, **standby: Any) -> Config:
+def standby_config(
+    primary: PgServer, state_dir: Path, *, superuser: bool = False, **standby: Any
+) -> Config:
     return Config(
         primary=PrimaryConfig(
             host=primary.host,
             port=primary.port,
-            user=primary.replication_user,
-            password=Secret(primary.replication_password),
+            user=primary.superuser if superuser else primary.replication_user,
+            password=Secret(
+                primary.superuser_password if superuser else primary.replication_password
+            ),
             connect_timeout=5.0,
         ),
         standby=StandbyConfig(port=free_port(), **standby),
@@ -145,10 +150,10 @@ class RunningStandby:
 
 @contextlib.asynccontextmanager
 async def running_standby(
-    primary: PgServer, *, start: bool = True, **standby: Any
+    primary: PgServer, *, start: bool = True, superuser: bool = False, **standby: Any
 ) -> AsyncIterator[RunningStandby]:
     state_dir = Path(tempfile.mkdtemp(prefix="laterbased-state-"))
-    runner = RunningStandby(standby_config(primary, state_dir, **standby))
+    runner = RunningStandby(standby_config(primary, state_dir, superuser=superuser, **standby))
     if start:
         runner.start()
     try:
@@ -380,3 +385,36 @@ async def test_cancel_mid_bootstrap_leaves_no_data_dir_and_next_start_cleans_and
         standby.start()
         await standby.wait_running()
         assert not staging.exists()
+
+
+async def test_promote_makes_the_standby_writable_and_it_stays_primary_after_a_crash(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    async with running_standby(primary, superuser=True, restart_backoff_max=1.0) as standby:
+        await standby.wait_running()
+        result = await promote_in_daemon(standby.state)
+        assert result["role"] == "primary"
+        assert result["method"] == "pg_promote()"
+        st = standby.state.standby
+        assert (st.role, st.phase) == ("primary", "promoted")
+        assert st.promoted_at is not None
+        conn = await standby.connect(primary)
+        try:
+            # The harness's primary (and so its clone) commits asynchronously; this write
+            # must survive the SIGKILL below.
+            await conn.execute("SET synchronous_commit = on; CREATE TABLE promoted_writes (id int)")
+        finally:
+            await conn.close()
+        assert await standby.query(primary, "SELECT pg_is_in_recovery()") is False
+        with pytest.raises(PromoteRefused):
+            await promote_in_daemon(standby.state)
+        # A crash after promotion restarts it as a primary: no standby.signal comes back.
+        pid = st.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: st.restarts["killed"] == 1, "restart after the crash")
+        await wait_for(lambda: st.phase == "promoted" and st.pid not in (None, pid),
+                       "promoted server running again")
+        assert not (standby.data_dir / "standby.signal").exists()
+        await standby.query(primary, "INSERT INTO promoted_writes VALUES (1)")
