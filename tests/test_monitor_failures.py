@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -22,7 +25,9 @@ from laterbased.config import (
     StandbyConfig,
 )
 from laterbased.daemon import Daemon, Worker
+from laterbased.http import HttpServer, build_app
 from laterbased.monitor.worker import Monitor, run_monitor
+from laterbased.proc import pids_with_cwd_under
 from laterbased.state import State
 
 pytestmark = pytest.mark.slow
@@ -143,3 +148,44 @@ async def test_primary_down_is_503_within_two_polls_and_recovers_without_traceba
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks for a dead primary"
     assert daemon.state.worker_restarts["monitor"] == 0
+
+
+async def test_frozen_primary_costs_the_event_loop_nothing(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    config = config_for(primary, standby=False, interval=0.5)
+    state = State(config=config)
+    state.ready = True
+    monitor = Monitor(state)
+    http = HttpServer(build_app(state), "127.0.0.1", 0)
+    await http.start()
+    frozen: list[int] = []
+    try:
+        await monitor.poll_once()
+        assert state.primary.reachable
+        frozen = pids_with_cwd_under(primary.base_dir)  # including our monitor's backend
+        for pid in frozen:  # postmaster and every backend: nothing answers, nothing refuses
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        slowest = 0.0
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+            poll = group.create_task(monitor.poll_once())
+            while not poll.done():
+                asked = time.monotonic()
+                async with session.get(f"http://127.0.0.1:{http.port}/healthz") as response:
+                    await response.read()
+                slowest = max(slowest, time.monotonic() - asked)
+                await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        budget = config.primary.connect_timeout + 5 * config.monitor.query_timeout
+        assert took <= budget + 1.0, f"a poll of a frozen primary took {took:.1f}s"
+        assert slowest < 0.25, f"/healthz took {slowest * 1000:.0f} ms during the poll"
+        assert state.primary.reachable is False
+        assert "no answer within" in (state.primary.last_error or "")
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        monitor.close()
+        await http.stop()
