@@ -25,6 +25,7 @@ from laterbased.state import StandbyState, State
 
 from . import bootstrap, configure, safety, source
 from .layout import Layout, prepare_directories
+from .slot_guard import SlotGuard
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class StandbySupervisor:
         self.run_as: RunAs | None = None
         self.major = ""
         self.bindir = Path()
+        self.slot_guard = SlotGuard()
 
     # --- the worker -----------------------------------------------------------------------
 
@@ -376,6 +378,9 @@ class StandbySupervisor:
             return
         if answer != 0:
             return
+        if st.role == "replica":
+            # Someone dropped our slot on the primary while we stream: put it back.
+            await self.slot_guard.check(self.ctx.state, self.config)
         target = "promoted" if st.role == "primary" else "running"
         if st.phase != target:
             st.phase = target
