@@ -189,3 +189,21 @@ async def test_frozen_primary_costs_the_event_loop_nothing(
                 os.kill(pid, signal.SIGCONT)
         monitor.close()
         await http.stop()
+
+
+async def test_reload_to_another_primary_reconnects_there(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    first, second = make_primary(), make_primary()
+    state = State(config=config_for(first, standby=False, interval=0.2))
+    monitor = Monitor(state)
+    try:
+        await monitor.poll_once()
+        first_id = state.primary.system_identifier
+        assert state.primary.reachable and first_id
+        state.config = config_for(second, standby=False, interval=0.2)  # what SIGHUP does
+        await monitor.poll_once()
+        assert state.primary.reachable
+        assert state.primary.system_identifier not in (None, first_id)
+    finally:
+        monitor.close()

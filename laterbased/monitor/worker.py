@@ -96,6 +96,7 @@ class Monitor:
         self.local = _Target("standby")
         self.clock = LagClock()
         self._reported: dict[str, object] = {}
+        self._connected_with: object = None
 
     @property
     def config(self) -> Config:
@@ -106,6 +107,14 @@ class Monitor:
         self.local.close()
 
     async def poll_once(self) -> None:
+        settings = (self.config.primary, self.config.standby.port, local_host(self.config))
+        if settings != self._connected_with:
+            # A reload changed where or how we connect: drop connections made the old way.
+            self.close()
+            self.primary.succeeded()
+            self.local.succeeded()
+            self.clock = LagClock()
+            self._connected_with = settings
         poll_local = self.config.standby.enabled and self.state.standby.running
         async with asyncio.TaskGroup() as group:
             if self.config.primary.host is not None:
