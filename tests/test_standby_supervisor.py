@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -418,3 +419,43 @@ async def test_promote_makes_the_standby_writable_and_it_stays_primary_after_a_c
                        "promoted server running again")
         assert not (standby.data_dir / "standby.signal").exists()
         await standby.query(primary, "INSERT INTO promoted_writes VALUES (1)")
+
+
+async def test_bootstrap_waits_for_an_absent_primary_and_clones_when_it_appears(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    primary.stop("fast")
+    async with running_standby(primary, bootstrap_retry_max=1.0) as standby:
+        await wait_for(
+            lambda: "bootstrap failed, retrying" in (standby.state.standby.message or ""),
+            "bootstrap retry announced while the primary is down",
+        )
+        assert standby.state.standby.phase == "waiting"
+        assert not standby.data_dir.exists()
+        primary.start()
+        await standby.wait_running()
+
+
+async def test_bootstrap_into_a_mount_point_uses_inner_staging(
+    primary: PgServer,
+) -> None:
+    async with running_standby(primary, start=False) as standby:
+        standby.data_dir.mkdir(parents=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "mode=0755,size=512m", "laterbased-test",
+             str(standby.data_dir)],
+            capture_output=True, check=False, timeout=30,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr!r}")
+        try:
+            drop_slot(primary)
+            standby.start()
+            await standby.wait_running()
+            assert os.path.ismount(standby.data_dir)
+            assert not (standby.data_dir / ".laterbased-staging").exists()
+            assert (standby.data_dir / "standby.signal").exists()
+            await standby.stop()
+        finally:
+            subprocess.run(["umount", str(standby.data_dir)], check=False, timeout=30)

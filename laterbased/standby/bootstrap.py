@@ -297,11 +297,15 @@ def prepare_staging(staging: Path, run_as: RunAs | None) -> None:
         os.chown(staging, run_as.uid, run_as.gid)
 
 
-def publish(staging: Path, data_dir: Path) -> None:
+def publish(staging: Path, data_dir: Path, run_as: RunAs | None) -> None:
     """Put the finished clone at ``data_dir``: one rename, or (inner staging in a mount
     point) entries moved up with ``global`` last, so the directory counts as a cluster only
     once complete."""
     if staging.parent == data_dir:
+        # The mount point becomes the data directory itself: postgres's user, 0700.
+        if run_as is not None:
+            os.chown(data_dir, run_as.uid, run_as.gid)
+        os.chmod(data_dir, 0o700)
         entries = sorted(os.listdir(staging), key=lambda name: name == "global")
         for entry in entries:
             os.rename(staging / entry, data_dir / entry)
@@ -331,7 +335,7 @@ async def bootstrap(plan: BootstrapPlan, state: StandbyState) -> None:
         await asyncio.to_thread(
             write_standby_files, staging, plan.major, plan.link, plan.run_as
         )
-        await asyncio.to_thread(publish, staging, plan.data_dir)
+        await asyncio.to_thread(publish, staging, plan.data_dir, plan.run_as)
         published = True
     finally:
         if not published:
