@@ -232,3 +232,38 @@ async def test_primary_restart_degrades_health_then_the_standby_recovers_by_itse
         assert await daemon.wait_exit(timeout=90) == 0
     finally:
         await daemon.stop()
+
+
+async def test_promote_command_without_a_daemon_promotes_the_server_directly(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    from test_standby_supervisor import running_standby
+
+    primary = make_primary()
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        config = standby.config
+        config_path = write_config(
+            config.state_dir / "cli.yaml",
+            {
+                "primary": {
+                    "host": primary.host,
+                    "port": primary.port,
+                    "user": primary.replication_user,
+                    "password": primary.replication_password,
+                },
+                "standby": {"port": config.standby.port},
+                "backup": {"enabled": False},
+                "http": {"enabled": False},
+                "state_dir": str(config.state_dir),
+            },
+        )
+        code, out = await run_cli("promote", "--config", str(config_path))
+        assert code == 0, out
+        assert "pg_ctl promote" in out and "role: primary" in out
+        assert NASTY_PASSWORD not in out
+        # The supervisor notices on its own that the standby marker is gone.
+        await wait_for(lambda: standby.state.standby.role == "primary", "daemon sees the promotion")
+        assert standby.state.standby.phase == "promoted"
+        code, out = await run_cli("promote", "--config", str(config_path))
+        assert code == 1 and "already promoted" in out
