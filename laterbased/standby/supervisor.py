@@ -15,6 +15,8 @@ import signal
 import time
 from pathlib import Path
 
+import asyncpg
+
 from laterbased.config import Config
 from laterbased.daemon import WorkerContext
 from laterbased.errors import JobFailed, RefuseToRun
@@ -114,7 +116,7 @@ class StandbySupervisor:
                 await self._bootstrap_once()
                 delay = RESTART_BASE_DELAY
                 continue
-            except (PgUnavailable, JobFailed, OSError) as exc:
+            except (PgUnavailable, JobFailed, OSError, asyncpg.PostgresError) as exc:
                 self.state.phase = "waiting"
                 self.state.message = f"bootstrap failed, retrying in {delay:.0f}s: {exc}"
                 self.ctx.state.record_event("error", f"standby bootstrap failed: {exc}")
@@ -171,10 +173,10 @@ class StandbySupervisor:
         self.state.role = "replica"
         try:
             facts = await source.inspect_primary(self.config, ensure_slot=True)
-        except PgUnavailable as exc:
+        except (PgUnavailable, asyncpg.PostgresError) as exc:
             logger.warning(
-                "primary unreachable (%s); starting the existing standby without checking "
-                "its system identifier",
+                "cannot check the primary (%s); starting the existing standby without "
+                "checking its system identifier or slot",
                 exc,
             )
             facts = None
@@ -399,14 +401,20 @@ class StandbySupervisor:
         self.config = new
         for label, before, after in (
             ("standby.data_dir", old.standby_data_dir, new.standby_data_dir),
-            ("standby.port", old.standby.port, new.standby.port),
-            ("standby.listen_addresses", old.standby.listen_addresses,
-             new.standby.listen_addresses),
             ("standby.run_as", old.standby.run_as, new.standby.run_as),
+            ("state_dir", old.state_dir, new.state_dir),
         ):
             if before != after:
                 logger.warning("reload: %s changed; takes effect after a restart of laterbased",
                                label)
+        for label, was, now in (
+            ("standby.port", str(old.standby.port), str(new.standby.port)),
+            ("standby.listen_addresses", old.standby.listen_addresses,
+             new.standby.listen_addresses),
+        ):
+            if was != now:
+                logger.warning("reload: %s changed; the standby postgres uses it from its next "
+                               "start (restart laterbased to apply it now)", label)
         link_before = (old.primary, old.standby.slot_name, old.standby.application_name)
         link_after = (new.primary, new.standby.slot_name, new.standby.application_name)
         if link_before == link_after:
@@ -417,9 +425,17 @@ class StandbySupervisor:
         if new.standby.slot_name != old.standby.slot_name:
             try:
                 await source.inspect_primary(new, ensure_slot=True)
-            except PgUnavailable as exc:
+            except (PgUnavailable, asyncpg.PostgresError) as exc:
                 logger.warning("reload: cannot create slot %s now (%s); the standby will "
                                "retry connecting", new.standby.slot_name, exc)
+            # Not dropped for the operator: an abandoned slot keeps WAL on the primary.
+            message = (
+                f"replication slot {old.standby.slot_name} is no longer used by this standby "
+                f"but still holds WAL on the primary: drop it with SELECT "
+                f"pg_drop_replication_slot('{old.standby.slot_name}') once nothing needs it"
+            )
+            logger.warning("reload: %s", message)
+            self.ctx.state.record_event("warning", message)
         await asyncio.to_thread(
             source.write_primary_passfile, new, self.layout.passfile, self.run_as
         )
