@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 MASK = "********"
 
 
@@ -71,6 +73,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs a full traceback at ERROR for every malformed request (a header over
+    8 KiB, garbage on the port). The client already got its 400; for us that is a debug
+    line, not an error an operator should be woken by."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        record.msg = "bad HTTP request rejected: %s"
+        record.args = (reason[:200],)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno = logging.DEBUG
+        record.levelname = "DEBUG"
+        return True
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 masker = SecretMasker()
@@ -93,4 +116,7 @@ def setup_logging(
     root.setLevel(level.upper())
     # aiohttp logs every request at INFO; that is noise next to our own events.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietBadRequests) for f in server_logger.filters):
+        server_logger.addFilter(QuietBadRequests())
     return handler

@@ -32,6 +32,8 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"must be a duration like 30s, 5m, 2h, not {value!r}")
         unit = match.group(2).lower() if match.group(2) else None
         seconds = float(match.group(1)) * _DURATION_UNITS[unit]
+    if seconds == float("inf"):
+        raise ValueError(f"is too large: {value!r}")
     if seconds < 0:
         raise ValueError(f"must not be negative, not {value!r}")
     return seconds
@@ -56,7 +58,10 @@ def parse_size(value: object) -> int:
         suffix = (match.group(2) or "").lower().rstrip("b").rstrip("i")
         if suffix not in _SIZE_POWERS:
             raise ValueError(f"must be a size like 16MB or 1GB, not {value!r}")
-        size = int(float(match.group(1)) * 1024 ** _SIZE_POWERS[suffix])
+        try:
+            size = int(float(match.group(1)) * 1024 ** _SIZE_POWERS[suffix])
+        except OverflowError:  # "9" * 400: float('inf') cannot become an int
+            raise ValueError(f"is too large: {value!r}") from None
     if size < 0:
         raise ValueError(f"must not be negative, not {value!r}")
     return size

@@ -296,3 +296,16 @@ def test_error_messages_never_contain_secret_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(None, {"REPL_PASSWORD": "topsecret-value", "PRIMARY_PORT": "bad"})
     assert "topsecret-value" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("LATERBASED_MONITOR_MAX_LAG_BYTES", "monitor.max_lag_bytes: is too large"),
+        ("LATERBASED_MONITOR_INTERVAL", "monitor.interval: is too large"),
+    ],
+)
+def test_absurdly_large_numbers_are_config_errors(variable: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, MINIMAL | {variable: "9" * 400})
+    assert any(expected in p for p in problems(exc)), problems(exc)

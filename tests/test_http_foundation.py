@@ -15,7 +15,13 @@ from laterbased.state import State
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[str, State]]:
-    state = State(config=load_config(None, {"PRIMARY_HOST": "127.0.0.1"}))
+    # The foundation's checks alone: no standby, no backups to judge.
+    environ = {
+        "PRIMARY_HOST": "127.0.0.1",
+        "LATERBASED_STANDBY_ENABLED": "false",
+        "LATERBASED_BACKUP_ENABLED": "false",
+    }
+    state = State(config=load_config(None, environ))
 
     def add_broken_route(app: web.Application) -> None:
         async def broken(request: web.Request) -> web.Response:
@@ -97,3 +103,31 @@ async def test_unknown_paths_and_methods_are_4xx_never_500(
 async def test_http_server_reports_the_port_it_bound(server: tuple[str, State]) -> None:
     url, _ = server
     assert not url.endswith(":0")
+
+
+async def test_malformed_requests_get_400_and_no_traceback_in_the_log(
+    server: tuple[str, State], caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    from laterbased.logs import QuietBadRequests
+
+    logging.getLogger("aiohttp.server").addFilter(quiet := QuietBadRequests())
+    try:
+        url, _ = server
+        port = int(url.rsplit(":", 1)[1])
+        for request in (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+            b"GARBAGE\x00\x01 / HTTP/9\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            assert b" 400 " in status_line
+    finally:
+        logging.getLogger("aiohttp.server").removeFilter(quiet)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
