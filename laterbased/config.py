@@ -269,7 +269,6 @@ NON_CONFIG_ENV_PREFIXES = ("LATERBASED_TEST_", "LATERBASED_BENCH_")
 # replace one deserves to hear so by name rather than a confusing connection failure.
 _PLACEHOLDER = re.compile(r"^YOUR_[A-Z0-9_]+_HERE$")
 _REMOTE_VAR = re.compile(r"^RCLONE_REMOTE_(\d+)_(NAME|TYPE|PARAM_(.+))$")
-_REMOTE_NAME = re.compile(r"^[\w.][\w. -]*[\w.]$|^[\w.]$")
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
 
@@ -344,6 +343,7 @@ def load_config(
     _resolve_secret_files(raw, env)
     config: Config = _build(Config, raw.values, (), raw)
     _check_semantics(config, raw)
+    _check_upload(config, raw, env)
     if raw.errors:
         raise ConfigError(raw.errors)
     return config
@@ -630,11 +630,7 @@ def _build_remote(entry: Any, path: tuple[str, ...], raw: _Raw) -> RcloneRemote 
         params = {}
     if not name or not remote_type:
         return None  # missing name/type is reported by the caller with the env name
-    if not _REMOTE_NAME.match(name):
-        raw.errors.append(
-            f"{label}.name: {name!r} is not a valid rclone remote name "
-            "(letters, digits, '_', '-', '.', space; no leading/trailing space or '-')"
-        )
+    # Names and parameter keys are checked against rclone's rules in _check_upload.
     return RcloneRemote(
         name=name,
         type=remote_type,
@@ -703,19 +699,22 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
         errors.append("primary.host: required (set PRIMARY_HOST or primary.host)")
     if not config.standby.enabled and config.backup.enabled and config.primary.host is None:
         errors.append("primary.host: required for backups (set PRIMARY_HOST or primary.host)")
-    if config.upload.remote:
-        defined = {remote.name for remote in config.upload.remotes}
-        if config.upload.remotes and config.upload.remote not in defined:
-            errors.append(
-                f"upload.remote: remote {config.upload.remote!r} is not defined; "
-                f"defined: {', '.join(sorted(defined))}"
-                f"{_where(raw, ('upload', 'remote'))}"
-            )
     names = [remote.name for remote in config.upload.remotes]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"upload.remotes: remote {name!r} is defined more than once")
     if config.notify.webhook_url and not re.match(r"^https?://", config.notify.webhook_url):
         errors.append("notify.webhook_url: must start with http:// or https://")
+
+
+def _check_upload(config: Config, raw: _Raw, env: Mapping[str, str]) -> None:
+    """Remote names rclone would reject, and an upload target defined nowhere (rclone.py)."""
+    from .rclone import upload_config_problems
+
+    legacy = raw.origin.get(("upload", "remotes")) == "RCLONE_REMOTE_<N>_*"
+    for problem in upload_config_problems(config.upload, env, legacy=legacy):
+        if problem.startswith("upload.remote:"):
+            problem += _where(raw, ("upload", "remote"))
+        raw.errors.append(problem)
 
 
 def config_as_dict(config: Config, *, reveal: bool = False) -> dict[str, Any]:
