@@ -7,4 +7,4 @@ A command module provides ``register(subparsers, common) -> None``; its parser s
 
 from __future__ import annotations
 
-COMMAND_MODULES: list[str] = ["prepare_primary", "backups", "pgadmin", "promote"]
+COMMAND_MODULES: list[str] = ["prepare_primary", "check", "backups", "restore", "pgadmin", "promote"]

@@ -1,0 +1,204 @@
+"""restore: real backups (pg_dump) into real servers, from the catalogue and an rclone remote."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from backup_files import publish_real_backup
+from pgserver import PgServer
+
+from laterbased import cli
+from laterbased.backups import Catalogue, encode_name
+from laterbased.config import Config, load_config
+from laterbased.errors import JobFailed, RefuseToRun
+from laterbased.restore import RestoreRequest, aside_name, restore
+
+pytestmark = pytest.mark.slow
+
+SOURCE = 'Résolve "Proj" 1'
+TARGET = 'Restored "Proj" ü'
+ROWS = 2500
+
+
+def qi(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@pytest.fixture
+def server(make_primary: Callable[..., PgServer]) -> PgServer:
+    server = make_primary()
+    server.create_database(SOURCE)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id serial PRIMARY KEY, name text NOT NULL);'  # noqa: S608
+        'CREATE TABLE clips (id int, project int REFERENCES "SM_Project", note text);'
+        "INSERT INTO \"SM_Project\" (name) SELECT 'project ' || g "
+        f"FROM generate_series(1, {ROWS}) g;"
+        "INSERT INTO clips SELECT g, 1 + g % 100, 'clip ✓ ' || g "
+        "FROM generate_series(1, 4000) g;",
+        database=SOURCE,
+    )
+    return server
+
+
+def config_for(server: PgServer, work: Path, **extra: str) -> Config:
+    env = {
+        "PRIMARY_HOST": server.host,
+        "PRIMARY_PORT": str(server.port),
+        "PRIMARY_USER": server.superuser,
+        "REPL_PASSWORD": server.superuser_password,
+        "LOCAL_BACKUP_PATH": str(work / "backups"),
+        "LATERBASED_STATE_DIR": str(work / "state"),
+    }
+    env.update(extra)
+    return load_config(None, env)
+
+
+def counts(server: PgServer, database: str) -> tuple[str, str]:
+    return (
+        server.sql('SELECT count(*) FROM "SM_Project"', database=database),
+        server.sql("SELECT count(*) FROM clips", database=database),
+    )
+
+
+def database_exists(server: PgServer, name: str) -> bool:
+    literal = "'" + name.replace("'", "''") + "'"
+    return server.sql(f"SELECT count(*) FROM pg_database WHERE datname = {literal}") == "1"  # noqa: S608
+
+
+async def test_restore_latest_local_backup_into_a_quoted_name(
+    server: PgServer, tmp_path: Path
+) -> None:
+    config = config_for(server, tmp_path)
+    catalogue = Catalogue(config.backup_directory)
+    publish_real_backup(server, catalogue, SOURCE, started=datetime.now(UTC) - timedelta(hours=2))
+    server.sql("INSERT INTO \"SM_Project\" (name) VALUES ('late')", database=SOURCE)
+    publish_real_backup(server, catalogue, SOURCE)
+
+    result = await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE, jobs=2))
+    assert result.target_db == TARGET
+    assert result.tables == 2
+    assert counts(server, TARGET) == counts(server, SOURCE) == (str(ROWS + 1), "4000")
+    assert (
+        server.sql(
+            f"SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = '{TARGET}'"  # noqa: S608
+        )
+        == "UTF8"
+    )
+    # No work database is left behind.
+    assert (
+        server.sql("SELECT count(*) FROM pg_database WHERE datname LIKE 'laterbased_restore_%'")
+        == "0"
+    )
+
+    # --at picks the older backup (before the 'late' row).
+    older = 'older "Proj"'
+    at = datetime.now(UTC) - timedelta(hours=1)
+    await restore(config, RestoreRequest(target_db=older, database=SOURCE, at=at))
+    assert counts(server, older) == (str(ROWS), "4000")
+
+
+async def test_existing_target_is_refused_and_replace_keeps_the_old_one_aside(
+    server: PgServer, tmp_path: Path
+) -> None:
+    config = config_for(server, tmp_path)
+    publish_real_backup(server, Catalogue(config.backup_directory), SOURCE)
+    await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    server.sql("INSERT INTO clips VALUES (-1, 1, 'edited after restore')", database=TARGET)
+
+    with pytest.raises(RefuseToRun, match="already exists"):
+        await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    assert counts(server, TARGET) == (str(ROWS), "4001")
+
+    result = await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE, replace=True))
+    assert result.moved_aside is not None
+    assert result.moved_aside.startswith(TARGET + "_before_restore_")
+    assert counts(server, TARGET) == (str(ROWS), "4000")
+    # The old database is kept, with its edit.
+    assert counts(server, result.moved_aside) == (str(ROWS), "4001")
+
+
+async def test_plain_gzip_backup_is_restored_through_psql(server: PgServer, tmp_path: Path) -> None:
+    config = config_for(server, tmp_path)
+    publish_real_backup(server, Catalogue(config.backup_directory), SOURCE, fmt="plain-gzip")
+    await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    assert counts(server, TARGET) == (str(ROWS), "4000")
+
+
+async def test_damaged_backup_is_refused_before_touching_the_server(
+    server: PgServer, tmp_path: Path
+) -> None:
+    config = config_for(server, tmp_path)
+    record = publish_real_backup(server, Catalogue(config.backup_directory), SOURCE)
+    data = bytearray(record.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    record.path.write_bytes(bytes(data))
+    with pytest.raises(JobFailed, match="does not match its manifest"):
+        await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    assert not database_exists(server, TARGET)
+
+
+async def test_restore_downloads_from_the_rclone_remote_when_not_local(
+    server: PgServer, tmp_path: Path
+) -> None:
+    remote_dir = tmp_path / "remote"
+    config = config_for(
+        server,
+        tmp_path,
+        RCLONE_REMOTE_NAME="vault",
+        RCLONE_REMOTE_PATH=str(remote_dir),
+        RCLONE_REMOTE_1_NAME="vault",
+        RCLONE_REMOTE_1_TYPE="local",
+    )
+    catalogue = Catalogue(config.backup_directory)
+    publish_real_backup(server, catalogue, SOURCE)
+    # What an upload leaves on the remote: the local layout, mirrored; then the local copy
+    # is gone (retention, or a new machine).
+    shutil.copytree(config.backup_directory / encode_name(SOURCE), remote_dir / encode_name(SOURCE))
+    shutil.rmtree(config.backup_directory / encode_name(SOURCE))
+
+    result = await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    assert result.source.startswith("vault:")
+    assert counts(server, TARGET) == (str(ROWS), "4000")
+
+
+def test_cli_restore_from_file_and_refusal_exit_code(
+    server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_for(server, tmp_path)
+    record = publish_real_backup(server, Catalogue(config.backup_directory), SOURCE)
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        f"PRIMARY_HOST={server.host}\nPRIMARY_PORT={server.port}\nPRIMARY_USER=postgres\n"
+        f"REPL_PASSWORD={server.superuser_password}\nLOCAL_BACKUP_PATH={tmp_path / 'backups'}\n"
+        f"LATERBASED_STATE_DIR={tmp_path / 'state'}\n"
+    )
+    argv = [
+        "restore",
+        "--env-file",
+        str(env_file),
+        "--file",
+        str(record.path),
+        "--target-db",
+        TARGET,
+        "-j",
+        "2",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr()
+    assert "sha256 verified" in out.out
+    assert "Add Project Library" in out.out
+    assert server.superuser_password not in out.out + out.err
+    assert counts(server, TARGET) == (str(ROWS), "4000")
+    assert cli.main(argv) == 3
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_aside_name_fits_postgresql_identifier_limit() -> None:
+    moment = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)
+    name = aside_name("ü" * 40, moment)
+    assert len(name.encode("utf-8")) <= 63
+    assert name.endswith("_before_restore_20261126T140000Z")
