@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 STATE_KEY = web.AppKey("state", State)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+# Seconds a connection may stay without a complete request: from the moment it opens (aiohttp
+# starts this timer at connection_made, partial request lines do not reset it) and between
+# keep-alive requests. Slowloris-style clients are dropped after this; tests shorten it.
+IDLE_TIMEOUT = 15.0
+HTTP_BACKLOG = 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes contributed by other modules (status pages, API): (method, path, handler).
@@ -113,11 +118,15 @@ class HttpServer:
             handle_signals=False,
             # Idle keep-alive connections are closed quickly: a stuck client must not pin
             # a connection slot forever.
-            keepalive_timeout=15,
+            keepalive_timeout=IDLE_TIMEOUT,
             shutdown_timeout=2.0,
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, backlog=64)
+        # A deep accept queue: a burst of connections (a scrape storm, a flood) must not make
+        # the kernel drop handshakes, which costs a new /healthz client a 1 s SYN retry.
+        site = web.TCPSite(
+            runner, self.host, self.port, reuse_address=True, backlog=HTTP_BACKLOG
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -424,7 +424,11 @@ def _authorized(request: web.Request, token: str) -> bool:
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back the
+    # same way, or such a header would crash the comparison instead of being refused.
+    return hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
+    )
 
 
 async def post_backup(request: web.Request) -> web.Response:

@@ -144,7 +144,8 @@ async def handle_promote(request: web.Request) -> web.Response:
         )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8"), token.reveal().encode("utf-8")
+        # surrogateescape: header bytes that are not UTF-8 are refused, not a crash.
+        given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode("utf-8")
     ):
         response = json_response({"error": "missing or wrong bearer token"}, status=401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="laterbased"'
