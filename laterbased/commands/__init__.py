@@ -7,4 +7,12 @@ A command module provides ``register(subparsers, common) -> None``; its parser s
 
 from __future__ import annotations
 
-COMMAND_MODULES: list[str] = ["prepare_primary", "check", "backups", "restore", "pgadmin", "promote"]
+COMMAND_MODULES: list[str] = [
+    "demo",
+    "prepare_primary",
+    "check",
+    "backups",
+    "restore",
+    "promote",
+    "pgadmin",
+]
