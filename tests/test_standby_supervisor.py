@@ -32,7 +32,7 @@ from laterbased.config import (
 from laterbased.daemon import WorkerContext
 from laterbased.errors import RefuseToRun
 from laterbased.proc import pid_alive, pids_with_cwd_under
-from laterbased.standby import safety
+from laterbased.standby import safety, supervisor
 from laterbased.standby.promote import PromoteRefused, promote_in_daemon
 from laterbased.standby.supervisor import run_standby
 from laterbased.state import State
@@ -245,8 +245,11 @@ async def test_kill_9_of_the_postmaster_restarts_it_and_replication_resumes(
 
 
 async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
-    make_primary: Callable[..., PgServer],
+    make_primary: Callable[..., PgServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Shorter than in production (5 s each) so the test stays quick; same logic.
+    monkeypatch.setattr(supervisor, "PING_TIMEOUT", 1)
+    monkeypatch.setattr(supervisor, "STUCK_QUIT_WAIT", 1.0)
     primary = make_primary()
     async with running_standby(primary) as standby:
         await standby.wait_running()
