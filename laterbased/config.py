@@ -23,9 +23,9 @@ from typing import Any, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from croniter import croniter
 
 from .errors import ConfigError
+from .schedule.cron import validate_expression
 from .units import parse_duration, parse_size
 
 
@@ -558,8 +558,9 @@ def _coerce(
             raise _Invalid(str(exc)) from None
     if kind == "cron":
         text = str(value).strip()
-        if not _cron_is_valid(text):
-            raise _Invalid(f"invalid cron expression {text!r}")
+        problem = validate_expression(text)
+        if problem is not None:
+            raise _Invalid(f"invalid cron expression: {problem}")
         return text
     if hint is Secret:
         if not isinstance(value, str | int):
@@ -636,28 +637,6 @@ def _build_remote(entry: Any, path: tuple[str, ...], raw: _Raw) -> RcloneRemote 
         type=remote_type,
         params={str(k).lower(): Secret(str(v)) for k, v in params.items()},
     )
-
-
-def _cron_is_valid(expression: str) -> bool:
-    if expression in {
-        "@hourly",
-        "@daily",
-        "@midnight",
-        "@weekly",
-        "@monthly",
-        "@yearly",
-        "@annually",
-    }:
-        return True
-    if expression.startswith("@"):
-        return False
-    fields_count = len(expression.split())
-    if fields_count not in (5, 6):
-        return False
-    try:
-        return bool(croniter.is_valid(expression))
-    except (ValueError, TypeError):
-        return False
 
 
 def _check_semantics(config: Config, raw: _Raw) -> None:
