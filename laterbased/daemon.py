@@ -91,6 +91,10 @@ def configured_workers(config: Config) -> list[Worker]:
         from .jobs.runner import backup_worker
 
         workers.append(Worker("backups", backup_worker))
+    if config.backup.enabled and config.upload.enabled:
+        from .jobs.upload import check_upload_tools
+
+        workers.append(Worker("upload-check", check_upload_tools))
     return workers
 
 

@@ -1,0 +1,274 @@
+"""The upload step on real backups (pg_dump of the test primary) and real rclone remotes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from backup_files import publish_real_backup
+from pgserver import PgServer, free_port
+from rclone_servers import SECRET_KEY, S3Server
+from test_backup_support import make_config
+
+from laterbased.backups import BackupRecord, Catalogue, manifest_name
+from laterbased.config import Config, load_config
+from laterbased.jobs.runner import run_backup_chain
+from laterbased.jobs.upload import remote_expired, upload_pending
+from laterbased.rclone import RemoteEntry
+from laterbased.state import State
+
+pytestmark = pytest.mark.slow
+FAST = {
+    "PRIMARY_HOST": "resolve.local",
+    "HOME": "/nonexistent-home",
+    "LATERBASED_UPLOAD_RETRIES": "2",
+    "LATERBASED_UPLOAD_RETRY_BACKOFF": "0.05",
+    "LATERBASED_UPLOAD_RETRY_BACKOFF_MAX": "0.1",
+}
+
+
+@pytest.fixture(autouse=True)
+def quick_low_level_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RCLONE_LOW_LEVEL_RETRIES", "1")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def project_db(primary: PgServer) -> AsyncIterator[str]:
+    name = "upload proj ø"
+    primary.create_database(name)
+    primary.sql('CREATE TABLE "SM_Project" (id int, name text)', name)
+    yield name
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="laterbased-upload-test-"))
+    try:
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def with_upload(primary: PgServer, backups: Path, env: dict[str, str], **backup: object) -> Config:
+    config = make_config(primary, backups, **backup)  # type: ignore[arg-type]
+    return dataclasses.replace(config, upload=load_config(None, FAST | env).upload)
+
+
+def local_remote_env(dest: Path, **extra: str) -> dict[str, str]:
+    return {
+        "RCLONE_REMOTE_NAME": "offsite",
+        "RCLONE_REMOTE_PATH": str(dest),
+        "RCLONE_REMOTE_1_NAME": "offsite",
+        "RCLONE_REMOTE_1_TYPE": "local",
+    } | extra
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def remote_copy(dest: Path, record: BackupRecord) -> Path:
+    return dest / record.directory.name / record.file
+
+
+async def test_local_remote_receives_backups_and_manifests_record_the_upload(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    catalogue = Catalogue(work / "backups")
+    older = publish_real_backup(
+        primary, catalogue, project_db, started=datetime.now(UTC) - timedelta(hours=1)
+    )
+    newer = publish_real_backup(primary, catalogue, project_db)
+    dest = work / "offsite"
+    config = with_upload(primary, work / "backups", local_remote_env(dest))
+    state = State(config=config)
+
+    result = await upload_pending(config, state, catalogue, "run-1")
+
+    assert result.result == "success", result.detail
+    assert result.uploaded == [newer.file, older.file], "newest goes first"
+    for record in (older, newer):
+        arrived = remote_copy(dest, record)
+        assert sha256_of(arrived) == record.sha256
+        remote_manifest = json.loads((arrived.parent / manifest_name(record.file)).read_text())
+        assert remote_manifest["sha256"] == record.sha256
+        assert remote_manifest["uploaded_to"] == f"offsite:{arrived}"
+    local = {r.file: r for r in catalogue.list_backups(project_db)}
+    assert local[newer.file].uploaded_to == f"offsite:{remote_copy(dest, newer)}"
+    assert local[newer.file].uploaded_at is not None
+    assert state.upload_bytes == older.size + newer.size
+    assert state.upload_last_success is not None
+    assert state.backup(project_db).pending_upload == 0
+    assert state.backup(project_db).oldest_pending_upload is None
+
+    again = await upload_pending(config, state, catalogue, "run-2")
+    assert again.result == "success" and again.uploaded == [] and again.already_there == []
+
+
+async def test_a_copy_already_on_the_remote_is_not_sent_again_but_a_bad_one_is(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    catalogue = Catalogue(work / "backups")
+    record = publish_real_backup(primary, catalogue, project_db)
+    dest = work / "offsite"
+    config = with_upload(primary, work / "backups", local_remote_env(dest))
+    state = State(config=config)
+    assert (await upload_pending(config, state, catalogue, "first")).uploaded == [record.file]
+    # The manifest mark got lost (crash between copy and mark): the remote is asked first.
+    catalogue.rewrite_manifest(record)
+    second = await upload_pending(config, state, catalogue, "second")
+    assert second.already_there == [record.file] and second.bytes_sent == 0
+    # Same size, different bytes off-site: sha256 tells, and it is sent again.
+    catalogue.rewrite_manifest(record)
+    remote_copy(dest, record).write_bytes(b"\0" * record.size)
+    third = await upload_pending(config, state, catalogue, "third")
+    assert third.uploaded == [record.file]
+    assert sha256_of(remote_copy(dest, record)) == record.sha256
+
+
+async def test_s3_upload_is_verified_by_md5_and_recorded(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    server = S3Server(work / "s3root", free_port())
+    server.start()
+    try:
+        catalogue = Catalogue(work / "backups")
+        record = publish_real_backup(primary, catalogue, project_db)
+        config = with_upload(primary, work / "backups", server.remote_env())
+        state = State(config=config)
+        result = await upload_pending(config, state, catalogue, "s3-run")
+    finally:
+        server.stop()
+    assert result.result == "success", result.detail
+    stored = server.root / server.bucket / "laterbased" / record.directory.name / record.file
+    assert sha256_of(stored) == record.sha256
+    assert (stored.parent / manifest_name(record.file)).is_file()
+    (marked,) = catalogue.list_backups(project_db)
+    assert marked.uploaded_to == (
+        f"offsite:{server.bucket}/laterbased/{record.directory.name}/{record.file}"
+    )
+
+
+async def test_remote_down_fails_the_job_keeps_the_backup_and_recovers_next_run(
+    primary: PgServer, project_db: str, work: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = S3Server(work / "s3root", free_port())
+    backups = work / "backups"
+    config = with_upload(
+        primary,
+        backups,
+        server.remote_env(),
+        databases=(project_db,),
+        retention_days=0,
+        min_keep=1,
+    )
+    catalogue = Catalogue(backups)
+    publish_real_backup(
+        primary, catalogue, project_db, started=datetime.now(UTC) - timedelta(days=3)
+    )
+    state = State(config=config)
+
+    chain = await run_backup_chain(state, trigger="test")  # the server was never started
+
+    assert chain.result == "failed"
+    assert state.job("upload").runs["failed"] == 1
+    assert "connection refused" in (state.job("upload").last_run.detail or "")  # type: ignore[union-attr]
+    local = catalogue.list_backups(project_db)
+    assert len(local) == 2, "retention 0 days + min_keep 1 still keeps what is not off-site"
+    assert all(r.path.exists() and r.uploaded_at is None for r in local)
+    assert state.backup(project_db).pending_upload == 2
+    assert state.upload_last_success is None
+
+    server.start()
+    try:
+        retry = await upload_pending(config, state, catalogue, "next-run")
+    finally:
+        server.stop()
+    assert retry.result == "success", retry.detail
+    assert len(retry.uploaded) == 2
+    assert state.backup(project_db).pending_upload == 0
+    assert SECRET_KEY not in caplog.text
+
+
+def test_remote_retention_only_touches_our_old_uploads() -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def pair(folder: str, stamp: str) -> list[RemoteEntry]:
+        data = f"{folder}/{folder}-{stamp}.dump"
+        return [
+            RemoteEntry(path=data, name=data.rsplit("/", 1)[1], size=1, is_dir=False),
+            RemoteEntry(
+                path=f"{folder}/{folder}-{stamp}.json",
+                name=f"{folder}-{stamp}.json",
+                size=1,
+                is_dir=False,
+            ),
+        ]
+
+    entries = (
+        pair("a", "20261101T000000Z")
+        + pair("a", "20261120T000000Z")
+        + pair("a", "20261125T000000Z")
+        + pair("b", "20260101T000000Z")  # the only one of b: the newest, kept however old
+        + [RemoteEntry(path="a/a-20200101T000000Z.dump", name="x", size=1, is_dir=False)]
+        + [RemoteEntry(path="a/notes.txt", name="notes.txt", size=1, is_dir=False)]
+    )
+    expired = remote_expired(entries, 3, now)
+    assert [e.path for e in expired] == ["a/a-20261101T000000Z.dump", "a/a-20261120T000000Z.dump"]
+
+
+async def test_remote_retention_deletes_old_uploads_after_a_good_run(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    catalogue = Catalogue(work / "backups")
+    now = datetime.now(UTC)
+    old = publish_real_backup(primary, catalogue, project_db, started=now - timedelta(days=10))
+    newest = publish_real_backup(primary, catalogue, project_db, started=now)
+    dest = work / "offsite"
+    foreign = dest / old.directory.name / "someone-elses-20200101T000000Z.dump"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    config = with_upload(
+        primary, work / "backups", local_remote_env(dest, LATERBASED_UPLOAD_RETENTION_DAYS="3")
+    )
+    result = await upload_pending(config, State(config=config), catalogue, "retention")
+    assert result.result == "success", result.detail
+    assert result.deleted_remote == [f"{old.directory.name}/{old.file}"]
+    assert not remote_copy(dest, old).exists()
+    assert not (remote_copy(dest, old).parent / manifest_name(old.file)).exists()
+    assert remote_copy(dest, newest).exists()
+    assert foreign.exists()
+    assert old.path.exists(), "remote retention never touches local backups"
+
+
+def test_daemon_refuses_to_start_when_rclone_is_missing(work: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(work),
+        "PRIMARY_HOST": "127.0.0.1",
+        "PRIMARY_PORT": str(free_port()),
+        "LATERBASED_STANDBY_ENABLED": "false",
+        "LATERBASED_HTTP_ENABLED": "false",
+        "LATERBASED_STATE_DIR": str(work / "state"),
+        "LOCAL_BACKUP_PATH": str(work / "backups"),
+        "LATERBASED_UPLOAD_RCLONE_BINARY": str(work / "no-rclone-here"),
+    } | local_remote_env(work / "offsite")
+    result = subprocess.run(
+        [sys.executable, "-m", "laterbased", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "upload.rclone_binary" in result.stderr
