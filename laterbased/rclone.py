@@ -101,6 +101,11 @@ REMOTE_NAME_RULE = (
     "letters, digits, '_', '-', '.', '+', '@' and space; "
     "not starting or ending with '-' or space"
 )
+# The hashes we can compare with a local file. Asking for just these matters: on a local
+# remote ``--hash`` alone computes all of rclone's 13 hashes (3.4 s per 100 MiB here, against
+# 0.4 s for these three).
+VERIFY_HASHES = ("sha256", "md5", "sha1")
+_HASH_FLAGS = tuple(f"--hash-type={name}" for name in VERIFY_HASHES)
 _OPTION_NAME = re.compile(r"^[a-z0-9_]+$")
 _ENV_REMOTE = re.compile(r"^RCLONE_CONFIG_(.+)_TYPE$")
 
@@ -439,7 +444,7 @@ class Rclone:
         """Objects under ``remote_path``; an absent directory is an empty list."""
         args = ["--files-only"]
         if hashes:
-            args.append("--hash")
+            args += ["--hash", *_HASH_FLAGS]
         if recursive:
             args.append("--recursive")
         try:
@@ -454,7 +459,7 @@ class Rclone:
 
     async def stat(self, remote_path: str, *, hashes: bool = True) -> RemoteEntry | None:
         """The object at ``remote_path`` (with hashes the backend has), or None if absent."""
-        args = ["--stat", "--files-only"] + (["--hash"] if hashes else [])
+        args = ["--stat", "--files-only"] + (["--hash", *_HASH_FLAGS] if hashes else [])
         try:
             result = await self.call(
                 "lsjson", *args, remote_path, capture=True, timeout=_short(self.upload)

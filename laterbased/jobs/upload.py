@@ -36,14 +36,14 @@ from typing import Any
 from laterbased.backups import MANIFEST_SUFFIX, BackupRecord, Catalogue, manifest_name
 from laterbased.config import Config
 from laterbased.errors import ToolMissing
-from laterbased.rclone import Rclone, RcloneFailed, RemoteEntry, find_rclone
+from laterbased.rclone import VERIFY_HASHES, Rclone, RcloneFailed, RemoteEntry, find_rclone
 from laterbased.state import State
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
 
 # Hashes we can compute locally, in order of preference (sha256 is already in the manifest).
-LOCAL_HASHES = ("sha256", "md5", "sha1")
+LOCAL_HASHES = VERIFY_HASHES
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:-\d+)?\.[^/]+$")
 
 
