@@ -17,6 +17,7 @@ Goals (issue 6): laterbased/raw <= 1.05; peak RSS <= 60 MB and flat across scale
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -24,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from laterbased.localcluster import PgServer
 
@@ -127,6 +130,31 @@ def run_laterbased(server: PgServer, db: str, directory: Path) -> dict[str, floa
     return result
 
 
+def _append(results: list[Any], measure: Callable[..., Any], *args: Any) -> None:
+    results.append(measure(*args))
+
+
+def compare_dumps(
+    server: PgServer, db: str, repeat: int, work: Path
+) -> tuple[list[float], list[float], list[dict[str, float]]]:
+    """(raw pg_dump -Fc seconds, pg_dump|gzip seconds, laterbased child results) for
+    ``repeat`` rounds; the dump files stay in ``work`` (raw-<i>.dump, old-<i>.sql.gz)."""
+    raw: list[float] = []
+    old: list[float] = []
+    ours: list[dict[str, float]] = []
+    # The machine is shared: rotate the order each round so no variant always runs
+    # right after another, and report min and median.
+    for index in range(repeat):
+        steps: list[Callable[[], None]] = [
+            functools.partial(_append, raw, time_raw, server, db, work / f"raw-{index}.dump"),
+            functools.partial(_append, old, time_old, server, db, work / f"old-{index}.sql.gz"),
+            functools.partial(_append, ours, run_laterbased, server, db, work / "backups"),
+        ]
+        for step in steps[index % 3 :] + steps[: index % 3]:
+            step()
+    return raw, old, ours
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=30)
@@ -137,19 +165,7 @@ def main() -> None:
     server = PgServer(shared_buffers="128MB", fsync=False)
     try:
         fill(server, "bench", options.scale)
-        raw: list[float] = []
-        old: list[float] = []
-        ours: list[dict[str, float]] = []
-        # The machine is shared: rotate the order each round so no variant always runs
-        # right after another, and report min and median.
-        for index in range(options.repeat):
-            steps = [
-                lambda i=index: raw.append(time_raw(server, "bench", work / f"raw-{i}.dump")),
-                lambda i=index: old.append(time_old(server, "bench", work / f"old-{i}.sql.gz")),
-                lambda: ours.append(run_laterbased(server, "bench", work / "backups")),
-            ]
-            for step in steps[index % 3 :] + steps[: index % 3]:
-                step()
+        raw, old, ours = compare_dumps(server, "bench", options.repeat, work)
         raw_median = statistics.median(raw)
         dump_median = statistics.median(r["dump_seconds"] for r in ours)
         print(f"raw pg_dump -Fc         median {raw_median:7.2f}s  runs {raw}")
