@@ -15,15 +15,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 MASK = "********"
 
 
-class SecretMasker(logging.Filter):
-    """Replace every known secret in a record's final message with a mask.
+class SecretMasker:
+    """Replace every known secret in a formatted log line with a mask.
 
-    Applied at the handler, after %-formatting, so a secret that slipped into an argument,
-    an exception text or a child's stderr is still caught.
+    Applied by our formatters to the finished text, after %-formatting and the traceback,
+    so a secret that slipped into an argument, an exception text or a child's stderr is
+    still caught. The record itself is never changed: other handlers (pytest's caplog, a
+    library's own) see it as it was.
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self._lock = threading.Lock()
         self._secrets: tuple[str, ...] = ()
 
@@ -40,17 +41,12 @@ class SecretMasker(logging.Filter):
                 text = text.replace(secret, MASK)
         return text
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = self.mask(record.getMessage())
-        record.msg = message
-        record.args = None
-        if record.exc_info:
-            formatted = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = self.mask(formatted)
-            record.exc_info = None
-        return True
+
+class MaskedTextFormatter(logging.Formatter):
+    """The readable one-line format, with secrets masked in the finished line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return masker.mask(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,15 +57,15 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": masker.mask(record.getMessage()),
         }
         run_id = getattr(record, "run_id", None)
         if run_id:
             payload["run_id"] = run_id
         if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
+            payload["exception"] = masker.mask(self.formatException(record.exc_info))
         elif record.exc_text:
-            payload["exception"] = record.exc_text
+            payload["exception"] = masker.mask(record.exc_text)
         return json.dumps(payload, ensure_ascii=False)
 
 
@@ -99,19 +95,31 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 masker = SecretMasker()
 
 
+class OurHandler(logging.StreamHandler[TextIO]):
+    """Our one handler. Without an explicit stream it writes to whatever ``sys.stderr`` is
+    at the time of each record (it may be replaced after set-up, e.g. by pytest)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(
     level: str = "info", fmt: str = "text", stream: TextIO | None = None
 ) -> logging.Handler:
-    """Install our single handler on the root logger and return it."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(masker)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    """Install our handler on the root logger (replacing an earlier one of ours, leaving
+    other handlers alone) and return it."""
+    handler = OurHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else MaskedTextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, OurHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # aiohttp logs every request at INFO; that is noise next to our own events.

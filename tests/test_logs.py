@@ -72,3 +72,33 @@ def test_masker_ignores_values_too_short_to_mask_safely() -> None:
     local = SecretMasker()
     local.set_secrets(["ab", "longer-secret"])
     assert local.mask("ab longer-secret") == "ab ********"
+
+
+def test_masking_leaves_the_record_intact_for_other_handlers(
+    captured: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    try:
+        raise ValueError("bad value rclone-secret")
+    except ValueError:
+        logging.getLogger("laterbased.test").exception("step failed")
+    assert "rclone-secret" not in captured.getvalue()
+    (record,) = [r for r in caplog.records if r.message == "step failed"]
+    assert record.exc_info is not None  # pytest's handler still sees the traceback
+
+
+def test_setup_logging_keeps_handlers_it_did_not_install() -> None:
+    root = logging.getLogger()
+    foreign = logging.NullHandler()
+    root.addHandler(foreign)
+    saved = list(root.handlers)
+    try:
+        first = setup_logging("info", "text", io.StringIO())
+        second = setup_logging("info", "text", io.StringIO())
+        assert foreign in root.handlers
+        assert second in root.handlers and first not in root.handlers
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            if handler is not foreign:
+                root.addHandler(handler)
