@@ -180,7 +180,8 @@ class HttpConfig:
 class NotifyConfig:
     """Where to tell a human about trouble when nobody runs Prometheus."""
 
-    webhook_url: str | None = None
+    # A secret: Slack/Discord webhook URLs carry their credential in the path.
+    webhook_url: Secret | None = _secret_field()
     command: tuple[str, ...] = ()
     min_interval: float = field(default=900.0, metadata=DURATION)
     timeout: float = field(default=10.0, metadata=DURATION)
@@ -458,6 +459,7 @@ def _resolve_secret_files(raw: _Raw, env: Mapping[str, str]) -> None:
     secret_env: dict[tuple[str, ...], list[str]] = {
         ("primary", "password"): ["REPL_PASSWORD_FILE", "LATERBASED_PRIMARY_PASSWORD_FILE"],
         ("http", "token"): ["LATERBASED_HTTP_TOKEN_FILE"],
+        ("notify", "webhook_url"): ["LATERBASED_NOTIFY_WEBHOOK_URL_FILE"],
         ("pgadmin", "password"): ["PGADMIN_PASSWORD_FILE", "LATERBASED_PGADMIN_PASSWORD_FILE"],
     }
     for path, env_names in secret_env.items():
@@ -681,7 +683,8 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
     names = [remote.name for remote in config.upload.remotes]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"upload.remotes: remote {name!r} is defined more than once")
-    if config.notify.webhook_url and not re.match(r"^https?://", config.notify.webhook_url):
+    webhook = config.notify.webhook_url.reveal() if config.notify.webhook_url else ""
+    if webhook and not re.match(r"^https?://", webhook):
         errors.append("notify.webhook_url: must start with http:// or https://")
 
 

@@ -279,7 +279,7 @@ class Sender:
     async def deliver(self, notification: Notification) -> None:
         config = self.config
         if config.webhook_url:
-            await self._post(config.webhook_url, notification, config.timeout)
+            await self._post(config.webhook_url.reveal(), notification, config.timeout)
         if config.command:
             await self._run_hook(config.command, notification, config.timeout)
 

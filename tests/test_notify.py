@@ -24,6 +24,7 @@ from laterbased.config import (
     Config,
     NotifyConfig,
     PrimaryConfig,
+    Secret,
     StandbyConfig,
 )
 from laterbased.daemon import configured_workers
@@ -34,13 +35,19 @@ from laterbased.state import JobRun, State
 POLL = 0.05
 
 
+def _as_secret_url(notify: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(notify.get("webhook_url"), str):
+        notify = notify | {"webhook_url": Secret(notify["webhook_url"])}
+    return notify
+
+
 def make_state(**notify: Any) -> State:
     """Only the primary is checked (no standby, no backups), so tests flip one verdict."""
     config = Config(
         primary=PrimaryConfig(host="127.0.0.1"),
         standby=StandbyConfig(enabled=False),
         backup=BackupConfig(enabled=False),
-        notify=NotifyConfig(**notify),
+        notify=NotifyConfig(**_as_secret_url(notify)),
     )
     state = State(config=config)
     state.ready = True
