@@ -272,3 +272,54 @@ def test_daemon_refuses_to_start_when_rclone_is_missing(work: Path) -> None:
     )
     assert result.returncode == 3, result.stderr
     assert "upload.rclone_binary" in result.stderr
+
+
+async def test_a_hanging_remote_never_delays_the_scheduled_dumps(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    import asyncio
+    import socket
+    import time
+
+    from laterbased.daemon import WorkerContext
+    from laterbased.jobs.runner import backup_worker
+
+    # An "S3 endpoint" that accepts connections and never answers: the upload hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    env = {
+        "RCLONE_REMOTE_NAME": "offsite",
+        "RCLONE_REMOTE_PATH": "bucket/x",
+        "RCLONE_REMOTE_1_NAME": "offsite",
+        "RCLONE_REMOTE_1_TYPE": "s3",
+        "RCLONE_REMOTE_1_PARAM_PROVIDER": "Other",
+        "RCLONE_REMOTE_1_PARAM_ENDPOINT": endpoint,
+        "LATERBASED_UPLOAD_TIMEOUT": "1h",
+    }
+    config = with_upload(
+        primary,
+        work / "backups",
+        env,
+        databases=(project_db,),
+        schedule="* * * * * *",  # every second
+        skip_unchanged=False,
+    )
+    state = State(config=config)
+    worker = asyncio.create_task(backup_worker(WorkerContext(state, asyncio.Event())))
+    try:
+        deadline = time.monotonic() + 60
+        while state.job("dump").runs["success"] < 3:
+            assert time.monotonic() < deadline, f"dumps stalled: {state.job('dump')}"
+            await asyncio.sleep(0.1)
+        assert state.job("upload").running is not None, "the upload should still hang"
+        assert state.job("dump").skipped_overlap == 0, "a dump waited for the upload"
+        assert state.backup(project_db).pending_upload >= 3
+    finally:
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+        listener.close()
+    assert state.job("upload").last_run is not None
+    assert state.job("upload").last_run.result == "cancelled"

@@ -152,10 +152,42 @@ async def _upload_step(
     return body
 
 
+async def run_upload_job(state: State, catalogue: Catalogue, run_id: str) -> dict[str, Any]:
+    """Upload every backup still waiting for it, as the ``upload`` job (never overlapping)."""
+    upload_run = begin_job(state, "upload", run_id)
+    if upload_run is None:
+        running = state.job("upload").running
+        return {
+            "step": "upload",
+            "result": "skipped",
+            "detail": f"upload {running.id if running else '?'} is still going",
+        }
+    try:
+        step = await _upload_step(state.config, state, catalogue, run_id)
+    except asyncio.CancelledError:
+        finish_job(state, upload_run, "cancelled")
+        raise
+    except Exception as exc:
+        logger.exception("upload step crashed run=%s", run_id)
+        step = {"step": "upload", "result": "failed", "detail": str(exc)}
+    finish_job(state, upload_run, str(step["result"]), step.get("detail"))
+    await asyncio.to_thread(refresh_backup_state, state, catalogue, state.config.upload.enabled)
+    return step
+
+
 async def run_backup_chain(
-    state: State, *, databases: Sequence[str] | None = None, trigger: str = "schedule"
+    state: State,
+    *,
+    databases: Sequence[str] | None = None,
+    trigger: str = "schedule",
+    upload_inline: bool = True,
 ) -> ChainResult:
-    """dump → upload (when configured) → prune; the same for schedule, catch-up and manual."""
+    """dump → upload (when configured) → prune; the same for schedule, catch-up and manual.
+
+    With ``upload_inline=False`` (the schedule) the upload is left to the upload job, so a
+    slow off-site copy never delays the next dump; a manual run waits for it, so its exit
+    code covers the upload too.
+    """
     config = state.config
     run_id = new_run_id("dump")
     run = begin_job(state, "dump", run_id)
@@ -210,21 +242,13 @@ async def run_backup_chain(
         )
         if failed:
             chain.result = "failed"
-        if config.upload.enabled:
-            upload_run = begin_job(state, "upload", run_id)
-            if upload_run is not None:
-                try:
-                    step = await _upload_step(config, state, catalogue, run_id)
-                except Exception as exc:
-                    logger.exception("upload step crashed run=%s", run_id)
-                    step = {"step": "upload", "result": "failed", "detail": str(exc)}
-                except asyncio.CancelledError:
-                    finish_job(state, upload_run, "cancelled")
-                    raise
-                finish_job(state, upload_run, str(step["result"]), step.get("detail"))
-                chain.steps.append(step)
-                if step["result"] == "failed":
-                    chain.result = "failed"
+        if config.upload.enabled and upload_inline:
+            step = await run_upload_job(state, catalogue, run_id)
+            chain.steps.append(step)
+            if step["result"] == "failed":
+                chain.result = "failed"
+        # Prune never deletes a backup that still waits for its upload, so it may run while
+        # the scheduled upload job is still copying.
         await _prune_step(state, catalogue, run_id, chain)
         await asyncio.to_thread(refresh_backup_state, state, catalogue, config.upload.enabled)
     except asyncio.CancelledError:
@@ -371,8 +395,17 @@ async def backup_worker(ctx: Any) -> None:
 
         return fire
 
+    upload_wanted = asyncio.Event()
+    upload_wanted.set()  # backups left un-uploaded by an earlier run go first
+
+    async def scheduled_backup() -> ChainResult:
+        chain = await run_backup_chain(state, upload_inline=False)
+        if config.upload.enabled:
+            upload_wanted.set()
+        return chain
+
     schedules: list[tuple[str, str, Callable[[], Awaitable[object]], datetime | None]] = [
-        ("dump", config.backup.schedule, lambda: run_backup_chain(state), catch_up),
+        ("dump", config.backup.schedule, scheduled_backup, catch_up),
         ("verify", config.backup.verify_schedule, lambda: run_verify_job(state), None),
     ]
     if config.backup.optimize_schedule:
@@ -394,6 +427,18 @@ async def backup_worker(ctx: Any) -> None:
                 name=f"schedule:{kind}",
             )
         group.create_task(_watch_reload(ctx), name="schedule:reload")
+        if config.upload.enabled:
+            group.create_task(_upload_loop(state, catalogue, upload_wanted), name="upload")
+
+
+async def _upload_loop(state: State, catalogue: Catalogue, wanted: asyncio.Event) -> None:
+    """The upload job: runs after each scheduled dump (and once at start), on its own, so
+    the dump schedule never waits for a slow remote. A failed upload is retried after the
+    next dump; uploads are idempotent (the remote is asked before anything is sent)."""
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        await run_upload_job(state, catalogue, new_run_id("upload"))
 
 
 async def _watch_reload(ctx: Any) -> None:
