@@ -202,17 +202,22 @@ def slot_metrics(state: State) -> Iterator[Metric]:
 
 
 def job_metrics(state: State) -> Iterator[Metric]:
-    runs = _counter("job_runs", "Finished job runs by job and result", ["job", "result"])
-    duration = _gauge("job_duration_seconds", "Duration of the last finished run", ["job"])
+    # The label is "kind", not "job": Prometheus attaches its own "job" (the scrape target).
+    runs = _counter(
+        "job_runs",
+        "Finished job runs by kind (dump, upload, prune, verify, optimize) and result",
+        ["kind", "result"],
+    )
+    duration = _gauge("job_duration_seconds", "Duration of the last finished run", ["kind"])
     last_success = _gauge(
-        "job_last_success_timestamp_seconds", "Unix time of the last successful run", ["job"]
+        "job_last_success_timestamp_seconds", "Unix time of the last successful run", ["kind"]
     )
     next_fire = _gauge(
-        "job_next_fire_timestamp_seconds", "Unix time the job is scheduled next", ["job"]
+        "job_next_fire_timestamp_seconds", "Unix time the job is scheduled next", ["kind"]
     )
-    running = _gauge("job_running", "1 while a run of the job is in progress", ["job"])
+    running = _gauge("job_running", "1 while a run of the job is in progress", ["kind"])
     overlap = _counter(
-        "job_skipped_overlap", "Fires skipped because the previous run still ran", ["job"]
+        "job_skipped_overlap", "Fires skipped because the previous run still ran", ["kind"]
     )
     for name, job in sorted(state.jobs.items()):
         for result, count in sorted(job.runs.items()):

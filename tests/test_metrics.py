@@ -52,7 +52,7 @@ def test_odd_database_names_are_escaped_and_promtool_accepts_the_output() -> Non
     state.record_event("error", "x")
     text = scrape(state)
     assert 'laterbased_backups_local{database="Resolve \\"Main\\"\\\\Projects\\nü"} 3.0' in text
-    assert 'laterbased_job_runs_total{job="dump",result="failed"} 1.0' in text
+    assert 'laterbased_job_runs_total{kind="dump",result="failed"} 1.0' in text
     assert 'laterbased_standby_restarts_total{reason="crash"} 2.0' in text
     assert "laterbased_standby_bootstrap_done_bytes 10.0" in text
     assert 'laterbased_last_event_timestamp_seconds{level="error"}' in text
@@ -61,3 +61,20 @@ def test_odd_database_names_are_escaped_and_promtool_accepts_the_output() -> Non
     result = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
                             capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_metric_uses_the_labels_prometheus_attaches_itself() -> None:
+    """`job` and `instance` are the scrape target's labels: a metric with its own `job`
+    label would be renamed `exported_job` and break every query written against it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    state = State(config=Config(primary=PrimaryConfig(host="resolve.local")))
+    for kind in ("dump", "upload", "prune", "verify"):
+        state.job(kind).runs["success"] += 1
+        state.job(kind).last_duration = 1.0
+        state.job(kind).last_success = 1.7e9
+        state.job(kind).next_fire = 1.8e9
+    state.backup("db").last_success = 1.7e9
+    for family in text_string_to_metric_families(scrape(state)):
+        for sample in family.samples:
+            assert not {"job", "instance"} & set(sample.labels), (sample.name, sample.labels)
