@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__, health
-from .state import State
+from .state import JobStatus, State
 
 PREFIX = "laterbased_"
 
@@ -201,6 +201,19 @@ def slot_metrics(state: State) -> Iterator[Metric]:
     yield from (exists, active, retained, safe, wal_status)
 
 
+def configured_job_kinds(state: State) -> list[str]:
+    """The job kinds this configuration runs (their series exist from the first scrape)."""
+    backup = state.config.backup
+    if not backup.enabled:
+        return []
+    kinds = ["dump", "prune", "verify"]
+    if state.config.upload.enabled:
+        kinds.append("upload")
+    if backup.optimize_schedule:
+        kinds.append("optimize")
+    return kinds
+
+
 def job_metrics(state: State) -> Iterator[Metric]:
     # The label is "kind", not "job": Prometheus attaches its own "job" (the scrape target).
     runs = _counter(
@@ -219,8 +232,12 @@ def job_metrics(state: State) -> Iterator[Metric]:
     overlap = _counter(
         "job_skipped_overlap", "Fires skipped because the previous run still ran", ["kind"]
     )
-    for name, job in sorted(state.jobs.items()):
-        for result, count in sorted(job.runs.items()):
+    # Every configured job starts with explicit zeros for success and failed, so that
+    # increase(...{result="failed"}) sees the very first failure of a fresh daemon.
+    jobs = {name: JobStatus() for name in configured_job_kinds(state)} | state.jobs
+    for name, job in sorted(jobs.items()):
+        counts = {"success": 0, "failed": 0} | dict(job.runs)
+        for result, count in sorted(counts.items()):
             runs.add_metric([name, result], float(count))
         if job.last_duration is not None:
             duration.add_metric([name], job.last_duration)

@@ -78,3 +78,12 @@ def test_no_metric_uses_the_labels_prometheus_attaches_itself() -> None:
     for family in text_string_to_metric_families(scrape(state)):
         for sample in family.samples:
             assert not {"job", "instance"} & set(sample.labels), (sample.name, sample.labels)
+
+
+def test_configured_jobs_have_zero_series_before_their_first_run() -> None:
+    state = State(config=Config(primary=PrimaryConfig(host="resolve.local")))
+    text = scrape(state)
+    for kind in ("dump", "prune", "verify"):
+        for result in ("success", "failed"):
+            assert f'laterbased_job_runs_total{{kind="{kind}",result="{result}"}} 0.0' in text
+    assert 'kind="upload"' not in text  # no upload configured
