@@ -180,7 +180,9 @@ class Daemon:
         self.state.ready = False
         if self.http is not None:
             await self.http.stop()
-        logger.info("laterbased stopped exit_code=%s", self.exit_code)
+        # The code the process really ends with: a refusal raised after this line exits 3.
+        code = self.fatal.exit_code if self.fatal is not None else self.exit_code
+        logger.info("laterbased stopped exit_code=%s", code)
 
     async def serve(self) -> int:
         """Run all phases; the return value is the process exit code."""
