@@ -7,6 +7,7 @@ Layout under the backup directory::
     <root>/<db>/<db>-<...>.json                         the manifest of that backup
     <root>/@globals/globals-<...>.sql                   pg_dumpall --globals-only (optional)
     <root>/.partial/                                    work in progress; cleaned at start
+    <root>/.lock                                        flock of the process writing here
 
 ``<db>`` is the database name percent-encoded (every byte outside ``[A-Za-z0-9_.-]`` becomes
 ``%XX``, and so does a leading ``.``), so any name PostgreSQL accepts is a safe file name;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -35,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import JobFailed
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_DIR = ".partial"
+LOCK_FILE = ".lock"
 MANIFEST_SUFFIX = ".json"
 MANIFEST_KIND = "laterbased-backup"
 MANIFEST_VERSION = 1
@@ -118,6 +122,11 @@ class BackupRecord:
     verified: bool | None = None
     verified_at: datetime | None = None
     verify_detail: str | None = None
+    # Exact rows per table (rowcounts.table_key) in the dump's own snapshot; recorded only
+    # when the restore drill is on (it costs one extra scan of every table).
+    row_counts: dict[str, int] | None = None
+    # The last restore drill: ok, at, detail, seconds, tables, rows (jobs/drill.py).
+    drill: dict[str, Any] | None = None
     laterbased_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -160,6 +169,8 @@ class BackupRecord:
             "verified": self.verified,
             "verified_at": _iso(self.verified_at),
             "verify_detail": self.verify_detail,
+            "row_counts": self.row_counts,
+            "drill": self.drill,
             "laterbased_version": self.laterbased_version,
             **({"extra": self.extra} if self.extra else {}),
         }
@@ -194,9 +205,17 @@ class BackupRecord:
             verified=data.get("verified"),
             verified_at=_parse_iso(data.get("verified_at")),
             verify_detail=data.get("verify_detail"),
+            row_counts=_parse_counts(data.get("row_counts")),
+            drill=dict(data["drill"]) if isinstance(data.get("drill"), dict) else None,
             laterbased_version=str(data.get("laterbased_version") or "?"),
             extra=dict(data.get("extra") or {}),
         )
+
+
+def _parse_counts(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(key): int(count) for key, count in value.items()}
 
 
 def manifest_name(file: str) -> str:
@@ -273,6 +292,43 @@ class Catalogue:
         return os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
+
+    def lock(self) -> CatalogueLock:
+        """Take the catalogue for this process (non-blocking ``flock`` on ``<root>/.lock``).
+
+        Only the holder may clean ``.partial/``: another laterbased process (a daemon with
+        its HTTP API off, a second ``backup-now``) may be writing there right now. The lock
+        dies with the process, even on SIGKILL; its file descriptor is not inherited by
+        children, so a leftover pg_dump never holds it. Raises :class:`CatalogueBusy`.
+        """
+        self.prepare()
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "?"
+            os.close(fd)
+            raise CatalogueBusy(
+                f"another laterbased process (pid {holder}) is using the backup directory "
+                f"{self.root}; wait for it to finish or stop it"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return CatalogueLock(fd, path)
+
+    def claim(self) -> CatalogueLock:
+        """:meth:`lock`, then clean ``.partial/``: what every writer does first."""
+        held = self.lock()
+        try:
+            self.clean_partial()
+        except BaseException:
+            held.release()
+            raise
+        return held
 
     def clean_partial(self) -> int:
         """Remove leftovers of interrupted runs; kill a pg_dump still writing into them.
@@ -366,10 +422,19 @@ class Catalogue:
         return updated
 
     def mark_verified(
-        self, record: BackupRecord, ok: bool, detail: str, when: datetime | None = None
+        self,
+        record: BackupRecord,
+        ok: bool,
+        detail: str,
+        when: datetime | None = None,
+        drill: dict[str, Any] | None = None,
     ) -> BackupRecord:
         updated = dataclasses.replace(
-            record, verified=ok, verify_detail=detail, verified_at=when or datetime.now(UTC)
+            record,
+            verified=ok,
+            verify_detail=detail,
+            verified_at=when or datetime.now(UTC),
+            drill=drill if drill is not None else record.drill,
         )
         self.rewrite_manifest(updated)
         return updated
@@ -438,6 +503,29 @@ class Catalogue:
         fsync_directory(record.directory)
         with contextlib.suppress(OSError):
             record.directory.rmdir()  # only succeeds when empty
+
+
+class CatalogueBusy(JobFailed):
+    """Another process holds the catalogue's lock."""
+
+
+class CatalogueLock:
+    """A held :meth:`Catalogue.lock`; release it (or let the process end)."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    def __enter__(self) -> CatalogueLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def writers_into(directory: Path) -> list[int]:

@@ -268,6 +268,28 @@ def check_upload(summary: BackupSummary, state: State, now: float) -> Check:
     return Check(name, "ok", "nothing waiting")
 
 
+def check_verify(state: State, now: float) -> Check | None:
+    """The verify job (and restore drill): its last run, and any database whose newest
+    backup is marked as failing verification in its manifest (survives a restart).
+    None until there is something to judge."""
+    status = state.jobs.get("verify")
+    last = status.last_run if status is not None else None
+    if last is not None and last.result == "failed":
+        return Check("verify", "critical", f"verify run {last.id} failed: {last.detail or '?'}")
+    damaged = [
+        f"{summary.database}: {summary.verify_failed}"
+        for _name, summary in sorted(state.backups.items())
+        if summary.verify_failed
+    ]
+    if damaged:
+        return Check(
+            "verify", "critical", "newest backup failed verification: " + "; ".join(damaged)
+        )
+    if last is None or last.finished is None:
+        return None
+    return Check("verify", "ok", f"last verify {format_duration(now - last.finished)} ago passed")
+
+
 def evaluate(state: State, now: float) -> list[Check]:
     """All checks that apply to the current configuration, in a stable order."""
     checks = [check_daemon(state, now)]
@@ -286,6 +308,9 @@ def evaluate(state: State, now: float) -> list[Check]:
             checks.append(check_backup(summary, state, now))
             if config.upload.enabled:
                 checks.append(check_upload(summary, state, now))
+        verified = check_verify(state, now)
+        if verified is not None:
+            checks.append(verified)
     return checks
 
 

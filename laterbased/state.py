@@ -133,6 +133,8 @@ class BackupSummary:
     oldest_pending_upload: float | None = None
     last_failure: float | None = None
     last_error: str | None = None
+    # Why the newest backup failed verify (or its restore drill), from its manifest.
+    verify_failed: str | None = None
 
 
 @dataclass

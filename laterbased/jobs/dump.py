@@ -41,6 +41,8 @@ from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
 
+from .rowcounts import count_rows
+
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_QUERY = """
@@ -221,6 +223,46 @@ def hash_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+class SnapshotCounter:
+    """A transaction whose exported snapshot pg_dump imports (``--snapshot``); counting
+    rows in it sees exactly what the dump contains. It stays open until pg_dump exits."""
+
+    def __init__(self, conn: Any, snapshot: str, run_id: str, database: str) -> None:
+        self.conn = conn
+        self.snapshot = snapshot
+        self.run_id = run_id
+        self.database = database
+
+    async def count(self) -> dict[str, int] | None:
+        """Rows per table, or None when counting failed (the dump goes on regardless)."""
+        started = time.monotonic()
+        try:
+            counts = await count_rows(self.conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # permissions on a table, a dropped connection
+            logger.warning(
+                "row counts failed run=%s database=%r: %s", self.run_id, self.database, exc
+            )
+            return None
+        logger.info(
+            "row counts taken run=%s database=%r tables=%s rows=%s seconds=%.1f",
+            self.run_id,
+            self.database,
+            len(counts) - 1,
+            sum(counts.values()),
+            time.monotonic() - started,
+        )
+        return counts
+
+    async def close(self) -> None:
+        try:
+            await self.conn.close(timeout=10)
+        except Exception as exc:
+            logger.debug("closing the snapshot connection: %s", exc)
+            self.conn.terminate()
+
+
 class DumpFailed(Exception):
     def __init__(self, message: str, *, conflict: bool = False) -> None:
         super().__init__(message)
@@ -363,6 +405,32 @@ class Dumper:
             finally:
                 await asyncio.shield(conn.close())
 
+    async def _snapshot_counter(self, database: str) -> SnapshotCounter | None:
+        """An open transaction with an exported snapshot for pg_dump to share, or None (then
+        the dump runs as usual and the drill has no source counts to compare with)."""
+        try:
+            conn = await self.server.connect(database)
+        except PgUnavailable as exc:
+            logger.warning("row counts: cannot connect run=%s: %s", self.run_id, exc)
+            return None
+        try:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = str(await conn.fetchval("SELECT pg_export_snapshot()"))
+        except asyncio.CancelledError:
+            await asyncio.shield(conn.close())
+            raise
+        except Exception as exc:  # asyncpg server errors: too old a server, permissions
+            await asyncio.shield(conn.close())
+            logger.warning(
+                "row counts: cannot export a snapshot run=%s database=%r: %s; the restore "
+                "drill of this backup will not compare row counts",
+                self.run_id,
+                database,
+                exc,
+            )
+            return None
+        return SnapshotCounter(conn, snapshot, self.run_id, database)
+
     async def _dump_once(
         self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
     ) -> BackupRecord:
@@ -372,10 +440,18 @@ class Dumper:
         argv = [str(tools.bindir / "pg_dump"), "--no-password"]
         argv += ["--format=custom"] if fmt == "custom" else ["--format=plain", "--compress=6"]
         argv.append(f"--dbname={self.server.conninfo(database)}")
+        counter = (
+            await self._snapshot_counter(database)
+            if self.config.backup.restore_drill and fmt == "custom"
+            else None
+        )
+        row_counts: dict[str, int] | None = None
         fd = await asyncio.to_thread(self.catalogue.open_partial, partial)
         try:
             try:
-                completed = await proc.run(
+                if counter is not None:
+                    argv.insert(-1, f"--snapshot={counter.snapshot}")
+                dumping = proc.run(
                     argv,
                     env=self.environment(),
                     stdout=fd,
@@ -383,8 +459,24 @@ class Dumper:
                     timeout=self.config.backup.timeout,
                     stderr_level=logging.WARNING,
                 )
+                if counter is None:
+                    completed = await dumping
+                else:
+                    # Counted while pg_dump runs, in its snapshot: exact for this dump.
+                    # (Not a TaskGroup: a pg_dump timeout must stay a TimeoutError.)
+                    count_task = asyncio.create_task(counter.count())
+                    try:
+                        completed = await dumping
+                        row_counts = await count_task
+                    finally:
+                        if not count_task.done():
+                            count_task.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await count_task
             finally:
                 os.close(fd)
+                if counter is not None:
+                    await asyncio.shield(counter.close())
             if completed.returncode != 0:
                 tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
                 raise DumpFailed(
@@ -405,6 +497,7 @@ class Dumper:
                 server_version=tools.server_version,
                 pg_dump_version=tools.pg_dump_version,
                 fingerprint=fingerprint,
+                row_counts=row_counts,
             )
             await asyncio.to_thread(self.catalogue.publish, partial, record)
             return record

@@ -118,6 +118,10 @@ def refresh_backup_state(state: State, catalogue: Catalogue, upload_enabled: boo
             summary.last_success = max(summary.last_success or 0.0, newest.fresh_as_of.timestamp())
             summary.last_size = newest.size
             summary.last_file = str(newest.path)
+        newest_any = group[-1]
+        summary.verify_failed = (
+            (newest_any.verify_detail or "verify failed") if newest_any.verified is False else None
+        )
         pending = [r for r in good if upload_enabled and r.uploaded_at is None]
         summary.pending_upload = len(pending)
         summary.oldest_pending_upload = (
@@ -125,6 +129,7 @@ def refresh_backup_state(state: State, catalogue: Catalogue, upload_enabled: boo
         )
     for database, summary in state.backups.items():
         if database not in by_database:
+            summary.verify_failed = None
             summary.local_count = 0
             summary.pending_upload = 0
             summary.oldest_pending_upload = None
@@ -308,13 +313,19 @@ async def run_verify_job(state: State) -> dict[str, Any]:
     run = begin_job(state, "verify", run_id)
     if run is None:
         return {"run": run_id, "result": "skipped"}
+    catalogue = Catalogue(state.config.backup_directory)
     try:
-        results = await verify_newest(
-            state.config, Catalogue(state.config.backup_directory), run_id
-        )
+        results = await verify_newest(state.config, catalogue, run_id)
     except asyncio.CancelledError:
         finish_job(state, run, "cancelled")
         raise
+    except Exception as exc:
+        logger.exception("verify crashed run=%s", run_id)
+        finish_job(state, run, "failed", str(exc))
+        return {"run": run_id, "result": "failed", "checks": [], "detail": str(exc)}
+    await asyncio.to_thread(
+        refresh_backup_state, state, catalogue, state.config.upload.enabled
+    )
     failed = [r for r in results if not r["ok"]]
     finish_job(
         state,

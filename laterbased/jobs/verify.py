@@ -3,8 +3,14 @@
 Checks, cheapest first: the file's sha256 still matches its manifest; a custom-format
 archive lists with ``pg_restore --list`` (its table of contents is complete); a plain-gzip
 file decompresses to the end (gzip's own CRC). The result goes into the manifest
-(``verified``, ``verified_at``, ``verify_detail``). The full restore drill
-(``backup.restore_drill``) is not implemented yet: it is logged as skipped.
+(``verified``, ``verified_at``, ``verify_detail``).
+
+With ``backup.restore_drill`` the newest custom-format backup of each database that passed
+those checks is also restored into a throw-away cluster and its row counts compared with
+the source (``jobs/drill.py``); the outcome goes into the manifest's ``drill`` field. A
+drill that fails because of the backup (pg_restore error, different counts) marks the
+backup not verified; one that cannot run here (no server programs) fails the job but does
+not condemn the backup.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from laterbased.config import Config
 from laterbased.errors import LaterbasedError
 from laterbased.pg.binaries import dump_bindir
 
+from .drill import DrillResult, restore_drill
 from .dump import HASH_CHUNK, hash_file
 
 logger = logging.getLogger(__name__)
@@ -92,7 +99,21 @@ async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> li
             ok, detail = await check_backup(config, record, run_id)
         except (OSError, LaterbasedError, TimeoutError) as exc:
             ok, detail = False, str(exc)
-        await asyncio.to_thread(catalogue.mark_verified, record, ok, detail)
+        job_ok, drill = ok, None
+        if ok and config.backup.restore_drill:
+            drill = await _drill(config, record, run_id)
+            job_ok = drill.ok
+            detail = f"{detail}; {drill.detail}"
+            if not drill.ok and drill.backup_at_fault:
+                ok = False
+        await asyncio.to_thread(
+            catalogue.mark_verified,
+            record,
+            ok,
+            detail,
+            None,
+            drill.to_manifest() if drill is not None else None,
+        )
         if ok:
             logger.info(
                 "verify ok run=%s database=%r file=%s: %s", run_id, database, record.file, detail
@@ -105,7 +126,36 @@ async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> li
                 record.file,
                 detail,
             )
-        results.append({"database": database, "file": record.file, "ok": ok, "detail": detail})
-    if config.backup.restore_drill:
-        logger.warning("verify: backup.restore_drill is not implemented yet run=%s", run_id)
+        results.append(
+            {
+                "database": database,
+                "file": record.file,
+                "ok": job_ok and ok,
+                "backup_ok": ok,
+                "detail": detail,
+                **({"drill": drill.to_manifest()} if drill is not None else {}),
+            }
+        )
     return results
+
+
+async def _drill(config: Config, record: BackupRecord, run_id: str) -> DrillResult:
+    major = server_major(record.server_version)
+    if major is None:
+        return DrillResult(False, "restore drill: manifest has no server version", False)
+    logger.info(
+        "restore drill started run=%s database=%r file=%s", run_id, record.database, record.file
+    )
+    drill = await restore_drill(config, record, major, run_id)
+    logger.log(
+        logging.INFO if drill.ok else logging.ERROR,
+        "restore drill %s run=%s database=%r tables=%s rows=%s seconds=%.1f: %s",
+        "passed" if drill.ok else "FAILED",
+        run_id,
+        record.database,
+        drill.tables,
+        drill.rows,
+        drill.seconds,
+        drill.detail,
+    )
+    return drill
