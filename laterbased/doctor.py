@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import aiohttp
 import asyncpg
 
 from laterbased import proc
@@ -565,6 +566,28 @@ async def check_rclone(facts: Facts) -> CheckResult | None:
     )
 
 
+async def _laterbased_uptime(host: str, port: int) -> float | None:
+    """Uptime reported by a laterbased answering ``/liveness`` there, else None."""
+    if host in {"", "0.0.0.0", "*"}:  # noqa: S104 - we connect, not bind
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    url = f"http://[{host}]:{port}/liveness" if ":" in host else f"http://{host}:{port}/liveness"
+    timeout = aiohttp.ClientTimeout(total=3)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url) as response,
+        ):
+            body = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    if response.status != 200 or not isinstance(body, dict) or body.get("status") != "alive":
+        return None
+    uptime = body.get("uptime_seconds")
+    return float(uptime) if isinstance(uptime, int | float) else None
+
+
 async def check_http_port(facts: Facts) -> CheckResult | None:
     http = facts.config.http
     if not http.enabled:
@@ -577,9 +600,18 @@ async def check_http_port(facts: Facts) -> CheckResult | None:
             sock.bind((http.host, http.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                uptime = await _laterbased_uptime(http.host, http.port)
+                if uptime is not None:
+                    # The daemon we are checking: a cron/Nagios run of `check` next to a
+                    # healthy daemon must not warn forever.
+                    return ok(
+                        "http port",
+                        f"{where} is served by a running laterbased "
+                        f"(up {format_duration(uptime)})",
+                    )
                 return warn(
                     "http port",
-                    f"{where} is in use (a running laterbased, or something else)",
+                    f"{where} is in use by another program (not a laterbased)",
                     "stop the other program or change http.port",
                 )
             return fail(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import pytest
 
 from laterbased.config import BackupConfig, Config, HttpConfig, StandbyConfig
 from laterbased.daemon import Daemon, Worker
+from laterbased.doctor import Facts, check_http_port
 from laterbased.errors import EXIT_REFUSE, RefuseToRun
+from laterbased.http import HttpServer, build_app
+from laterbased.state import State
 
 
 def quiet_config(**overrides: Any) -> Config:
@@ -37,3 +41,30 @@ async def test_refusing_daemon_logs_the_exit_code_it_really_ends_with(
         await daemon.serve()
     stopped = [r.getMessage() for r in caplog.records if "laterbased stopped" in r.getMessage()]
     assert stopped == [f"laterbased stopped exit_code={EXIT_REFUSE}"]
+
+
+async def test_check_is_ok_when_the_port_is_held_by_the_running_laterbased() -> None:
+    # `laterbased check` from cron/Nagios next to a healthy daemon exited 1 forever
+    # ("127.0.0.1:8434 is in use"): the daemon itself is the one holding the port.
+    server = HttpServer(build_app(State(config=quiet_config())), "127.0.0.1", 0)
+    await server.start()
+    try:
+        config = quiet_config(http=HttpConfig(host="127.0.0.1", port=server.port))
+        line = await check_http_port(Facts(config))
+    finally:
+        await server.stop()
+    assert line is not None
+    assert line.status == "OK", line
+    assert "served by a running laterbased" in line.message
+
+
+async def test_check_warns_when_another_program_holds_the_port() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        config = quiet_config(http=HttpConfig(host="127.0.0.1", port=port))
+        line = await check_http_port(Facts(config))
+    assert line is not None
+    assert line.status == "WARN", line
+    assert "not a laterbased" in line.message
