@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from laterbased.config import BackupConfig, Config, HttpConfig, StandbyConfig
+from laterbased.config import BackupConfig, Config, HttpConfig, PrimaryConfig, StandbyConfig
 from laterbased.daemon import Daemon, Worker
 from laterbased.doctor import Facts, check_http_port
 from laterbased.errors import EXIT_REFUSE, RefuseToRun
 from laterbased.http import HttpServer, build_app
-from laterbased.state import State
+from laterbased.state import SlotState, State
+from laterbased.web.status import render_status_page, status_document
 
 
 def quiet_config(**overrides: Any) -> Config:
@@ -68,3 +69,23 @@ async def test_check_warns_when_another_program_holds_the_port() -> None:
     assert line is not None
     assert line.status == "WARN", line
     assert "not a laterbased" in line.message
+
+
+def test_status_page_speaks_yes_no_and_names_an_uncapped_slot() -> None:
+    # The page showed "Streaming True", "Exists True" and "Safe WAL size –" in the demo: Python
+    # spelling, and a dash where the fact is that nothing caps the slot's WAL on the primary.
+    state = State(config=Config(primary=PrimaryConfig(host="resolve.local"), timezone="UTC"))
+    state.primary.reachable = True
+    state.primary.slot = SlotState(
+        name="laterbase_standby_slot",
+        exists=True,
+        active=False,
+        retained_bytes=0,
+        wal_status="reserved",
+        safe_wal_size=None,
+    )
+    page = render_status_page(status_document(state, state.started_at + 5), state.config.zone)
+    assert "True" not in page and "False" not in page
+    assert "<th>Exists</th><td>yes</td>" in page
+    assert "<th>Active</th><td>no</td>" in page
+    assert "unlimited (max_slot_wal_keep_size not set on the primary)" in page

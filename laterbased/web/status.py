@@ -136,7 +136,17 @@ vertical-align:top}th{color:#555;font-weight:600}.ok{color:#17702a}.warning{colo
 def _text(value: object) -> str:
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"  # not Python's "True"/"False"
     return escape(str(value))
+
+
+def _safe_wal_size(slot: dict[str, Any]) -> str:
+    # PostgreSQL reports NULL for a slot that is not lost when max_slot_wal_keep_size is
+    # -1: nothing caps what the slot may retain. Say so instead of showing a bare dash.
+    if slot["safe_wal_size"] is None and slot["wal_status"] not in (None, "lost"):
+        return "unlimited (max_slot_wal_keep_size not set on the primary)"
+    return _size(slot["safe_wal_size"])
 
 
 def _when(timestamp: float | None, zone: ZoneInfo, now: float) -> str:
@@ -219,7 +229,7 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
                     ("Active", _text(slot["active"])),
                     ("Retained WAL", _size(slot["retained_bytes"])),
                     ("wal_status", _text(slot["wal_status"])),
-                    ("Safe WAL size", _size(slot["safe_wal_size"])),
+                    ("Safe WAL size", _safe_wal_size(slot)),
                 ]
             ),
             "</table>",
