@@ -17,7 +17,7 @@ import pwd
 import re
 import signal
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, PIPE, STDOUT
@@ -218,7 +218,7 @@ async def _stop_group(
     return await process.wait()
 
 
-async def _finish_uncancellable(awaitable: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
+async def finish_uncancellable(awaitable: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
     """Await ``awaitable`` to the end even if we are cancelled again meanwhile.
 
     Cleanup (killing and reaping a child) must complete; a repeated cancellation is
@@ -238,20 +238,54 @@ async def _finish_uncancellable(awaitable: asyncio.Future[Any] | asyncio.Task[An
         raise asyncio.CancelledError
 
 
+# A line ends at \n, \r\n or a lone \r: progress meters (pg_basebackup --progress) rewrite
+# one line with \r, even into a pipe.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# Output without any line end is cut into lines of this size instead of growing without bound.
+MAX_LINE_BYTES = 1 << 16
+
+
+def split_lines(buffer: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
+    """Split ``buffer`` into complete lines and the unfinished rest.
+
+    Unless ``final``, a trailing \r stays in the rest: it may be the first half of \r\n.
+    """
+    parts = _LINE_END.split(buffer)
+    rest = parts.pop()
+    if not final and parts and buffer.endswith(b"\r"):
+        rest = parts.pop() + b"\r"
+    if final and rest:
+        parts.append(rest)
+        rest = b""
+    while len(rest) > MAX_LINE_BYTES:
+        parts.append(rest[:MAX_LINE_BYTES])
+        rest = rest[MAX_LINE_BYTES:]
+    return parts, rest
+
+
 async def _pump_lines(
     stream: asyncio.StreamReader,
     log_name: str,
     level: int,
     tail: deque[str] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> None:
-    while True:
-        raw = await stream.readline()
-        if not raw:
-            return
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if tail is not None:
-            tail.append(line)
-        logger.log(level, "%s: %s", log_name, line)
+    """Read ``stream`` to its end line by line: each line goes to ``on_line`` when given,
+    else to the log; ``tail`` keeps the last ones."""
+    pending = b""
+    final = False
+    while not final:
+        chunk = await stream.read(1 << 16)
+        final = not chunk
+        lines, pending = split_lines(pending + chunk, final=final)
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            if tail is not None:
+                tail.append(line)
+            if on_line is not None:
+                on_line(line)
+            else:
+                logger.log(level, "%s: %s", log_name, line)
 
 
 async def _read_all(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
@@ -292,12 +326,15 @@ async def run(
     timeout: float | None = None,  # noqa: ASYNC109 - callers' contract; applied via asyncio.timeout
     stderr_level: int = logging.INFO,
     term_grace: float = DEFAULT_TERM_GRACE,
+    on_line: Callable[[str], None] | None = None,
 ) -> CompletedRun:
     """Run ``argv`` (no shell) to completion and return its exit status.
 
     * ``env`` defaults to :func:`child_environment`; pass secrets only through ``env``.
-    * stderr is logged line by line as ``"<log_name>: <line>"`` at ``stderr_level``; the
-      last lines are kept in ``CompletedRun.stderr_tail`` for error messages.
+    * stderr is logged line by line as ``"<log_name>: <line>"`` at ``stderr_level``, or,
+      when ``on_line`` is given, each line is handed to it instead (it decides what to log:
+      a progress meter would flood the log). Lines end at \n, \r\n or a lone \r. The
+      last lines are kept in ``CompletedRun.stderr_tail`` for error messages either way.
     * stdout goes to ``stdout`` when given (a file descriptor or binary file: pg_dump can
       stream straight into a file), is collected when ``capture_stdout``, else is logged.
     * stdin defaults to /dev/null.
@@ -322,7 +359,11 @@ async def run(
     pumps: list[asyncio.Task[None]] = []
     try:
         assert process.stderr is not None  # noqa: S101 - guaranteed by stderr=PIPE
-        pumps.append(asyncio.create_task(_pump_lines(process.stderr, log_name, stderr_level, tail)))
+        pumps.append(
+            asyncio.create_task(
+                _pump_lines(process.stderr, log_name, stderr_level, tail, on_line)
+            )
+        )
         if process.stdout is not None:
             if capture_stdout:
                 pumps.append(asyncio.create_task(_read_all(process.stdout, chunks)))
@@ -340,10 +381,10 @@ async def run(
             cleanup = asyncio.ensure_future(
                 _stop_group(process, ((signal.SIGTERM, term_grace),))
             )
-            await _finish_uncancellable(cleanup)
+            await finish_uncancellable(cleanup)
             raise
     finally:
-        await _finish_uncancellable(asyncio.ensure_future(_cancel_and_await(pumps)))
+        await finish_uncancellable(asyncio.ensure_future(_cancel_and_await(pumps)))
     logger.debug("%s: exited with status %s", log_name, returncode)
     return CompletedRun(returncode=returncode, stdout=b"".join(chunks), stderr_tail=list(tail))
 
@@ -392,7 +433,7 @@ class Child:
                 self.pid,
                 " then ".join(sig.name for sig, _ in steps) or "SIGKILL",
             )
-        await _finish_uncancellable(asyncio.ensure_future(_stop_group(self._process, steps)))
+        await finish_uncancellable(asyncio.ensure_future(_stop_group(self._process, steps)))
         await self._finish_pump()
         returncode = self._process.returncode
         assert returncode is not None  # noqa: S101 - reaped by _stop_group
@@ -401,7 +442,7 @@ class Child:
     async def _finish_pump(self) -> None:
         if not self._pump.done():
             await _drain([self._pump], self.log_name)
-        await _finish_uncancellable(asyncio.ensure_future(_cancel_and_await([self._pump])))
+        await finish_uncancellable(asyncio.ensure_future(_cancel_and_await([self._pump])))
 
     async def __aenter__(self) -> Self:
         return self

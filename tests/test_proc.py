@@ -61,6 +61,37 @@ async def test_run_logs_each_stderr_line_and_keeps_a_tail(
     assert "demo: line 0" in messages and "demo: line 29" in messages
 
 
+async def test_run_hands_carriage_return_progress_lines_to_on_line_instead_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="laterbased.proc")
+    # A progress meter rewrites one line with \r (also across write boundaries), ends it
+    # with \n; a Windows-style \r\n is one line end; the last line has no end at all.
+    script = (
+        "import sys, time\n"
+        "w = sys.stderr.write\n"
+        "for i in range(3): w(f'{i}/3 kB ({i * 33}%)\\r'); sys.stderr.flush(); time.sleep(0.05)\n"
+        "w('3/3 kB (100%)\\n'); w('crlf\\r\\n'); w('\\n'); w('last')\n"
+    )
+    seen: list[str] = []
+    result = await run([PY, "-c", script], log_name="meter", on_line=seen.append)
+    assert result.returncode == 0
+    assert seen == ["0/3 kB (0%)", "1/3 kB (33%)", "2/3 kB (66%)", "3/3 kB (100%)", "crlf", "",
+                    "last"]
+    assert result.stderr_tail == seen
+    logged = [r.getMessage() for r in caplog.records if r.name == "laterbased.proc"]
+    assert not [m for m in logged if "kB" in m or "crlf" in m or "last" in m]
+
+
+async def test_run_cuts_endless_output_without_line_ends_into_bounded_lines() -> None:
+    script = "import sys; sys.stderr.write('y' * 200_000)"
+    seen: list[str] = []
+    result = await run([PY, "-c", script], log_name="endless", on_line=seen.append)
+    assert result.returncode == 0
+    assert "".join(seen) == "y" * 200_000
+    assert max(len(line) for line in seen) <= 1 << 16
+
+
 async def test_run_captures_stdout_or_streams_it_into_a_file() -> None:
     big = "x" * 1_000_000
     script = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"

@@ -9,21 +9,17 @@ and, should the process die too hard for that, at the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from subprocess import DEVNULL, PIPE
-from typing import Any
+from subprocess import DEVNULL
 
 from laterbased.errors import JobFailed
 from laterbased.pg.conninfo import build_conninfo
-from laterbased.proc import RunAs, child_environment, run
+from laterbased.proc import RunAs, child_environment, finish_uncancellable, run
 from laterbased.state import StandbyState
 from laterbased.units import format_size
 
@@ -156,78 +152,32 @@ def basebackup_argv(plan: BootstrapPlan, staging: Path) -> list[str]:
     ]
 
 
-def _exec_kwargs(run_as: RunAs | None, env: dict[str, str]) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"start_new_session": True, "env": env, "cwd": "/"}
-    if run_as is not None:
-        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
-        kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=[])
-    return kwargs
-
-
-async def _read_progress(stream: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
-    buffer = b""
-    while chunk := await stream.read(4096):
-        buffer += chunk
-        # Old pg_basebackup versions end progress lines with \r even into a pipe.
-        parts = re.split(rb"[\r\n]", buffer)
-        buffer = parts.pop()
-        for part in parts:
-            on_line(part.decode("utf-8", errors="replace"))
-    if buffer:
-        on_line(buffer.decode("utf-8", errors="replace"))
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    for sig, grace in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, 30.0)):
-        if process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await process.wait()
-
-
-async def _uncancellable(awaitable: asyncio.Future[None]) -> None:
-    cancelled = False
-    while not awaitable.done():
-        try:
-            await asyncio.shield(awaitable)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-
-
 async def run_basebackup(plan: BootstrapPlan, staging: Path, state: StandbyState) -> None:
-    """Run pg_basebackup into ``staging``; JobFailed with its last words on failure."""
+    """Run pg_basebackup into ``staging``; JobFailed with its last words on failure.
+
+    Cancellation stops its process group (TERM, then KILL) and reaps it before returning.
+    """
     progress = _Progress(state, plan.checkpoint)
-    env = child_environment({"PGPASSFILE": str(plan.link.passfile)})
-    process = await asyncio.create_subprocess_exec(
-        *basebackup_argv(plan, staging),
-        stdin=DEVNULL,
-        stdout=DEVNULL,
-        stderr=PIPE,
-        **_exec_kwargs(plan.run_as, env),
-    )
     logger.info(
-        "bootstrap: pg_basebackup started pid=%s primary=%s:%s slot=%s checkpoint=%s",
-        process.pid,
+        "bootstrap: pg_basebackup starting primary=%s:%s slot=%s checkpoint=%s",
         plan.link.host,
         plan.link.port,
         plan.link.slot_name,
         plan.checkpoint,
     )
-    assert process.stderr is not None  # noqa: S101 - stderr=PIPE
-    try:
-        await _read_progress(process.stderr, progress.line)
-        returncode = await process.wait()
-    except BaseException:
-        await _uncancellable(asyncio.ensure_future(_stop(process)))
-        raise
-    if returncode != 0:
+    result = await run(
+        basebackup_argv(plan, staging),
+        env=child_environment({"PGPASSFILE": str(plan.link.passfile)}),
+        run_as=plan.run_as,
+        cwd="/",
+        stdout=DEVNULL,
+        log_name="pg_basebackup",
+        term_grace=TERM_GRACE,
+        on_line=progress.line,
+    )
+    if result.returncode != 0:
         last = " | ".join(progress.tail[-3:]) or "no output"
-        raise JobFailed(f"pg_basebackup failed with status {returncode}: {last}")
+        raise JobFailed(f"pg_basebackup failed with status {result.returncode}: {last}")
 
 
 async def verify(plan: BootstrapPlan, staging: Path) -> None:
@@ -340,7 +290,7 @@ async def bootstrap(plan: BootstrapPlan, state: StandbyState) -> None:
     finally:
         if not published:
             cleanup = asyncio.ensure_future(asyncio.to_thread(_remove_quietly, staging))
-            await _uncancellable(cleanup)
+            await finish_uncancellable(cleanup)
     logger.info(
         "bootstrap finished data_dir=%s size=%s copy_seconds=%.1f total_seconds=%.1f",
         plan.data_dir,
