@@ -93,6 +93,39 @@ def test_backup_now_without_daemon_runs_the_chain_and_list_shows_it(
     assert "failed" in failing.stdout
 
 
+def test_backup_now_without_daemon_cleans_partial_first_unless_another_process_holds_it(
+    primary: PgServer, cli_db: str, workdir: Path
+) -> None:
+    env = environment(primary, workdir, free_port(), None)
+    catalogue = Catalogue(workdir / "backups")
+    catalogue.prepare()
+    leftover = catalogue.new_partial("db-x.dump")
+    leftover.write_bytes(b"half a dump of an interrupted run")
+    # An orphaned pg_dump of a killed run: a process whose stdout is a file in .partial.
+    with open(catalogue.partial / "orphan.out", "wb") as out:
+        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                  stdout=out)
+    try:
+        # Another laterbased process owns the directory (a daemon with HTTP off): hands off.
+        with catalogue.lock():
+            busy = cli(env, "backup-now")
+        assert busy.returncode == 1
+        assert f"another laterbased process (pid {os.getpid()})" in busy.stderr
+        assert leftover.exists() and orphan.poll() is None, "nothing touched while busy"
+        assert catalogue.list_backups() == []
+
+        done = cli(env, "backup-now", "--json")
+        assert done.returncode == 0, done.stderr
+        assert orphan.wait(10) == -9, "the orphaned writer is killed"
+        assert list(catalogue.partial.iterdir()) == [], ".partial emptied before the run"
+        assert "removed 2 unfinished backup file(s)" in done.stderr
+        assert len(catalogue.list_backups()) == 1
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+
+
 def test_backup_now_asks_the_running_daemon_with_its_token(
     primary: PgServer, cli_db: str, workdir: Path
 ) -> None:

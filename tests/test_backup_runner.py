@@ -176,8 +176,11 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 def published_files(backup_dir: Path) -> list[Path]:
     return [
-        p for p in backup_dir.rglob("*") if p.is_file() and ".partial" not in p.relative_to(
-            backup_dir).parts
+        p
+        for p in backup_dir.rglob("*")
+        if p.is_file()
+        and ".partial" not in p.relative_to(backup_dir).parts
+        and p.name != ".lock"  # the catalogue's flock file, not a backup
     ]
 
 
@@ -223,3 +226,35 @@ async def test_daemon_killed_mid_dump_publishes_nothing_and_next_start_cleans_up
                 process.kill()
                 process.wait(30)
         await lock.close()
+
+
+async def test_worker_waits_for_a_backup_now_holding_the_directory_then_cleans_up(
+    primary: PgServer, small_db: str, backup_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import laterbased.jobs.runner as runner
+
+    monkeypatch.setattr(runner, "CLAIM_RETRY_SECONDS", 0.1)
+    config = make_config(primary, backup_dir, databases=(small_db,), catch_up=False)
+    state = State(config=config)
+    catalogue = Catalogue(backup_dir)
+    catalogue.prepare()
+    leftover = catalogue.new_partial("x.dump")
+    leftover.write_bytes(b"in progress elsewhere")
+    held = catalogue.lock()
+    worker = asyncio.create_task(backup_worker(WorkerContext(state, asyncio.Event())))
+    try:
+        await wait_for(
+            lambda: any("backups wait" in e.message for e in state.events), 10, "a wait event"
+        )
+        await asyncio.sleep(0.3)
+        assert leftover.exists(), "a directory held by another process is not cleaned"
+        held.release()
+        await wait_for(lambda: not leftover.exists(), 10, ".partial cleaned once free")
+        assert state.job("dump").next_fire is not None, "schedules run after the claim"
+    finally:
+        held.release()
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+    with catalogue.lock():
+        pass  # released by the cancelled worker

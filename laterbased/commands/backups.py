@@ -49,7 +49,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="Run the same chain as a scheduled backup: dump → upload (when "
         "configured) → prune. When a laterbased daemon answers on http.host:http.port, it is "
         "asked to do it (POST /api/backup with http.token); otherwise the chain runs in this "
-        "process. Exit status 0 only when every step succeeded.",
+        "process, after taking the backup directory's lock (refused while another laterbased "
+        "process holds it) and emptying .partial/ of interrupted runs. Exit status 0 only "
+        "when every step succeeded.",
     )
     now.add_argument("--database", default=None, help="dump only this database")
     now.add_argument("--json", action="store_true", help="print the run result as JSON")
@@ -172,15 +174,23 @@ async def _backup_now(config: Config, database: str | None) -> dict[str, Any]:
     if answer is not None:
         return answer
     logger.info("no daemon answers; running the backup in this process")
-    state = State(config=config)
-    result: ChainResult = await run_backup_chain(
-        state, databases=[database] if database else None, trigger="backup-now"
-    )
+    catalogue = Catalogue(config.backup_directory)
+    # Like the daemon at start: take the directory (a daemon with its HTTP API off, or
+    # another backup-now, may be writing into it) and clear what an interrupted run left.
+    held = await asyncio.to_thread(catalogue.claim)
+    try:
+        state = State(config=config)
+        result: ChainResult = await run_backup_chain(
+            state, databases=[database] if database else None, trigger="backup-now"
+        )
+    finally:
+        held.release()
     return result.to_json()
 
 
 def cmd_backup_now(args: argparse.Namespace) -> int:
     config = _load(args)
+    # CatalogueBusy (another laterbased writes the directory) ends up in cli.main: exit 1.
     result = asyncio.run(_backup_now(config, args.database))
     _print_result(result, args.json)
     return EXIT_OK if result.get("result") == "success" else EXIT_FAILURE

@@ -21,7 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
-from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.backups import (
+    GLOBALS_NAME,
+    BackupRecord,
+    Catalogue,
+    CatalogueBusy,
+    CatalogueLock,
+)
 from laterbased.config import Config
 from laterbased.http import STATE_KEY, json_response
 from laterbased.schedule.cron import next_fire
@@ -375,13 +381,42 @@ def _set_next_fire(state: State, kind: str, expression: str, config: Config) -> 
         state.job(kind).next_fire = None
 
 
+CLAIM_RETRY_SECONDS = 5.0
+
+
+async def claim_catalogue(ctx: Any, catalogue: Catalogue) -> CatalogueLock | None:
+    """Take the backup directory for this daemon (and clean ``.partial/``), waiting while
+    another laterbased process (a ``backup-now`` running on its own) holds it; None when
+    the daemon stops meanwhile."""
+    waiting_since: float | None = None
+    while True:
+        try:
+            return await asyncio.to_thread(catalogue.claim)
+        except CatalogueBusy as exc:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                logger.warning("backups wait: %s", exc)
+                ctx.state.record_event("warning", f"backups wait: {exc}")
+        if await ctx.sleep(CLAIM_RETRY_SECONDS):
+            return None
+
+
 async def backup_worker(ctx: Any) -> None:
-    """Daemon worker (``WorkerContext``): clean up, then run the schedules until cancelled."""
+    """Daemon worker (``WorkerContext``): take the backup directory, clean up, then run the
+    schedules until cancelled."""
+    catalogue = Catalogue(ctx.state.config.backup_directory)
+    held = await claim_catalogue(ctx, catalogue)
+    if held is None:
+        return
+    try:
+        await _run_schedules(ctx, catalogue)
+    finally:
+        held.release()
+
+
+async def _run_schedules(ctx: Any, catalogue: Catalogue) -> None:
     state: State = ctx.state
     config = state.config
-    catalogue = Catalogue(config.backup_directory)
-    await asyncio.to_thread(catalogue.prepare)
-    await asyncio.to_thread(catalogue.clean_partial)
     await asyncio.to_thread(refresh_backup_state, state, catalogue, config.upload.enabled)
     zone = config.zone
     catch_up = (
