@@ -593,7 +593,15 @@ def _coerce(
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             raise _Invalid(f"must be a path, not {value!r}")
-        return Path(value).expanduser()
+        result = Path(value).expanduser()
+        if not result.is_absolute():
+            # Relative to what? The daemon's working directory is / under systemd, not where
+            # `config validate` ran; the old compose setup meant the compose directory.
+            raise _Invalid(
+                f"must be an absolute path, not {value!r}: the daemon does not run in the "
+                "directory you run this from (under systemd it runs in /); write the full path"
+            )
+        return result
     if origin is Literal:
         text = str(value).strip().lower() if isinstance(value, str) else value
         if text not in args:

@@ -8,10 +8,17 @@ from typing import Any
 
 import pytest
 
-from laterbased.config import BackupConfig, Config, HttpConfig, PrimaryConfig, StandbyConfig
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    HttpConfig,
+    PrimaryConfig,
+    StandbyConfig,
+    load_config,
+)
 from laterbased.daemon import Daemon, Worker
 from laterbased.doctor import Facts, check_http_port
-from laterbased.errors import EXIT_REFUSE, RefuseToRun
+from laterbased.errors import EXIT_REFUSE, ConfigError, RefuseToRun
 from laterbased.http import HttpServer, build_app
 from laterbased.state import SlotState, State
 from laterbased.web.status import render_status_page, status_document
@@ -89,3 +96,27 @@ def test_status_page_speaks_yes_no_and_names_an_uncapped_slot() -> None:
     assert "<th>Exists</th><td>yes</td>" in page
     assert "<th>Active</th><td>no</td>" in page
     assert "unlimited (max_slot_wal_keep_size not set on the primary)" in page
+
+
+def test_relative_paths_from_an_old_env_are_refused_naming_the_variable() -> None:
+    # An old Laterbase .env said LOCAL_BACKUP_PATH=./backups (relative to the compose
+    # directory). laterbased took it as "backups" relative to wherever the daemon runs
+    # (/ under systemd, where the unit may not write), and `config validate` said valid.
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "PRIMARY_HOST": "192.168.1.50",
+                "LOCAL_BACKUP_PATH": "./backups",
+                "PGDATA": "standby",
+                "LATERBASED_STATE_DIR": "~/laterbased",
+            },
+        )
+    problems = caught.value.problems
+    assert any(
+        p.startswith("backup.directory: must be an absolute path, not './backups'")
+        and "(from LOCAL_BACKUP_PATH)" in p
+        for p in problems
+    ), problems
+    assert any(p.startswith("standby.data_dir: must be an absolute path") for p in problems)
+    assert not any(p.startswith("state_dir") for p in problems), "~ expands to a full path"
