@@ -35,7 +35,7 @@ from laterbased.pg.binaries import (
     major_from_version_num,
     newest_bindir_at_least,
 )
-from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.replication_probe import ReplicationProbe, find_psql, probe_replication
 from laterbased.schedule.cron import period_of
 from laterbased.units import format_duration, format_size
@@ -127,15 +127,7 @@ async def check_primary_reachable(facts: Facts) -> CheckResult:
 async def check_auth(facts: Facts) -> CheckResult:
     primary = facts.config.primary
     try:
-        facts.conn = await connect(
-            host=primary.host or "localhost",
-            port=primary.port,
-            user=primary.user,
-            password=primary.password.reveal() if primary.password else None,
-            database=primary.database,
-            timeout=primary.connect_timeout,
-            application_name="laterbased-check",
-        )
+        facts.conn = await connect_primary(primary, application_name="laterbased-check")
     except PgUnavailable as exc:
         hint = (
             "fix primary.password (REPL_PASSWORD) or primary.user; a missing pg_hba line for "

@@ -18,7 +18,7 @@ from laterbased.config import Config
 from laterbased.errors import RefuseToRun
 from laterbased.pg import sql
 from laterbased.pg.binaries import major_from_version_num
-from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.replication_probe import ReplicationProbe, probe_replication
 from laterbased.role_password import password_verifier
@@ -127,14 +127,11 @@ async def prepare_primary(config: Config, options: SetupOptions) -> SetupReport:
     host = primary.host or "localhost"
     report = SetupReport(server=f"{host}:{primary.port}")
     try:
-        conn = await connect(
-            host=host,
-            port=primary.port,
+        conn = await connect_primary(
+            primary,
+            application_name="laterbased-prepare-primary",
             user=options.admin_user,
             password=options.admin_password,
-            database=primary.database,
-            timeout=primary.connect_timeout,
-            application_name="laterbased-prepare-primary",
         )
     except PgUnavailable as exc:
         hint = (

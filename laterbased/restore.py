@@ -79,6 +79,7 @@ class Target:
     port: int
     user: str
     password: str | None
+    sslmode: str = "prefer"
 
     async def connect(self, database: str, timeout: float) -> Any:  # noqa: ASYNC109
         return await connect(
@@ -89,6 +90,7 @@ class Target:
             database=database,
             timeout=timeout,
             application_name="laterbased-restore",
+            sslmode=self.sslmode,
         )
 
 
@@ -145,6 +147,7 @@ class Restorer:
             port=request.target_port or primary.port,
             user=user,
             password=password,
+            sslmode=primary.sslmode,
         )
         self.catalogue = Catalogue(config.backup_directory)
         self.workdir: Path | None = None
@@ -325,7 +328,9 @@ class Restorer:
                 )
             )
         await asyncio.to_thread(write_passfile, passfile, lines, None)
-        env = proc.child_environment({"PGPASSFILE": str(passfile)})
+        env = proc.child_environment(
+            {"PGPASSFILE": str(passfile), "PGSSLMODE": self.target.sslmode}
+        )
         connection = [
             "-h",
             self.target.host,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer
 
+from laterbased.config import PrimaryConfig, Secret
 from laterbased.errors import RefuseToRun, ToolMissing
 from laterbased.pg.binaries import (
     dump_bindir,
@@ -21,7 +22,7 @@ from laterbased.pg.binaries import (
     newest_bindir_at_least,
     tool_version,
 )
-from laterbased.pg.connect import connect
+from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.pg.conninfo import build_conninfo, quote_conninfo_value
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.slot import ensure_physical_slot
@@ -292,3 +293,50 @@ async def test_concurrent_slot_creation_creates_exactly_one(primary: PgServer) -
         await conns[0].execute("SELECT pg_drop_replication_slot('laterbased_race')")
         for c in conns:
             await c.close()
+
+
+def primary_config(server: PgServer, sslmode: str) -> PrimaryConfig:
+    return PrimaryConfig(
+        host=server.host,
+        port=server.port,
+        user=server.replication_user,
+        password=Secret(server.replication_password),
+        sslmode=sslmode,  # type: ignore[arg-type]
+        connect_timeout=10.0,
+    )
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "allow", "prefer"])
+async def test_connect_primary_works_without_ssl_when_sslmode_allows_it(
+    primary: PgServer, sslmode: str
+) -> None:
+    conn = await connect_primary(primary_config(primary, sslmode), application_name="ssl-test")
+    try:
+        encrypted = await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        assert encrypted is False  # the harness primary has no SSL
+        assert await conn.fetchval("SELECT current_setting('application_name')") == "ssl-test"
+    finally:
+        await conn.close()
+
+
+async def test_sslmode_require_against_a_server_without_ssl_fails_with_a_clear_message(
+    primary: PgServer,
+) -> None:
+    with pytest.raises(PgUnavailable) as failure:
+        await connect_primary(primary_config(primary, "require"), application_name="ssl-test")
+    message = str(failure.value)
+    assert failure.value.reason == "ssl"
+    assert f"port={primary.port}" in message and "sslmode=require" in message
+    assert "the server does not offer SSL" in message and "primary.sslmode" in message
+    assert primary.replication_password not in message
+
+
+async def test_sslmode_verify_full_without_a_root_certificate_says_so(
+    primary: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt here
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    with pytest.raises(PgUnavailable) as failure:
+        await connect_primary(primary_config(primary, "verify-full"), application_name="t")
+    assert failure.value.reason == "ssl"
+    assert "sslmode=verify-full" in str(failure.value) and "root.crt" in str(failure.value)

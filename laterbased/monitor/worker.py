@@ -130,7 +130,7 @@ class Monitor:
 
     # --- polling ------------------------------------------------------------------------
 
-    async def _connect(self, target: _Target, host: str, port: int) -> Any:
+    async def _connect(self, target: _Target, host: str, port: int, sslmode: str) -> Any:
         if target.conn is not None and not target.conn.is_closed():
             return target.conn
         config = self.config
@@ -143,6 +143,7 @@ class Monitor:
             database=config.primary.database,
             timeout=config.primary.connect_timeout,
             application_name="laterbased-monitor",
+            sslmode=sslmode,
         )
         target.version_num = await server_version_num(target.conn, config.monitor.query_timeout)
         return target.conn
@@ -160,7 +161,9 @@ class Monitor:
         timeout = config.monitor.query_timeout
         try:
             async with asyncio.timeout(self._budget()):
-                conn = await self._connect(target, config.primary.host, config.primary.port)
+                conn = await self._connect(
+                    target, config.primary.host, config.primary.port, config.primary.sslmode
+                )
                 facts = await probe_primary(conn, config, target.version_num, timeout)
         except _SERVER_TROUBLE as exc:
             delay = target.failed(config.monitor.interval)
@@ -185,7 +188,11 @@ class Monitor:
         timeout = config.monitor.query_timeout
         try:
             async with asyncio.timeout(self._budget()):
-                conn = await self._connect(target, local_host(config), config.standby.port)
+                # Our own standby on loopback: primary.sslmode (and its certificate's
+                # host name) is about the network link to the primary, not this one.
+                conn = await self._connect(
+                    target, local_host(config), config.standby.port, "prefer"
+                )
                 facts = await probe_local(conn, target.version_num, timeout)
         except _SERVER_TROUBLE as exc:
             target.failed(config.monitor.interval)

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from laterbased.config import PrimaryConfig
 from laterbased.errors import EXIT_UNAVAILABLE, LaterbasedError
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ class PgUnavailable(LaterbasedError):
     """A PostgreSQL server could not be reached or refused us. Never contains a password.
 
     ``reason`` is one of ``"auth"`` (credentials or pg_hba rejected), ``"timeout"``,
-    ``"unreachable"`` (network / socket error), ``"server"`` (other server error).
+    ``"unreachable"`` (network / socket error), ``"ssl"`` (the sslmode cannot be met),
+    ``"server"`` (other server error).
     """
 
     exit_code = EXIT_UNAVAILABLE
@@ -41,16 +43,20 @@ async def connect(
     timeout: float,  # noqa: ASYNC109 - asyncpg's own connect timeout
     application_name: str = "laterbased",
     server_settings: Mapping[str, str] | None = None,
+    sslmode: str = "prefer",
 ) -> Any:
     """Open an asyncpg connection (returned as ``asyncpg.Connection``).
 
     The password is passed as a keyword, never inside a DSN, so any character works.
-    Raises :class:`PgUnavailable` on every connection failure.
+    ``sslmode`` takes libpq's names (disable, allow, prefer, require, verify-ca,
+    verify-full). Raises :class:`PgUnavailable` on every connection failure.
     """
     settings = {"application_name": application_name}
     if server_settings:
         settings.update(server_settings)
     where = f"host={host} port={port} user={user} database={database}"
+    if sslmode != "prefer":
+        where += f" sslmode={sslmode}"
     try:
         return await asyncpg.connect(
             host=host,
@@ -60,6 +66,7 @@ async def connect(
             database=database,
             timeout=timeout,
             server_settings=settings,
+            ssl=sslmode,
         )
     except TimeoutError:
         raise PgUnavailable(
@@ -74,11 +81,51 @@ async def connect(
             reason=reason,
             sqlstate=sqlstate,
         ) from None
-    except (OSError, asyncpg.InterfaceError) as exc:
+    except asyncpg.ClientConfigurationError as exc:
+        # verify-ca/verify-full without a root certificate, an unknown sslmode…
         raise PgUnavailable(
             f"cannot connect to PostgreSQL ({where}): {_scrub(str(exc), password)}",
+            reason="ssl",
+        ) from None
+    except (OSError, asyncpg.InterfaceError) as exc:
+        message = _scrub(str(exc), password)
+        if "rejected SSL upgrade" in message:
+            raise PgUnavailable(
+                f"cannot connect to PostgreSQL ({where}): the server does not offer SSL, "
+                f"but sslmode={sslmode} requires it; enable ssl on the server or lower "
+                "primary.sslmode (prefer uses SSL when offered)",
+                reason="ssl",
+            ) from None
+        raise PgUnavailable(
+            f"cannot connect to PostgreSQL ({where}): {message}",
             reason="unreachable",
         ) from None
+
+
+async def connect_primary(
+    primary: PrimaryConfig,
+    *,
+    application_name: str,
+    user: str | None = None,
+    password: str | None = None,
+    database: str | None = None,
+) -> Any:
+    """:func:`connect` to the configured primary with its address, ``sslmode`` and
+    timeout; ``user``/``password`` default to ``primary.user``/``primary.password``
+    (pass both to log in as someone else), ``database`` to ``primary.database``."""
+    if user is None:
+        user = primary.user
+        password = primary.password.reveal() if primary.password else None
+    return await connect(
+        host=primary.host or "localhost",
+        port=primary.port,
+        user=user,
+        password=password,
+        database=database or primary.database,
+        timeout=primary.connect_timeout,
+        application_name=application_name,
+        sslmode=primary.sslmode,
+    )
 
 
 def _scrub(message: str, password: str | None) -> str:

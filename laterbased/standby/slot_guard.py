@@ -18,7 +18,7 @@ import asyncpg
 
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun
-from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.state import State
 
@@ -84,15 +84,8 @@ class SlotGuard:
 
 async def _create_slot(config: Config) -> bool:
     primary = config.primary
-    assert primary.host is not None  # noqa: S101 - required when the standby is enabled
-    conn = await connect(
-        host=primary.host,
-        port=primary.port,
-        user=primary.user,
-        password=primary.password.reveal() if primary.password else None,
-        database=primary.database,
-        timeout=primary.connect_timeout,
-        application_name=f"{config.standby.application_name}_supervisor",
+    conn = await connect_primary(
+        primary, application_name=f"{config.standby.application_name}_supervisor"
     )
     try:
         async with asyncio.timeout(primary.connect_timeout + config.monitor.query_timeout):

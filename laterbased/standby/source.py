@@ -12,7 +12,7 @@ import asyncpg
 from laterbased.config import Config
 from laterbased.pg import sql
 from laterbased.pg.binaries import major_from_version_num
-from laterbased.pg.connect import connect
+from laterbased.pg.connect import connect_primary
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.proc import RunAs
@@ -35,15 +35,8 @@ async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
     the primary cannot be reached, RefuseToRun when the slot name is taken by another kind.
     """
     primary = config.primary
-    assert primary.host is not None  # noqa: S101 - required by config validation when enabled
-    conn = await connect(
-        host=primary.host,
-        port=primary.port,
-        user=primary.user,
-        password=primary.password.reveal() if primary.password else None,
-        database=primary.database,
-        timeout=primary.connect_timeout,
-        application_name=f"{config.standby.application_name}_supervisor",
+    conn = await connect_primary(
+        primary, application_name=f"{config.standby.application_name}_supervisor"
     )
     try:
         version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
