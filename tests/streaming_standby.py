@@ -1,9 +1,10 @@
-"""A real streaming standby of a test primary, made with ``pg_basebackup`` (monitor tests).
+"""A real streaming standby of a test primary, made with ``pg_basebackup`` through a slot.
 
 Stands in for the daemon's own standby supervisor where a test needs standby-side facts
-(wal receiver, replay position) under its own control: stop it, pause replay, start it.
-Runs as the ``postgres`` OS user like :mod:`pgserver`; the WAL receiver's password lives in
-a 0600 passfile owned by that user.
+(wal receiver, replay position) under its own control: stop it, pause replay, start it
+(monitor tests); and serves as proof that a primary is ready for a standby (prepare-primary
+and check tests, where the clone itself is what is tested). Runs as the ``postgres`` OS user
+like :mod:`pgserver`; the WAL receiver's password lives in a 0600 passfile owned by that user.
 """
 
 from __future__ import annotations
@@ -27,11 +28,25 @@ APPLICATION_NAME = "laterbased"
 
 
 class StreamingStandby:
-    """``pg_basebackup -X stream -S <slot>`` of ``primary``, started on a free port."""
+    """A standby of ``primary`` replicating through ``slot_name`` as ``user`` (default: the
+    primary's replication user), on a free port.
 
-    def __init__(self, primary: PgServer, slot_name: str) -> None:
+    ``StreamingStandby.running(primary, slot)`` creates the slot, clones and starts in one
+    go; otherwise call :meth:`basebackup` (and check its result) then :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        primary: PgServer,
+        slot_name: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.primary = primary
         self.slot_name = slot_name
+        self.user = user or primary.replication_user
+        self.password = primary.replication_password if password is None else password
         self.port = free_port()
         self.base_dir = Path(tempfile.mkdtemp(prefix="laterbased-standby-"))
         self.data_dir = self.base_dir / "data"
@@ -39,12 +54,27 @@ class StreamingStandby:
         self.passfile = self.base_dir / "pgpass"
         self.log_file = self.base_dir / "standby.log"
         self._postmaster: subprocess.Popen[bytes] | None = None
+        self._created_slot = False
         try:
-            self._clone()
-            self.start()
+            self._prepare()
         except BaseException:
             self.cleanup()
             raise
+
+    @classmethod
+    def running(cls, primary: PgServer, slot_name: str) -> StreamingStandby:
+        """Create ``slot_name`` on the primary, clone through it and start the standby."""
+        standby = cls(primary, slot_name)
+        try:
+            standby.create_slot()
+            result = standby.basebackup()
+            if result.returncode != 0:
+                raise RuntimeError(f"pg_basebackup failed: {result.stderr}")
+            standby.start()
+        except BaseException:
+            standby.cleanup()
+            raise
+        return standby
 
     def _kwargs(self) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LATERBASED_"))}
@@ -61,28 +91,33 @@ class StreamingStandby:
         if user is not None:
             os.chown(path, user.pw_uid, user.pw_gid)
 
-    def _clone(self) -> None:
+    def _prepare(self) -> None:
         primary = self.primary
         self.base_dir.chmod(0o755)
         self._chown(self.base_dir)
         self.socket_dir.mkdir(mode=0o755)
         self._chown(self.socket_dir)
-        line = passfile_line(
-            primary.host, primary.port, "*", primary.replication_user,
-            primary.replication_password,
-        )
+        line = passfile_line(primary.host, primary.port, "*", self.user, self.password)
         fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(line + "\n")
         self._chown(self.passfile)
-        primary.sql(
+
+    def create_slot(self) -> None:
+        self.primary.sql(
             "SELECT pg_create_physical_replication_slot("
             f"'{self.slot_name}', immediately_reserve => true)"
         )
+        self._created_slot = True
+
+    def basebackup(self) -> subprocess.CompletedProcess[str]:
+        """``pg_basebackup -X stream -S <slot>``, then the standby's settings; returns the
+        finished pg_basebackup (check its returncode)."""
+        primary = self.primary
         result = subprocess.run(
             [
                 str(primary.bindir / "pg_basebackup"),
-                "-h", primary.host, "-p", str(primary.port), "-U", primary.replication_user,
+                "-h", primary.host, "-p", str(primary.port), "-U", self.user,
                 "-D", str(self.data_dir), "-X", "stream", "-c", "fast", "-S", self.slot_name,
                 "--no-sync", "-w",
             ],
@@ -90,11 +125,11 @@ class StreamingStandby:
             stdin=subprocess.DEVNULL, **self._kwargs(),
         )
         if result.returncode != 0:
-            raise RuntimeError(f"pg_basebackup failed: {result.stderr}")
+            return result
         (self.data_dir / "standby.signal").touch()
         self._chown(self.data_dir / "standby.signal")
         conninfo = build_conninfo(
-            host=primary.host, port=primary.port, user=primary.replication_user,
+            host=primary.host, port=primary.port, user=self.user,
             passfile=str(self.passfile), application_name=APPLICATION_NAME,
         )
         with open(self.data_dir / "postgresql.auto.conf", "a", encoding="utf-8") as handle:
@@ -107,6 +142,7 @@ class StreamingStandby:
                 "hot_standby = on\n"
                 "wal_receiver_status_interval = 1s\n"
             )
+        return result
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -114,7 +150,9 @@ class StreamingStandby:
     def pid(self) -> int | None:
         return None if self._postmaster is None else self._postmaster.pid
 
-    def start(self) -> None:
+    def start(self, *, until_streaming: bool = False) -> None:
+        """Start the standby and wait until it accepts SQL; with ``until_streaming`` also
+        until the primary shows its slot active."""
         if self._postmaster is not None and self._postmaster.poll() is None:
             return
         with open(self.log_file, "ab") as log:
@@ -131,6 +169,19 @@ class StreamingStandby:
             return self.sql("SELECT 1", check=False) == "1"
 
         PgServer.wait_until(ready, 60, f"standby on port {self.port} accepts SQL")
+        if not until_streaming:
+            return
+        query = (
+            "SELECT active FROM pg_replication_slots "  # noqa: S608
+            f"WHERE slot_name = '{self.slot_name}'"
+        )
+
+        def streaming() -> bool:
+            if postmaster.poll() is not None:
+                raise RuntimeError(f"standby exited: {self.log_tail()}")
+            return self.primary.sql(query) == "t"
+
+        PgServer.wait_until(streaming, 60, f"standby streaming through slot {self.slot_name}")
 
     def stop(self, timeout: float = 60.0) -> None:
         postmaster, self._postmaster = self._postmaster, None
@@ -171,10 +222,11 @@ class StreamingStandby:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base_dir, ignore_errors=True)
+        if not self._created_slot:
+            return
         with contextlib.suppress(Exception):
             self.primary.sql(
                 f"SELECT pg_drop_replication_slot('{self.slot_name}') "  # noqa: S608
                 f"FROM pg_replication_slots WHERE slot_name = '{self.slot_name}' "
                 "AND NOT active"
             )
-

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from backup_files import publish_real_backup
 from pgserver import NASTY_PASSWORD, PgServer, free_port
-from replica_helper import Replica
+from streaming_standby import StreamingStandby
 
 from laterbased import cli
 from laterbased.backups import Catalogue
@@ -27,7 +27,7 @@ SLOT = "laterbase_standby_slot"
 @dataclass
 class GoodSetup:
     server: PgServer
-    replica: Replica
+    replica: StreamingStandby
     work: Path
 
     def environ(self, **overrides: str) -> dict[str, str]:
@@ -56,12 +56,12 @@ class GoodSetup:
 def good(pg_bindir: Path) -> Iterator[GoodSetup]:
     server = PgServer(pg_bindir)
     work = Path(tempfile.mkdtemp(prefix="laterbased-check-"))
-    replica = Replica(server, slot=SLOT, user=server.replication_user, password=NASTY_PASSWORD)
+    replica = StreamingStandby(server, SLOT, user=server.replication_user, password=NASTY_PASSWORD)
     try:
         server.sql(f"SELECT pg_create_physical_replication_slot('{SLOT}', true)")
         done = replica.basebackup()
         assert done.returncode == 0, done.stderr
-        replica.start()
+        replica.start(until_streaming=True)
         publish_real_backup(server, Catalogue(work / "backups"))
         yield GoodSetup(server, replica, work)
     finally:

@@ -47,7 +47,7 @@ def servers() -> Iterator[tuple[PgServer, StreamingStandby]]:
     standby: StreamingStandby | None = None
     try:
         primary.sql("CREATE TABLE filler (id serial PRIMARY KEY, payload text)")
-        standby = StreamingStandby(primary, SLOT)
+        standby = StreamingStandby.running(primary, SLOT)
         yield primary, standby
     finally:
         if standby is not None:

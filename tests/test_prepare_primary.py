@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer
-from replica_helper import Replica
+from streaming_standby import StreamingStandby
 
 from laterbased import cli
 from laterbased.config import Config, load_config
@@ -58,8 +58,8 @@ def fresh(make_primary: Callable[..., PgServer]) -> PgServer:
 
 
 @pytest.fixture
-def replicas() -> Iterator[list[Replica]]:
-    made: list[Replica] = []
+def replicas() -> Iterator[list[StreamingStandby]]:
+    made: list[StreamingStandby] = []
     yield made
     for replica in made:
         replica.cleanup()
@@ -84,7 +84,7 @@ async def test_dry_run_changes_nothing_and_lists_what_is_missing(fresh: PgServer
 
 
 async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
-    fresh: PgServer, replicas: list[Replica]
+    fresh: PgServer, replicas: list[StreamingStandby]
 ) -> None:
     report = await prepare_primary(config_for(fresh), options_for(fresh, apply=True))
     assert report.ready, report.as_dict()
@@ -112,11 +112,11 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
     assert report.hba_line == f"host    replication    {ROLE}    127.0.0.1/32    scram-sha-256"
     assert report.hba_file == str(fresh.data_dir / "pg_hba.conf")
 
-    replica = Replica(fresh, slot=SLOT, user=ROLE, password=NASTY_PASSWORD)
+    replica = StreamingStandby(fresh, SLOT, user=ROLE, password=NASTY_PASSWORD)
     replicas.append(replica)
     done = replica.basebackup()
     assert done.returncode == 0, done.stderr
-    replica.start()
+    replica.start(until_streaming=True)
 
     # Twice: nothing changes any more.
     before = server_facts(fresh)
