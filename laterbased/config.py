@@ -59,6 +59,7 @@ class Secret:
 DURATION = {"kind": "duration"}  # "10s", "5m", "2h", "7d" or a number of seconds
 SIZE = {"kind": "size"}  # "16MB", "1GiB", "512kB" or a number of bytes
 CRON = {"kind": "cron"}
+INTERNAL = {"internal": True}  # filled by load_config, not settable from YAML or environment
 
 
 def _secret_field() -> Any:
@@ -160,6 +161,10 @@ class UploadConfig:
     timeout: float = field(default=3600.0, metadata=DURATION)
     retention_days: int | None = None
     pending_max_age: float = field(default=3 * 3600.0, metadata=DURATION)
+    # The operator's own rclone variables (RCLONE_CONFIG_<NAME>_*, RCLONE_CONFIG, flags like
+    # RCLONE_BWLIMIT) as the configuration saw them, --env-file included, for rclone's
+    # children. Not a setting: filled by load_config; remote options are secrets.
+    environment: Mapping[str, str | Secret] = field(default_factory=dict, metadata=INTERNAL)
 
     @property
     def enabled(self) -> bool:
@@ -343,6 +348,9 @@ def load_config(
     _overlay_laterbased_env(env, raw)
     _resolve_secret_files(raw, env)
     config: Config = _build(Config, raw.values, (), raw)
+    config = dataclasses.replace(
+        config, upload=dataclasses.replace(config.upload, environment=rclone_environment(env))
+    )
     _check_semantics(config, raw)
     _check_upload(config, raw, env)
     if raw.errors:
@@ -383,6 +391,20 @@ def _flatten(
             yield from _flatten(value, path)
         else:
             yield path, value
+
+
+def rclone_environment(env: Mapping[str, str]) -> dict[str, str | Secret]:
+    """The ``RCLONE_*`` variables in ``env`` that rclone itself reads (our legacy
+    ``RCLONE_REMOTE_*`` names are translated instead). A remote's options
+    (``RCLONE_CONFIG_<NAME>_<OPTION>``, except ``_TYPE``) and the config password are
+    secrets, as ``RCLONE_REMOTE_<N>_PARAM_*`` are."""
+    found: dict[str, str | Secret] = {}
+    for name, value in env.items():
+        if not name.startswith("RCLONE_") or name.startswith("RCLONE_REMOTE_"):
+            continue
+        secret = name.startswith("RCLONE_CONFIG_") and not name.endswith("_TYPE")
+        found[name] = Secret(value) if secret else value
+    return found
 
 
 def _overlay_legacy_env(env: Mapping[str, str], raw: _Raw) -> None:
@@ -439,6 +461,8 @@ def _overlay_laterbased_env(env: Mapping[str, str], raw: _Raw) -> None:
             known[f"LATERBASED_{section_field.name.upper()}"] = (section_field.name,)
             continue
         for leaf in dataclasses.fields(section_type):
+            if leaf.metadata.get("internal"):
+                continue
             env_name = f"LATERBASED_{section_field.name}_{leaf.name}".upper()
             known[env_name] = (section_field.name, leaf.name)
     for name, value in env.items():
@@ -470,6 +494,11 @@ def _resolve_secret_files(raw: _Raw, env: Mapping[str, str]) -> None:
             sources.append((".".join((path[0], yaml_key)), str(section.pop(yaml_key))))
         sources += [(name, env[name]) for name in env_names if env.get(name)]
         for origin, file_name in sources:
+            # A file is one more way to give the value in its own layer: it must not beat a
+            # value from a higher layer (YAML password_file vs LATERBASED_PRIMARY_PASSWORD).
+            current = raw.origin.get(path)
+            if current is not None and _layer(current) > _layer(origin):
+                continue
             try:
                 value = Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:
@@ -479,6 +508,15 @@ def _resolve_secret_files(raw: _Raw, env: Mapping[str, str]) -> None:
                 )
                 continue
             raw.set(path, value, origin)
+
+
+def _layer(origin: str) -> int:
+    """Precedence of a value's origin: YAML 1 < legacy .env names 2 < ``LATERBASED_*`` 3."""
+    if origin.startswith("LATERBASED_"):
+        return 3
+    if origin in LEGACY_ENV or origin.removesuffix("_FILE") in LEGACY_ENV:
+        return 2
+    return 1  # a YAML file path, or a YAML key such as primary.password_file
 
 
 def _where(raw: _Raw, path: tuple[str, ...]) -> str:
@@ -495,7 +533,7 @@ def _build(cls: type[Any], values: Any, path: tuple[str, ...], raw: _Raw) -> Any
         raw.errors.append(f"{label}: must be a mapping{_where(raw, path)}")
         return cls()
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in values:
         if key not in fields:
             suggestion = _suggest(str(key), fields)
@@ -714,7 +752,11 @@ def config_as_dict(config: Config, *, reveal: bool = False) -> dict[str, Any]:
         if isinstance(value, Secret):
             return value.reveal() if reveal else "********"
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {
+                f.name: convert(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not f.metadata.get("internal")
+            }
         if isinstance(value, Mapping):
             return {str(k): convert(v) for k, v in value.items()}
         if isinstance(value, tuple | list):

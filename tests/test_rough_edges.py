@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +121,34 @@ def test_relative_paths_from_an_old_env_are_refused_naming_the_variable() -> Non
     ), problems
     assert any(p.startswith("standby.data_dir: must be an absolute path") for p in problems)
     assert not any(p.startswith("state_dir") for p in problems), "~ expands to a full path"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, "from-yaml-file"),
+        ({"REPL_PASSWORD": "from-legacy-env"}, "from-legacy-env"),
+        ({"LATERBASED_PRIMARY_PASSWORD": "from-laterbased-env"}, "from-laterbased-env"),
+        ({"LATERBASED_PRIMARY_PASSWORD_FILE": "{env_file}"}, "from-env-file"),
+        (
+            {"REPL_PASSWORD_FILE": "{env_file}", "LATERBASED_PRIMARY_PASSWORD": "top"},
+            "top",
+        ),
+    ],
+)
+def test_password_precedence_holds_for_secret_files(
+    tmp_path: Path, environment: dict[str, str], expected: str
+) -> None:
+    # A YAML `password_file:` beat LATERBASED_PRIMARY_PASSWORD (and REPL_PASSWORD): trying a
+    # new password from the environment silently kept the old one, against the README's
+    # "YAML < legacy .env names < LATERBASED_*".
+    (tmp_path / "yaml.secret").write_text("from-yaml-file\n")
+    (tmp_path / "env.secret").write_text("from-env-file\n")
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(
+        f"primary:\n  host: resolve.local\n  password_file: {tmp_path / 'yaml.secret'}\n"
+    )
+    env = {k: v.format(env_file=tmp_path / "env.secret") for k, v in environment.items()}
+    config = load_config(config_file, env)
+    assert config.primary.password is not None
+    assert config.primary.password.reveal() == expected
