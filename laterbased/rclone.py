@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import proc
-from .config import Config, RcloneRemote, UploadConfig
+from .config import Config, RcloneRemote, Secret, UploadConfig
 from .errors import JobFailed, ToolMissing
 from .logs import masker
 
@@ -549,14 +549,14 @@ async def obscure(binary: str, value: str) -> str:
 
 async def child_env(upload: UploadConfig, binary: str) -> dict[str, str]:
     """The environment of every rclone child: ours without secrets, plus the operator's own
-    ``RCLONE_CONFIG_*`` variables, plus the remotes from our configuration."""
-    own_rclone = {
-        key: value for key, value in os.environ.items() if key.startswith("RCLONE_CONFIG_")
-    }
-    extra = dict(own_rclone)
+    ``RCLONE_*`` variables (from our environment, and those the configuration saw, which
+    includes ``--env-file``), plus the remotes from our configuration."""
+    extra = {key: value for key, value in os.environ.items() if key.startswith("RCLONE_CONFIG_")}
+    for key, value in upload.environment.items():
+        extra[key] = value.reveal() if isinstance(value, Secret) else value
     if upload.rclone_config is not None:
         extra["RCLONE_CONFIG"] = str(upload.rclone_config)
-    elif not default_config_path(os.environ).is_file():
+    elif not default_config_path({**os.environ, **extra}).is_file():
         # No rclone.conf anywhere: tell rclone so, instead of a "config file not found"
         # notice on every single command.
         extra["RCLONE_CONFIG"] = ""

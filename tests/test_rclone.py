@@ -17,12 +17,21 @@ import pytest
 from pgserver import free_port
 from rclone_servers import ACCESS_KEY, SECRET_KEY, S3Server, rclone_binary
 
-from laterbased.config import Config, RcloneRemote, Secret, load_config
-from laterbased.errors import ToolMissing
+from laterbased.cli import effective_environ
+from laterbased.config import (
+    Config,
+    RcloneRemote,
+    Secret,
+    config_as_dict,
+    load_config,
+    secrets_of,
+)
+from laterbased.errors import ConfigError, ToolMissing
 from laterbased.rclone import (
     Rclone,
     RcloneFailed,
     config_env_name,
+    default_flags,
     find_rclone,
     join_remote_path,
     looks_obscured,
@@ -345,3 +354,44 @@ async def test_rclone_child_has_secrets_in_environment_only(
     assert f"RCLONE_CONFIG_OFFSITE_SECRET_ACCESS_KEY={SECRET_KEY}".encode() in environ
     assert not _rclone_children(rclone.binary, "slow-marker"), "rclone child left running"
     assert SECRET_KEY not in caplog.text
+
+
+async def test_operator_rclone_variables_from_the_env_file_reach_the_rclone_child(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator defines the remote in rclone's own variables, only in the --env-file
+    # (docker compose's env_file habit): validation and the rclone child must both see it.
+    for name in list(os.environ):
+        if name.startswith("RCLONE_"):
+            monkeypatch.delenv(name)
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "PRIMARY_HOST=resolve.local\n"
+        "RCLONE_REMOTE_NAME=vault\n"
+        f"RCLONE_REMOTE_PATH={s3.bucket}/from-env-file\n"
+        "RCLONE_CONFIG_VAULT_TYPE=s3\n"
+        "RCLONE_CONFIG_VAULT_PROVIDER=Other\n"
+        f"RCLONE_CONFIG_VAULT_ENDPOINT={s3.endpoint}\n"
+        f"RCLONE_CONFIG_VAULT_ACCESS_KEY_ID={ACCESS_KEY}\n"
+        f"RCLONE_CONFIG_VAULT_SECRET_ACCESS_KEY={SECRET_KEY}\n"
+        "RCLONE_LOW_LEVEL_RETRIES=1\n"
+    )
+    config = load_config(None, effective_environ(env_file) | BASE | FAST_RETRIES)
+    assert SECRET_KEY in secrets_of(config)  # masked in our logs like any other secret
+    assert "environment" not in config_as_dict(config)["upload"]  # not shown, not settable
+    rclone = await Rclone.open(config.upload)
+    assert not any(flag.startswith("--low-level-retries") for flag in default_flags(rclone._env))
+    source = tmp_path / "db-20260101T000000Z.dump"
+    source.write_bytes(os.urandom(50_000))
+    await rclone.copyto(source, rclone.target("db", source.name))
+    stored = s3.root / s3.bucket / "from-env-file" / "db" / source.name
+    assert sha256_of(stored) == sha256_of(source)
+
+
+def test_rclone_environment_is_not_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / "laterbased.yaml"
+    path.write_text("upload:\n  environment: {RCLONE_CONFIG_X_TYPE: local}\n")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, BASE | {"LATERBASED_UPLOAD_ENVIRONMENT": "x"})
+    assert "upload.environment: unknown key" in str(failure.value)
+    assert "LATERBASED_UPLOAD_ENVIRONMENT: unknown setting" in str(failure.value)
