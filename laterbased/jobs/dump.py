@@ -54,6 +54,12 @@ FROM pg_stat_database d WHERE d.datname = current_database()
 """
 SERVER_VERSION = "SELECT current_setting('server_version')"
 CONFLICT_WITH_RECOVERY = "conflict with recovery"
+# On a standby, pg_dump gives up on a table lock after this long (--lock-wait-timeout): with
+# replay paused, a lock the startup process replayed from the primary just before the pause
+# is never released, and pg_dump would wait for it until backup.timeout.
+STANDBY_LOCK_WAIT = 60.0
+STANDBY_ATTEMPTS = 3
+STANDBY_RETRY_DELAY = 10.0
 HASH_CHUNK = 1 << 20
 
 
@@ -264,9 +270,10 @@ class SnapshotCounter:
 
 
 class DumpFailed(Exception):
-    def __init__(self, message: str, *, conflict: bool = False) -> None:
+    def __init__(self, message: str, *, conflict: bool = False, lock: bool = False) -> None:
         super().__init__(message)
         self.conflict = conflict
+        self.lock = lock
 
 
 class Dumper:
@@ -364,19 +371,27 @@ class Dumper:
     async def _dump_with_retry(
         self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
     ) -> BackupRecord:
-        attempts = 2 if self.server.role == "standby" else 1
+        attempts = STANDBY_ATTEMPTS if self.server.role == "standby" else 1
         for attempt in range(1, attempts + 1):
             try:
                 async with self._replay_paused():
                     return await self._dump_once(database, fmt, tools, fingerprint)
             except DumpFailed as exc:
-                if not exc.conflict or attempt == attempts:
+                if not (exc.conflict or exc.lock) or attempt == attempts:
                     raise
+                # Replay runs again (the context above resumed it) while we wait, so a lock
+                # the primary has released since is released here too.
                 logger.warning(
-                    "dump hit a recovery conflict on the standby; retrying run=%s database=%r",
+                    "dump on the standby %s; replay resumed, retrying in %.0fs "
+                    "run=%s database=%r attempt=%s/%s",
+                    "hit a recovery conflict" if exc.conflict else "could not lock a table",
+                    STANDBY_RETRY_DELAY,
                     self.run_id,
                     database,
+                    attempt,
+                    attempts,
                 )
+                await asyncio.sleep(STANDBY_RETRY_DELAY)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @contextlib.asynccontextmanager
@@ -439,6 +454,8 @@ class Dumper:
         partial = self.catalogue.new_partial(name)
         argv = [str(tools.bindir / "pg_dump"), "--no-password"]
         argv += ["--format=custom"] if fmt == "custom" else ["--format=plain", "--compress=6"]
+        if self.server.role == "standby":
+            argv.append(f"--lock-wait-timeout={int(STANDBY_LOCK_WAIT * 1000)}")
         argv.append(f"--dbname={self.server.conninfo(database)}")
         counter = (
             await self._snapshot_counter(database)
@@ -479,9 +496,20 @@ class Dumper:
                     await asyncio.shield(counter.close())
             if completed.returncode != 0:
                 tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
+                locking = self.server.role == "standby" and any(
+                    "LOCK TABLE" in line or "could not obtain lock" in line
+                    for line in completed.stderr_tail
+                )
                 raise DumpFailed(
-                    f"pg_dump exited with status {completed.returncode}: {tail}",
+                    f"pg_dump exited with status {completed.returncode}: {tail}"
+                    + (
+                        f" (a table stayed locked for more than {STANDBY_LOCK_WAIT:.0f}s: "
+                        "DDL or maintenance running on the primary?)"
+                        if locking
+                        else ""
+                    ),
                     conflict=any(CONFLICT_WITH_RECOVERY in line for line in completed.stderr_tail),
+                    lock=locking,
                 )
             size, digest = await asyncio.to_thread(hash_file, partial)
             record = BackupRecord(
