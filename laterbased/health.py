@@ -54,6 +54,14 @@ def check_primary(state: State, now: float) -> Check:
     primary = state.primary
     if primary.reachable is None:
         return Check("primary", "warning", "not polled yet")
+    if not primary.reachable and primary.last_error_reason == "auth":
+        return Check(
+            "primary",
+            "critical",
+            f"login refused: {primary.last_error or 'unknown'}; fix primary.password "
+            "(REPL_PASSWORD) or primary.user, or the primary's pg_hba.conf "
+            "(laterbased check tells which)",
+        )
     if not primary.reachable:
         return Check("primary", "critical", f"unreachable: {primary.last_error or 'unknown'}")
     if primary.last_ok is not None and now - primary.last_ok > _poll_grace(state.config):

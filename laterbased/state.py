@@ -59,6 +59,8 @@ class PrimaryState:
     reachable: bool | None = None  # None until the first poll
     last_ok: float | None = None
     last_error: str | None = None
+    # PgUnavailable.reason of the last failure ("auth": it answered but refused the login).
+    last_error_reason: str | None = None
     server_version_num: int | None = None
     system_identifier: str | None = None
     current_lsn: str | None = None

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgserver import PgServer
 
+from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
     HttpConfig,
     PrimaryConfig,
+    Secret,
     StandbyConfig,
     load_config,
 )
@@ -21,6 +24,7 @@ from laterbased.daemon import Daemon, Worker
 from laterbased.doctor import Facts, check_http_port
 from laterbased.errors import EXIT_REFUSE, ConfigError, RefuseToRun
 from laterbased.http import HttpServer, build_app
+from laterbased.monitor.worker import Monitor
 from laterbased.state import SlotState, State
 from laterbased.web.status import render_status_page, status_document
 
@@ -152,3 +156,34 @@ def test_password_precedence_holds_for_secret_files(
     config = load_config(config_file, env)
     assert config.primary.password is not None
     assert config.primary.password.reveal() == expected
+
+
+async def test_wrong_password_is_a_refused_login_not_an_unreachable_primary(
+    primary: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /healthz said "primary: unreachable: ... password authentication failed": at 3 a.m.
+    # "unreachable" sends you to the network, not to REPL_PASSWORD.
+    config = quiet_config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret("certainly-not-the-password"),
+            connect_timeout=5.0,
+        ),
+        timezone="UTC",
+    )
+    state = State(config=config)
+    monitor = Monitor(state)
+    caplog.set_level(logging.INFO, logger="laterbased.monitor")
+    try:
+        await monitor.poll_once()
+    finally:
+        monitor.close()
+    check = health.check_primary(state, state.started_at + 1)
+    assert check.severity == "critical"
+    assert check.reason.startswith("login refused: "), check.reason
+    assert "REPL_PASSWORD" in check.reason
+    assert "primary refused our login" in caplog.text
+    assert "primary unreachable" not in caplog.text
+    assert "certainly-not-the-password" not in check.reason + caplog.text

@@ -172,6 +172,7 @@ class Monitor:
                 reachable=False,
                 last_ok=previous.last_ok,
                 last_error=_error_text(exc, self._budget()),
+                last_error_reason=exc.reason if isinstance(exc, PgUnavailable) else None,
                 server_version_num=previous.server_version_num,
                 system_identifier=previous.system_identifier,
             )
@@ -251,6 +252,14 @@ class Monitor:
                     primary.system_identifier or "unknown",
                 )
                 state.record_event("info", f"primary {where} reachable")
+            elif primary.reachable is False and primary.last_error_reason == "auth":
+                # It answers: "unreachable" would send the operator to check cables.
+                logger.error(
+                    "primary refused our login host=%s error=%s", where, primary.last_error
+                )
+                state.record_event(
+                    "error", f"primary {where} refused our login: {primary.last_error}"
+                )
             elif primary.reachable is False:
                 logger.error("primary unreachable host=%s error=%s", where, primary.last_error)
                 state.record_event("error", f"primary {where} unreachable: {primary.last_error}")
