@@ -187,3 +187,22 @@ async def test_wrong_password_is_a_refused_login_not_an_unreachable_primary(
     assert "primary refused our login" in caplog.text
     assert "primary unreachable" not in caplog.text
     assert "certainly-not-the-password" not in check.reason + caplog.text
+
+
+def test_status_page_of_a_backup_only_daemon_with_a_refused_login() -> None:
+    # A backups-only daemon showed "Streaming: no" (reads as a fault) and a wrong password
+    # showed "Primary: unreachable".
+    state = State(
+        config=Config(
+            primary=PrimaryConfig(host="resolve.local"),
+            standby=StandbyConfig(enabled=False),
+            timezone="UTC",
+        )
+    )
+    state.primary.reachable = False
+    state.primary.last_error = 'password authentication failed for user "postgres"'
+    state.primary.last_error_reason = "auth"
+    page = render_status_page(status_document(state, state.started_at + 5), state.config.zone)
+    assert "no standby configured (backups only)" in page
+    assert "<span class=critical>login refused</span>" in page
+    assert ">unreachable<" not in page

@@ -43,6 +43,7 @@ def status_document(state: State, now: float) -> dict[str, Any]:
             "port": config.primary.port,
             "reachable": primary.reachable,
             "last_error": primary.last_error,
+            "last_error_reason": primary.last_error_reason,
             "server_version_num": primary.server_version_num,
             "system_identifier": primary.system_identifier,
             "current_lsn": primary.current_lsn,
@@ -183,7 +184,9 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
     if primary["reachable"]:
         primary_cell += "reachable"
     elif primary["reachable"] is False:
-        primary_cell += f"<span class=critical>unreachable</span> {_text(primary['last_error'])}"
+        # A refused login is not a network problem: say which one it is.
+        verdict = "login refused" if primary["last_error_reason"] == "auth" else "unreachable"
+        primary_cell += f"<span class=critical>{verdict}</span> {_text(primary['last_error'])}"
     else:
         primary_cell += "not polled yet"
     uptime = escape(format_duration(doc["uptime_seconds"]))
@@ -200,7 +203,12 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
             [
                 ("Role", f"<span id=role>{_text(doc['role'])}</span>"),
                 ("Replication lag", f"<span id=lag>{lag}</span>"),
-                ("Streaming", _text(replication["streaming"])),
+                (
+                    "Streaming",
+                    _text(replication["streaming"])
+                    if standby["enabled"]
+                    else "<span class=muted>no standby configured (backups only)</span>",
+                ),
                 ("Standby", standby_cell),
                 ("Primary", primary_cell),
                 ("laterbased", f"{_text(doc['version'])}, up {uptime}"),
