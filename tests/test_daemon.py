@@ -203,3 +203,24 @@ async def test_systemd_abstract_notify_socket(tmp_path: Path) -> None:
             await process.stop()
     finally:
         sock.close()
+
+
+def test_pidfd_child_watcher_reaps_children_on_python_3_11() -> None:
+    import subprocess
+
+    code = (
+        "import asyncio, sys\n"
+        "from laterbased.daemon import use_pidfd_child_watcher\n"
+        "from laterbased import proc\n"
+        "async def main():\n"
+        "    used = use_pidfd_child_watcher()\n"
+        "    results = [await proc.run(['true'], log_name='t') for _ in range(20)]\n"
+        "    print(used, {r.returncode for r in results})\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    used, codes = result.stdout.strip().split(" ", 1)
+    assert codes == "{0}"
+    assert used == str(sys.version_info < (3, 12))

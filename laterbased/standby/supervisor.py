@@ -236,13 +236,15 @@ class StandbySupervisor:
 
     async def _supervise(self) -> None:
         st = self.state
-        delay = RESTART_BASE_DELAY
+        # The first restart after a healthy run is immediate (a kill -9 costs only crash
+        # recovery); only a crash loop backs off: 0, 1, 2, 4 … restart_backoff_max seconds.
+        delay = 0.0
         while True:
             started = time.monotonic()
             reason, description = await self._run_once()
             ran = time.monotonic() - started
             if ran > RESTART_RESET_AFTER:
-                delay = RESTART_BASE_DELAY
+                delay = 0.0
             st.restarts[reason] += 1
             st.last_exit = description
             st.phase = "restarting"
@@ -259,7 +261,7 @@ class StandbySupervisor:
             )
             if await self.ctx.sleep(delay):
                 return
-            delay = min(delay * 2, self.config.standby.restart_backoff_max)
+            delay = min(max(delay * 2, RESTART_BASE_DELAY), self.config.standby.restart_backoff_max)
 
     async def _run_once(self) -> tuple[str, str]:
         """Start postgres, watch it until it must be restarted; (reason, description)."""
