@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import PgServer
+from pgserver import PgServer, free_port
 
 from laterbased import health
 from laterbased.config import (
@@ -206,3 +209,58 @@ def test_status_page_of_a_backup_only_daemon_with_a_refused_login() -> None:
     assert "no standby configured (backups only)" in page
     assert "<span class=critical>login refused</span>" in page
     assert ">unreachable<" not in page
+
+
+def promote_config(tmp_path: Path, host: str, port: int, password: str) -> Path:
+    config_file = tmp_path / "laterbased.yaml"
+    (tmp_path / "password").write_text(password)
+    config_file.write_text(
+        "primary:\n"
+        f"  host: {host}\n  port: {port}\n  user: postgres\n"
+        f"  password_file: {tmp_path / 'password'}\n"
+        "  connect_timeout: 3s\n"
+        f"standby:\n  data_dir: {tmp_path / 'standby'}\n"
+        "backup:\n  enabled: false\nhttp:\n  enabled: false\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
+    return config_file
+
+
+async def run_promote(*args: str) -> tuple[int, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "laterbased", "promote", *args,
+        env=environ, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode is not None
+    return child.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("password", ["right", "wrong"])
+async def test_promote_refuses_while_the_old_primary_still_runs(
+    primary: PgServer, tmp_path: Path, password: str
+) -> None:
+    # `laterbased promote` promoted the demo's standby in 0.5 s while the primary was up
+    # and Resolve kept writing to it: two writable project libraries, exit 0, /healthz
+    # "healthy". A refused login is an answer too: the server is running.
+    secret = primary.replication_password if password == "right" else "not-it"
+    config_file = promote_config(tmp_path, primary.host, primary.port, secret)
+    code, out = await run_promote("--config", str(config_file))
+    assert code == EXIT_REFUSE, out
+    assert f"refusing to promote: the old primary {primary.host}:{primary.port} is still " in out
+    assert "--force" in out
+    # --force goes past the guard; here there is no standby to promote at all.
+    code, out = await run_promote("--force", "--config", str(config_file))
+    assert code == 1, out
+    assert "promoting anyway (--force)" in out
+    assert "nothing to promote" in out
+
+
+async def test_promote_goes_ahead_when_the_old_primary_is_gone(tmp_path: Path) -> None:
+    config_file = promote_config(tmp_path, "127.0.0.1", free_port(), "x")
+    code, out = await run_promote("--config", str(config_file))
+    assert "refusing" not in out
+    assert code == 1, out  # no standby was cloned here: a clear refusal, not a traceback
+    assert "no standby in " in out and "nothing to promote" in out
+    assert "Traceback" not in out

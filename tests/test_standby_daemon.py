@@ -133,7 +133,7 @@ async def test_daemon_streams_with_nasty_password_promotes_and_leaves_nothing_on
             ) as response:
                 assert response.status == 401
 
-        code, out = await run_cli("promote", "--config", str(config_path))
+        code, out = await run_cli("promote", "--force", "--config", str(config_path))
         assert code == 0, out
         assert "role: primary" in out
         assert await standby_sql(primary, port, "SELECT pg_is_in_recovery()") is False
@@ -258,12 +258,12 @@ async def test_promote_command_without_a_daemon_promotes_the_server_directly(
                 "state_dir": str(config.state_dir),
             },
         )
-        code, out = await run_cli("promote", "--config", str(config_path))
+        code, out = await run_cli("promote", "--force", "--config", str(config_path))
         assert code == 0, out
         assert "pg_ctl promote" in out and "role: primary" in out
         assert NASTY_PASSWORD not in out
         # The supervisor notices on its own that the standby marker is gone.
         await wait_for(lambda: standby.state.standby.role == "primary", "daemon sees the promotion")
         assert standby.state.standby.phase == "promoted"
-        code, out = await run_cli("promote", "--config", str(config_path))
+        code, out = await run_cli("promote", "--force", "--config", str(config_path))
         assert code == 1 and "already promoted" in out

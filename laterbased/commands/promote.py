@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from typing import Any
 
@@ -16,16 +17,28 @@ import aiohttp
 
 from laterbased import cli
 from laterbased.config import Config
-from laterbased.errors import EXIT_FAILURE, EXIT_OK
+from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE
+from laterbased.pg.connect import PgUnavailable, connect_primary
 
 DESCRIPTION = """\
 Promote the local standby to a primary (failover). Run it only when the Resolve primary
 is gone for good: afterwards the old primary and this server are two separate databases.
 
+It first makes sure the old primary is gone: when primary.host still answers as a primary
+(or answers at all, refusing our login), it refuses with exit 3, because two writable
+servers mean two diverging project libraries. Stop PostgreSQL there first, or pass --force.
+
 With the daemon running, this goes through its HTTP API (POST /api/promote, needs
 http.token); without it, the standby postgres is promoted directly. Then point Resolve's
 Project Manager at this host and the standby port (see README, "Standby and failover").
+
+exit codes: 0 promoted, 1 failed (or nothing to promote), 3 refused: the old primary still
+answers, 78 bad configuration
 """
+
+# How long to try the old primary before calling it gone: a dead host must not stall a
+# failover at 3 a.m. for the full connect_timeout.
+PRIMARY_PROBE_TIMEOUT = 5.0
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -36,13 +49,19 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even though the old primary still answers (you are switching it off "
+        "yourself and accept that writes made there after now are not on this server)",
+    )
     parser.set_defaults(handler=cmd_promote)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     config = cli.load_from_args(args)
     cli.configure_logging(args, config)
-    return asyncio.run(promote(config))
+    return asyncio.run(promote(config, force=args.force))
 
 
 async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
@@ -66,12 +85,51 @@ async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
-async def promote(config: Config) -> int:
+async def old_primary_still_up(config: Config) -> str | None:
+    """Why the configured primary counts as still running, or None when it is gone."""
+    primary = config.primary
+    if primary.host is None:
+        return None
+    where = f"{primary.host}:{primary.port}"
+    quick = dataclasses.replace(
+        primary, connect_timeout=min(primary.connect_timeout, PRIMARY_PROBE_TIMEOUT)
+    )
+    try:
+        conn = await connect_primary(quick, application_name="laterbased-promote-check")
+    except PgUnavailable as exc:
+        if exc.reason in {"auth", "server", "ssl"}:
+            return f"the old primary {where} is still running (it answered: {exc})"
+        return None
+    try:
+        async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT):
+            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+    except TimeoutError:
+        return f"the old primary {where} is still running (it accepted a connection)"
+    finally:
+        await asyncio.shield(conn.close())
+    if in_recovery:
+        return None  # it is a standby itself now: no second writable server
+    return f"the old primary {where} is still running and accepting writes"
+
+
+async def promote(config: Config, *, force: bool = False) -> int:
     from laterbased.standby.promote import PromoteRefused, promote_server
 
     if not config.standby.enabled:
         print("laterbased: no standby is configured (standby.enabled is false)", file=sys.stderr)
         return EXIT_FAILURE
+    still_up = await old_primary_still_up(config)
+    if still_up is not None:
+        if not force:
+            print(
+                f"laterbased: refusing to promote: {still_up}. Two writable servers make two "
+                "diverging project libraries. Quit Resolve on every client, stop PostgreSQL "
+                "on the old primary (or power it off), then run this again; --force promotes "
+                "anyway",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSE
+        print(f"laterbased: {still_up}; promoting anyway (--force)", file=sys.stderr)
     answer = await _ask_daemon(config) if config.http.enabled else None
     if answer is not None:
         status, body = answer

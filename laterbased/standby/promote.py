@@ -97,6 +97,12 @@ async def _promote_pg_ctl(config: Config, data_dir: Path) -> None:
 async def promote_server(config: Config) -> str:
     """Promote the standby postgres at ``standby.data_dir``; return how it was done."""
     data_dir = Layout.from_config(config).data_dir
+    if not await asyncio.to_thread((data_dir / "PG_VERSION").is_file):
+        # No standby was ever cloned here (or standby.data_dir / PGDATA points elsewhere).
+        raise PromoteRefused(
+            f"no standby in {data_dir} (no PG_VERSION there): nothing to promote; "
+            "check standby.data_dir (PGDATA)"
+        )
     major = await asyncio.to_thread(safety.cluster_major, data_dir)
     if await asyncio.to_thread(is_promoted, data_dir, major):
         raise PromoteRefused(f"{data_dir} is not a standby (already promoted)")
