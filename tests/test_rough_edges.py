@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_files import publish_real_backup
 from pgserver import PgServer, free_port
 
-from laterbased import health
+from laterbased import cli, health
+from laterbased.backups import Catalogue
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -264,3 +266,21 @@ async def test_promote_goes_ahead_when_the_old_primary_is_gone(tmp_path: Path) -
     assert code == 1, out  # no standby was cloned here: a clear refusal, not a traceback
     assert "no standby in " in out and "nothing to promote" in out
     assert "Traceback" not in out
+
+
+def test_backups_list_for_a_mistyped_database_names_the_ones_there_are(
+    primary: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `backups list --database nope` said "no backups in DIR": at 3 a.m. that reads as
+    # "everything is gone", when it was a typo.
+    publish_real_backup(primary, Catalogue(tmp_path / "backups"))
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(
+        f"primary:\n  host: resolve.local\nbackup:\n  directory: {tmp_path / 'backups'}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
+    code = cli.main(["backups", "list", "--config", str(config_file), "--database", "Postgres"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "no backups of 'Postgres' in " in out
+    assert "backed-up databases: 'postgres'" in out

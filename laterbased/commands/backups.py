@@ -82,7 +82,15 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not decisions:
-        print(f"no backups in {config.backup_directory}")
+        if args.database is not None and records:
+            # A typo in --database must not read as "there are no backups at all".
+            known = ", ".join(repr(name) for name in sorted({r.database for r in records}))
+            print(
+                f"no backups of {args.database!r} in {config.backup_directory}; "
+                f"backed-up databases: {known}"
+            )
+        else:
+            print(f"no backups in {config.backup_directory}")
         return EXIT_OK
     zone = config.zone
     header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY")
