@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -14,13 +13,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from pgserver import free_port as free_tcp_port
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> Path:

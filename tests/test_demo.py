@@ -15,17 +15,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from pgserver import free_port
 
 from laterbased.proc import pids_with_cwd_under
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_open(port: int) -> bool:

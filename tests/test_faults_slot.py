@@ -20,7 +20,7 @@ import pytest
 from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer
 from test_standby_daemon import daemon_config, standby_sql
-from test_standby_supervisor import wait_for
+from waiting import wait_for
 
 from laterbased.proc import pids_with_cwd_under
 

@@ -10,13 +10,13 @@ import logging
 import os
 import signal
 import stat
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from waiting import wait_for
 
 from laterbased import health
 from laterbased.config import (
@@ -55,12 +55,8 @@ def make_state(**notify: Any) -> State:
     return state
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout}s")
-        await asyncio.sleep(0.02)
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> Any:
+    return wait_for(predicate, what, timeout, interval=0.02)
 
 
 class Receiver:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from laterbased.errors import RefuseToRun
 from laterbased.proc import (
@@ -26,13 +27,6 @@ from laterbased.proc import (
 
 PY = sys.executable
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
-
-
-async def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-    assert condition(), what
 
 
 def grandchild_script(pid_file: Path, *, ignore_term: bool = False) -> str:
@@ -117,7 +111,7 @@ async def test_run_timeout_kills_the_whole_group(tmp_path: Path) -> None:
         )
     assert loop.time() - started < 10
     grandchild = int(pid_file.read_text())
-    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild killed with its group")
+    await wait_for(lambda: not pid_alive(grandchild), "grandchild killed with its group", 5)
 
 
 async def test_cancelling_run_stops_and_reaps_the_child(tmp_path: Path) -> None:
@@ -125,12 +119,12 @@ async def test_cancelling_run_stops_and_reaps_the_child(tmp_path: Path) -> None:
     task = asyncio.create_task(
         run([PY, "-c", grandchild_script(pid_file)], log_name="cancelme")
     )
-    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 10, "child up")
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", "child up", 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     grandchild = int(pid_file.read_text())
-    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild gone after cancel")
+    await wait_for(lambda: not pid_alive(grandchild), "grandchild gone after cancel", 5)
 
 
 async def test_spawn_stop_escalates_to_sigkill_when_sigterm_is_ignored(
@@ -141,14 +135,14 @@ async def test_spawn_stop_escalates_to_sigkill_when_sigterm_is_ignored(
     child = await spawn(
         [PY, "-c", grandchild_script(pid_file, ignore_term=True)], log_name="stubborn"
     )
-    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 10, "child up")
+    await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", "child up", 10)
     assert child.returncode is None and pid_alive(child.pid)
     returncode = await child.stop([(signal.SIGTERM, 0.5)])
     assert returncode == -signal.SIGKILL
     assert child.returncode == -signal.SIGKILL
     assert not pid_alive(child.pid)
     grandchild = int(pid_file.read_text())
-    await wait_for(lambda: not pid_alive(grandchild), 5, "grandchild killed with the group")
+    await wait_for(lambda: not pid_alive(grandchild), "grandchild killed with the group", 5)
     assert "stubborn: ready" in [r.getMessage() for r in caplog.records]
     assert await child.stop() == -signal.SIGKILL  # stopping again is harmless
 

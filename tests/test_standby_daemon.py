@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 from daemon_process import DaemonProcess, write_config
 from pgserver import NASTY_PASSWORD, PgServer, free_port
-from test_standby_supervisor import cmdlines, wait_for
+from test_standby_supervisor import cmdlines
+from waiting import wait_for
 
 from laterbased.config import Config, HttpConfig, Secret
 from laterbased.http import HttpServer, build_app

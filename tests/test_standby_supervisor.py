@@ -10,8 +10,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer, free_port
+from waiting import wait_for
 
 from laterbased.config import (
     BackupConfig,
@@ -61,22 +61,6 @@ def standby_config(
         http=HttpConfig(enabled=False),
         state_dir=state_dir,
     )
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = DEADLINE
-) -> None:
-    """Poll ``condition`` (sync or async) until true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.1)
 
 
 class RunningStandby:
