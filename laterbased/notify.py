@@ -233,11 +233,12 @@ def _with_confirm(
 
 
 def job_checks(state: State) -> list[Check]:
-    """Failed job runs are news the moment they happen (upload, prune, verify, and a dump
+    """Failed job runs are news the moment they happen (upload, prune, optimize, and a dump
     failure not tied to one database); a later good run of the job recovers them.
 
     A failed backup of a database is not repeated here: health's ``backup:<db>`` check
-    already reports it (warning, then critical once stale).
+    already reports it (warning, then critical once stale); likewise a failed verify run,
+    which health's ``verify`` check reports.
     """
     checks: list[Check] = []
     for name, status in sorted(state.jobs.items()):
@@ -246,6 +247,8 @@ def job_checks(state: State) -> list[Check]:
             continue
         if name == "dump" and run.database is not None:
             continue  # health's backup:<database> check tells this one
+        if name == "verify":
+            continue  # health's own ``verify`` check tells this one
         if run.result == "failed":
             where = f" database={run.database}" if run.database else ""
             detail = run.detail or "no detail"

@@ -195,6 +195,14 @@ def test_dump_failures_are_left_to_the_per_database_health_check() -> None:
     assert job_checks(state) == []
 
 
+def test_verify_failures_are_left_to_the_verify_health_check() -> None:
+    state = make_state()
+    state.job("verify").last_run = JobRun(
+        id="v-1", job="verify", started=1, finished=2, result="failed", detail="drill failed"
+    )
+    assert job_checks(state) == []  # one failed drill, one message (from health's check)
+
+
 def test_failed_job_run_names_its_run_id() -> None:
     state = make_state()
     state.job("upload").last_run = JobRun(
