@@ -137,6 +137,23 @@ async def test_failed_dump_publishes_nothing_and_reports_why(
     assert not any(p.is_file() for p in backup_dir.rglob("*") if ".partial" not in p.parts)
 
 
+async def test_dump_honours_primary_sslmode(primary: PgServer, backup_dir: Path) -> None:
+    import dataclasses
+
+    config = make_config(primary, backup_dir, databases=("postgres",), skip_unchanged=False)
+    strict = dataclasses.replace(
+        config, primary=dataclasses.replace(config.primary, sslmode="require")
+    )
+    server = primary_server(strict)
+    assert "sslmode=require" in server.conninfo("postgres")
+    # The harness primary offers no SSL: require must fail, with the reason, and publish
+    # nothing.
+    outcomes = await run_dumps(strict, Catalogue(backup_dir), "dump-test-ssl")
+    assert outcomes[0].result == "failed"
+    assert "SSL" in outcomes[0].detail
+    assert Catalogue(backup_dir).list_backups() == []
+
+
 async def test_disk_full_fails_the_run_and_keeps_old_backups(
     primary: PgServer, backup_dir: Path
 ) -> None:

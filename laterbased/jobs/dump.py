@@ -74,6 +74,8 @@ class Server:
     password: str | None
     maintenance_db: str
     connect_timeout: float
+    # primary.sslmode for the primary; the local standby is reached over loopback (prefer).
+    sslmode: str = "prefer"
 
     async def connect(self, database: str | None = None) -> Any:
         return await connect(
@@ -84,6 +86,7 @@ class Server:
             database=database or self.maintenance_db,
             timeout=self.connect_timeout,
             application_name="laterbased-backup",
+            sslmode=self.sslmode,
         )
 
     def conninfo(self, database: str) -> str:
@@ -96,6 +99,7 @@ class Server:
             user=self.user,
             application_name="laterbased-dump",
             connect_timeout=max(1, int(self.connect_timeout)),
+            sslmode=self.sslmode,
         )
 
 
@@ -111,6 +115,7 @@ def primary_server(config: Config) -> Server:
         password=primary.password.reveal() if primary.password else None,
         maintenance_db=primary.database,
         connect_timeout=primary.connect_timeout,
+        sslmode=primary.sslmode,
     )
 
 
