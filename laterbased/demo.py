@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -81,6 +82,12 @@ def demo_config(workdir: Path, primary: PgServer, options: DemoOptions) -> dict[
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(primary.superuser_password + "\n")
+    # A token, so that `backup-now` and `promote` from the banner reach the demo daemon
+    # instead of failing with "set http.token".
+    token_file = workdir / "http.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(24) + "\n")
     http_port = options.http_port if _port_is_free(options.http_port) else _free_port()
     config: dict[str, Any] = {
         # Resolve's own default: the postgres superuser, which may also replicate.
@@ -104,7 +111,7 @@ def demo_config(workdir: Path, primary: PgServer, options: DemoOptions) -> dict[
             "skip_unchanged": False,
             "verify_schedule": "*/5 * * * *",
         },
-        "http": {"host": "127.0.0.1", "port": http_port},
+        "http": {"host": "127.0.0.1", "port": http_port, "token_file": str(token_file)},
         "state_dir": str(workdir / "state"),
         "timezone": "UTC",
     }
@@ -170,6 +177,7 @@ laterbased demo is running.
   metrics:   {url}/metrics
   backups:   {config.backup_directory}  (schedule '{config.backup.schedule}'){upload}
   try:       laterbased backups list --config {workdir / "laterbased.yaml"}
+             laterbased backup-now --config {workdir / "laterbased.yaml"}
 {ending}
 """
 

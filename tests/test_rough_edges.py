@@ -6,11 +6,13 @@ import asyncio
 import logging
 import os
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from backup_files import publish_real_backup
 from pgserver import PgServer, free_port
 
@@ -26,6 +28,7 @@ from laterbased.config import (
     load_config,
 )
 from laterbased.daemon import Daemon, Worker
+from laterbased.demo import DemoOptions, demo_config
 from laterbased.doctor import Facts, check_http_port
 from laterbased.errors import EXIT_REFUSE, ConfigError, RefuseToRun
 from laterbased.http import HttpServer, build_app
@@ -284,3 +287,18 @@ def test_backups_list_for_a_mistyped_database_names_the_ones_there_are(
     assert code == 0
     assert "no backups of 'Postgres' in " in out
     assert "backed-up databases: 'postgres'" in out
+
+
+def test_demo_config_has_a_token_so_backup_now_reaches_the_demo_daemon(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    # `laterbased backup-now --config <demo>/laterbased.yaml` (README: Backups) failed with
+    # "set http.token" next to the running demo; `promote` fell back to a direct promote.
+    data = demo_config(tmp_path, primary, DemoOptions(upload=False, http_port=free_port()))
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    config = load_config(config_file, {})
+    assert config.http.token is not None and len(config.http.token.reveal()) >= 24
+    token_file = Path(data["http"]["token_file"])
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert config.http.token.reveal() not in config_file.read_text()
