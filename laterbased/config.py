@@ -691,37 +691,41 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
     """Cross-field rules that a single field's type cannot express."""
     errors = raw.errors
 
-    def port_ok(key: str, value: int) -> None:
-        if not 1 <= value <= 65535:
-            errors.append(f"{key}: port must be 1-65535, not {value}")
+    def problem(key: str, message: str) -> None:
+        """One error for ``key``, naming where its value came from (file or variable)."""
+        errors.append(f"{key}: {message}{_where(raw, tuple(key.split('.')))}")
 
-    port_ok("primary.port", config.primary.port)
-    port_ok("standby.port", config.standby.port)
-    port_ok("http.port", config.http.port)
+    for key, port in (
+        ("primary.port", config.primary.port),
+        ("standby.port", config.standby.port),
+        ("http.port", config.http.port),
+    ):
+        if not 1 <= port <= 65535:
+            problem(key, f"port must be 1-65535, not {port}")
     if config.primary.connect_timeout <= 0:
-        errors.append("primary.connect_timeout: must be greater than 0")
+        problem("primary.connect_timeout", "must be greater than 0")
     if config.monitor.interval <= 0:
-        errors.append("monitor.interval: must be greater than 0")
+        problem("monitor.interval", "must be greater than 0")
     if config.backup.retention_days < 0:
-        errors.append("backup.retention_days: must be 0 or more")
+        problem("backup.retention_days", "must be 0 or more")
     if config.backup.min_keep < 1:
-        errors.append("backup.min_keep: must be at least 1 (the newest good backup is always kept)")
+        problem("backup.min_keep", "must be at least 1 (the newest good backup is always kept)")
     for tier in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
         if getattr(config.backup, tier) < 0:
-            errors.append(f"backup.{tier}: must be 0 or more")
+            problem(f"backup.{tier}", "must be 0 or more")
     if config.upload.retries < 0:
-        errors.append("upload.retries: must be 0 or more")
+        problem("upload.retries", "must be 0 or more")
     if not _SLOT_NAME.match(config.standby.slot_name):
-        errors.append(
-            f"standby.slot_name: {config.standby.slot_name!r} is not a valid slot name "
-            "(lower-case letters, digits and '_', at most 63)"
+        problem(
+            "standby.slot_name",
+            f"{config.standby.slot_name!r} is not a valid slot name "
+            "(lower-case letters, digits and '_', at most 63)",
         )
     if config.timezone:
         try:
             ZoneInfo(config.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            where = _where(raw, ("timezone",))
-            errors.append(f"timezone: unknown time zone {config.timezone!r}{where}")
+            problem("timezone", f"unknown time zone {config.timezone!r}")
     if config.standby.enabled and config.primary.host is None:
         errors.append("primary.host: required (set PRIMARY_HOST or primary.host)")
     if not config.standby.enabled and config.backup.enabled and config.primary.host is None:
@@ -731,7 +735,7 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
         errors.append(f"upload.remotes: remote {name!r} is defined more than once")
     webhook = config.notify.webhook_url.reveal() if config.notify.webhook_url else ""
     if webhook and not re.match(r"^https?://", webhook):
-        errors.append("notify.webhook_url: must start with http:// or https://")
+        problem("notify.webhook_url", "must start with http:// or https://")
 
 
 def _check_upload(config: Config, raw: _Raw, env: Mapping[str, str]) -> None:

@@ -8,9 +8,14 @@ from typing import Any
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    # The demo writes its own configuration: of the common options only logging applies.
+    logging_only = argparse.ArgumentParser(add_help=False)
+    group = logging_only.add_argument_group("logging")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    group.add_argument("--log-format", choices=["text", "json"], default=None)
     parser = subparsers.add_parser(
         "demo",
-        parents=[common],
+        parents=[logging_only],
         help="run the daemon against a throw-away local 'Resolve' server",
         description="Start a throw-away local PostgreSQL primary holding a Resolve-like "
         "project library (with a writer that saves a project every few seconds), then run "

@@ -40,6 +40,7 @@ from laterbased.pg.binaries import dump_bindir, major_from_version_num, tool_ver
 from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.units import format_size
 
 from .rowcounts import count_rows
 
@@ -348,10 +349,11 @@ class Dumper:
             return DumpOutcome(database, "failed", detail, None, time.monotonic() - started_clock)
         seconds = time.monotonic() - started_clock
         logger.info(
-            "dump finished run=%s database=%r file=%s size=%s seconds=%.1f",
+            "dump finished run=%s database=%r file=%s size=%s bytes=%d seconds=%.1f",
             self.run_id,
             database,
             record.path,
+            format_size(record.size),
             record.size,
             seconds,
         )
