@@ -210,7 +210,36 @@ def slot_verdict(slot: SlotState | None, config: Config, standby_running: bool) 
     return Check("slot", "ok", f"slot {name} {'active' if slot.active else 'inactive'}{retained}")
 
 
+def is_promoted(state: State) -> bool:
+    """True once our standby was promoted: the local server is a primary of its own."""
+    return state.standby.role == "primary" or state.standby.phase == "promoted"
+
+
+def orphaned_slot_verdict(slot: SlotState | None, config: Config) -> Check:
+    """After a promotion nothing uses our slot on the old primary any more; while it exists
+    it keeps every WAL segment written there since the promotion, until that disk is full."""
+    where = f"{config.primary.host}:{config.primary.port}"
+    name = config.standby.slot_name if slot is None else slot.name
+    if slot is None:
+        return Check("slot", "warning", f"promoted; slot {name} on {where} not checked yet")
+    if not slot.exists:
+        return Check("slot", "ok", f"promoted; slot {name} no longer exists on {where}")
+    retains = (
+        "WAL" if slot.retained_bytes is None else f"{format_size(slot.retained_bytes)} of WAL"
+    )
+    return Check(
+        "slot",
+        "warning",
+        f"promoted, but slot {name} still exists on the old primary {where} and retains "
+        f"{retains} there, growing until its disk is full: drop it with SELECT "
+        f"pg_drop_replication_slot('{name}') on {where}, or reconfigure primary.host "
+        "to the server laterbased should watch now",
+    )
+
+
 def check_slot(state: State, now: float) -> Check:
+    if is_promoted(state):
+        return orphaned_slot_verdict(state.primary.slot, state.config)
     return slot_verdict(state.primary.slot, state.config, state.standby.running)
 
 
@@ -264,6 +293,26 @@ def check_backup(summary: BackupSummary, state: State, now: float) -> Check:
     return Check(name, "ok", f"last good backup {format_duration(age)} ago")
 
 
+def check_backup_run(state: State, now: float) -> Check | None:
+    """The last dump run failed before we knew any database to judge (first run ever, the
+    primary down, discovery found nothing): without this check /healthz would stay green.
+    Once databases are known, the runner charges such a failure to each of them instead."""
+    status = state.jobs.get("dump")
+    last = status.last_run if status is not None else None
+    if last is None or last.result != "failed":
+        return None
+    reason = last.detail or "see the log"
+    waited = now - state.started_at
+    if waited > backup_stale_after(state.config, now):
+        return Check(
+            "backup",
+            "critical",
+            f"no successful backup in {format_duration(waited)} since start; "
+            f"backup run failed: {reason}",
+        )
+    return Check("backup", "warning", f"backup run failed: {reason}")
+
+
 def backup_databases(state: State) -> list[str]:
     """Databases to judge: those configured plus those any backup run has reported."""
     return sorted(set(state.config.backup.databases) | set(state.backups))
@@ -315,16 +364,23 @@ def evaluate(state: State, now: float) -> list[Check]:
         checks.append(check_primary(state, now))
     if config.standby.enabled:
         checks.append(check_standby(state, now))
-        if state.standby.running and state.standby.phase != "promoted":
+        promoted = is_promoted(state)
+        if state.standby.running and not promoted:
             checks.append(check_replication(state, now))
-        if state.primary.reachable and state.standby.phase != "promoted":
+        # After a promotion the old primary is still watched: our slot there would keep
+        # its WAL forever (orphaned_slot_verdict).
+        if state.primary.reachable:
             checks.append(check_slot(state, now))
     if config.backup.enabled:
-        for database in backup_databases(state):
+        databases = backup_databases(state)
+        for database in databases:
             summary = state.backups.get(database) or BackupSummary(database=database)
             checks.append(check_backup(summary, state, now))
             if config.upload.enabled:
                 checks.append(check_upload(summary, state, now))
+        run_failed = None if databases else check_backup_run(state, now)
+        if run_failed is not None:
+            checks.append(run_failed)
         verified = check_verify(state, now)
         if verified is not None:
             checks.append(verified)

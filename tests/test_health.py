@@ -149,13 +149,16 @@ def test_missing_slot_before_the_standby_runs_is_fine() -> None:
     assert verdict(health.evaluate(state, NOW), "slot").ok
 
 
-def test_promoted_standby_skips_replication_and_slot() -> None:
+def test_promoted_standby_skips_replication_and_judges_the_old_primarys_slot() -> None:
     state = make_state()
     state.standby.phase = "promoted"
     state.local.in_recovery = False
+    assert state.primary.slot is not None
+    state.primary.slot.exists = False
     names = [c.name for c in health.evaluate(state, NOW)]
-    assert "replication" not in names and "slot" not in names
+    assert "replication" not in names
     assert verdict(health.evaluate(state, NOW), "standby").ok
+    assert verdict(health.evaluate(state, NOW), "slot").ok
 
 
 HOUR = 3600.0

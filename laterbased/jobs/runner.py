@@ -34,7 +34,7 @@ from laterbased.schedule.cron import next_fire
 from laterbased.schedule.ticker import run_schedule
 from laterbased.state import JobRun, State
 
-from .dump import run_dumps
+from .dump import DumpOutcome, run_dumps
 from .prune import RetentionPolicy, prune
 
 logger = logging.getLogger(__name__)
@@ -186,6 +186,60 @@ async def run_upload_job(state: State, catalogue: Catalogue, run_id: str) -> dic
     return step
 
 
+def intended_databases(state: State, requested: Sequence[str] | None) -> list[str]:
+    """What a dump run was meant to back up: the request, else ``backup.databases``, else
+    the databases we already know backups of (what discovery found before); plus the
+    globals when ``backup.dump_globals``. Empty when nothing is known yet."""
+    config = state.config
+    names = list(requested or config.backup.databases) or sorted(
+        name for name in state.backups if name != GLOBALS_NAME
+    )
+    if names and config.backup.dump_globals:
+        names.append(GLOBALS_NAME)
+    return names
+
+
+def record_outcomes(
+    state: State,
+    outcomes: Sequence[DumpOutcome],
+    requested: Sequence[str] | None,
+    now: float,
+) -> None:
+    """Write one run's results into ``state.backups``, which health judges.
+
+    A failure of the whole run (``database == "*"``: primary down, no pg_dump, discovery
+    failed) is a failed run for every database the run was meant to dump and did not
+    reach; when none is known yet, health's ``backup`` check reports the run itself.
+    """
+    for outcome in outcomes:
+        if outcome.database == "*":
+            continue
+        summary = state.backup(outcome.database)
+        if outcome.result in {"success", "unchanged"} and outcome.record is not None:
+            summary.last_success = now
+            summary.last_size = outcome.record.size
+            summary.last_file = str(outcome.record.path)
+            summary.last_error = None
+        elif outcome.result == "failed":
+            summary.last_failure = now
+            summary.last_error = outcome.detail
+    run_failure = next((o for o in outcomes if o.database == "*" and o.result == "failed"), None)
+    if run_failure is None:
+        return
+    reached = {o.database for o in outcomes}
+    for database in intended_databases(state, requested):
+        if database not in reached:
+            summary = state.backup(database)
+            summary.last_failure = now
+            summary.last_error = run_failure.detail
+
+
+def describe_failures(failed: Sequence[DumpOutcome]) -> str | None:
+    """``db: reason; ...`` for the job's detail; a run-level failure is told as it is."""
+    parts = [o.detail if o.database == "*" else f"{o.database}: {o.detail}" for o in failed]
+    return "; ".join(parts) or None
+
+
 async def run_backup_chain(
     state: State,
     *,
@@ -224,17 +278,7 @@ async def run_backup_chain(
         now = time.time()
         for outcome in outcomes:
             chain.steps.append(outcome.to_json())
-            if outcome.database in {"*", GLOBALS_NAME}:
-                continue
-            summary = state.backup(outcome.database)
-            if outcome.result in {"success", "unchanged"} and outcome.record is not None:
-                summary.last_success = now
-                summary.last_size = outcome.record.size
-                summary.last_file = str(outcome.record.path)
-                summary.last_error = None
-            elif outcome.result == "failed":
-                summary.last_failure = now
-                summary.last_error = outcome.detail
+        record_outcomes(state, outcomes, databases, now)
         failed = [o for o in outcomes if o.result == "failed"]
         dump_result = (
             "failed"
@@ -245,12 +289,7 @@ async def run_backup_chain(
                 else "success"
             )
         )
-        finish_job(
-            state,
-            run,
-            dump_result,
-            "; ".join(f"{o.database}: {o.detail}" for o in failed) or None,
-        )
+        finish_job(state, run, dump_result, describe_failures(failed))
         if failed:
             chain.result = "failed"
         if config.upload.enabled and upload_inline:

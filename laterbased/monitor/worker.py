@@ -272,7 +272,8 @@ class Monitor:
                 "standby on the primary: pg_stat_replication state=%s",
                 primary.replication_state or "absent (not connected)",
             )
-        if config.standby.enabled and primary.reachable and state.standby.phase != "promoted":
+        # Also after a promotion: our slot left on the old primary keeps its WAL forever.
+        if config.standby.enabled and primary.reachable:
             self._report_slot()
         if state.standby.running and self._changed(
             "receiver", (local.reachable, local.in_recovery, local.receiver_status)
@@ -293,7 +294,9 @@ class Monitor:
     def _report_slot(self) -> None:
         state = self.state
         verdict = health.check_slot(state, time.time())
-        if not self._changed("slot", verdict.severity):
+        # Keyed on the promotion too: a slot that was already "warning" before it is told
+        # again, now as the orphan it has become.
+        if not self._changed("slot", (health.is_promoted(state), verdict.severity)):
             return
         slot = state.primary.slot
         retained = format_size(slot.retained_bytes) if slot and slot.retained_bytes else "0 B"

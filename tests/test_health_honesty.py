@@ -1,0 +1,410 @@
+"""Health that does not lie at 3 a.m.
+
+1. A dump run that fails as a whole (primary down before any database was dumped) turns the
+   backup checks bad: every database it was meant to dump, or a ``backup`` check when none is
+   known yet. It clears after a good run.
+2. After a promotion, our slot left on the old primary (still up) keeps its WAL forever:
+   the ``slot`` check warns, naming the statement that drops it, until it is gone.
+
+Pure verdicts first (no servers), then real ``laterbased run`` daemons on real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_process import DaemonProcess, write_config
+from pgserver import PgServer, free_port
+from test_standby_daemon import TOKEN, daemon_config
+from waiting import wait_for
+
+from laterbased import health
+from laterbased.backups import GLOBALS_NAME
+from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
+from laterbased.jobs.dump import DumpOutcome
+from laterbased.jobs.runner import describe_failures, intended_databases, record_outcomes
+from laterbased.proc import pids_with_cwd_under
+from laterbased.state import JobRun, SlotState, State
+
+NOW = 1_800_000_000.0
+SLOT = "laterbase_standby_slot"
+DOWN = "cannot connect to the primary 10.0.0.5:5432: connection refused"
+
+
+def checks_by_name(state: State, now: float = NOW) -> dict[str, health.Check]:
+    return {check.name: check for check in health.evaluate(state, now)}
+
+
+# --- 1. a failed dump run, pure ---------------------------------------------------------
+
+
+def backup_state(**backup: Any) -> State:
+    config = Config(
+        primary=PrimaryConfig(host="resolve.local"),
+        standby=StandbyConfig(enabled=False),
+        backup=BackupConfig(schedule="0 * * * *", **backup),
+        timezone="UTC",
+    )
+    state = State(config=config, started_at=NOW - 600)
+    state.ready = True
+    state.primary.reachable = True
+    state.primary.last_ok = NOW - 5
+    state.primary.in_recovery = False
+    return state
+
+
+def failed_run(state: State, detail: str = DOWN, at: float = NOW - 30) -> None:
+    state.job("dump").last_run = JobRun(
+        id="dump-20270115T030000Z-ab12", job="dump", started=at - 1, finished=at,
+        result="failed", detail=detail,
+    )
+
+
+def test_run_failure_counts_for_every_configured_database_it_did_not_reach() -> None:
+    state = backup_state(databases=("Films", "Adverts"))
+    state.backup("Films").last_success = NOW - 1800
+    outcomes = [DumpOutcome("*", "failed", DOWN)]
+    record_outcomes(state, outcomes, None, NOW - 30)
+    checks = checks_by_name(state)
+    for name in ("Films", "Adverts"):
+        assert state.backups[name].last_error == DOWN
+        assert state.backups[name].last_failure == NOW - 30
+    assert checks["backup:Films"].severity == "warning"
+    assert checks["backup:Films"].reason == f"last run failed: {DOWN}"
+    assert checks["backup:Adverts"].severity == "warning"
+    assert DOWN in checks["backup:Adverts"].reason
+    assert "backup" not in checks, "the databases tell it; no second check"
+    assert not health.is_healthy(list(checks.values()))
+
+
+def test_run_failure_after_some_databases_spares_those_that_were_dumped() -> None:
+    state = backup_state(databases=("Films", "Adverts"))
+    outcomes = [
+        DumpOutcome("Films", "failed", "pg_dump exited 1"),
+        DumpOutcome("*", "failed", "No space left on device (/backups/.partial)"),
+    ]
+    record_outcomes(state, outcomes, None, NOW)
+    assert state.backups["Films"].last_error == "pg_dump exited 1"
+    assert state.backups["Adverts"].last_error == "No space left on device (/backups/.partial)"
+    assert describe_failures([o for o in outcomes if o.result == "failed"]) == (
+        "Films: pg_dump exited 1; No space left on device (/backups/.partial)"
+    )
+
+
+def test_without_configured_databases_the_known_ones_and_the_globals_fail() -> None:
+    state = backup_state(dump_globals=True)
+    state.backup("Films").last_success = NOW - 1800
+    state.backup(GLOBALS_NAME).last_success = NOW - 1800
+    assert intended_databases(state, None) == ["Films", GLOBALS_NAME]
+    assert intended_databases(state, ["Adverts"]) == ["Adverts", GLOBALS_NAME]
+    record_outcomes(state, [DumpOutcome("*", "failed", DOWN)], None, NOW - 30)
+    checks = checks_by_name(state)
+    assert checks["backup:Films"].severity == "warning"
+    assert checks[f"backup:{GLOBALS_NAME}"].severity == "warning"
+
+
+def test_failed_globals_dump_is_judged_like_a_database() -> None:
+    state = backup_state(databases=("Films",), dump_globals=True)
+    record_outcomes(
+        state, [DumpOutcome(GLOBALS_NAME, "failed", "pg_dumpall: permission denied")], None, NOW
+    )
+    assert checks_by_name(state)[f"backup:{GLOBALS_NAME}"].severity == "warning"
+
+
+def test_first_run_failing_before_any_database_is_known_fails_a_backup_check() -> None:
+    state = backup_state()
+    assert "backup" not in checks_by_name(state), "no run yet: nothing to say"
+    record_outcomes(state, [DumpOutcome("*", "failed", DOWN)], None, NOW - 30)
+    assert state.backups == {}
+    failed_run(state)
+    check = checks_by_name(state)["backup"]
+    assert (check.severity, check.reason) == ("warning", f"backup run failed: {DOWN}")
+    # Still failing once no backup could be made for longer than the staleness limit.
+    late = checks_by_name(state, NOW + 3 * 3600)["backup"]
+    assert late.severity == "critical"
+    assert "no successful backup in" in late.reason and DOWN in late.reason
+
+
+def test_backup_check_goes_once_the_run_succeeds_or_databases_are_known() -> None:
+    state = backup_state()
+    failed_run(state)
+    state.job("dump").last_run = JobRun(
+        id="dump-2", job="dump", started=NOW - 2, finished=NOW - 1, result="success"
+    )
+    assert "backup" not in checks_by_name(state)
+    failed_run(state)
+    state.backup("Films").last_failure = NOW - 30
+    state.backup("Films").last_error = DOWN
+    checks = checks_by_name(state)
+    assert "backup" not in checks and checks["backup:Films"].severity == "warning"
+
+
+# --- 2. our slot on the old primary after a promotion, pure ------------------------------
+
+
+def promoted_state(slot: SlotState | None) -> State:
+    config = Config(
+        primary=PrimaryConfig(host="resolve.local", port=5433),
+        standby=StandbyConfig(enabled=True),
+        backup=BackupConfig(enabled=False),
+        timezone="UTC",
+    )
+    state = State(config=config, started_at=NOW - 600)
+    state.ready = True
+    state.primary.reachable = True
+    state.primary.last_ok = NOW - 5
+    state.primary.in_recovery = False
+    state.primary.slot = slot
+    state.standby.enabled = True
+    state.standby.role = "primary"
+    state.standby.phase = "promoted"
+    state.standby.pid = 4242
+    state.local.reachable = True
+    state.local.in_recovery = False
+    return state
+
+
+def test_promoted_with_our_slot_left_on_the_old_primary_warns_how_to_drop_it() -> None:
+    state = promoted_state(
+        SlotState(name=SLOT, exists=True, active=False, retained_bytes=3 * 1024**3)
+    )
+    checks = checks_by_name(state)
+    slot = checks["slot"]
+    assert slot.severity == "warning"
+    assert slot.reason.startswith(f"promoted, but slot {SLOT} still exists on the old primary")
+    assert "retains 3.0 GiB of WAL" in slot.reason, slot.reason
+    assert f"SELECT pg_drop_replication_slot('{SLOT}') on resolve.local:5433" in slot.reason
+    assert "replication" not in checks
+    assert not health.is_healthy(list(checks.values()))
+
+
+def test_promoted_without_our_slot_on_the_old_primary_is_fine() -> None:
+    state = promoted_state(SlotState(name=SLOT, exists=False))
+    checks = checks_by_name(state)
+    assert checks["slot"].ok and "no longer exists" in checks["slot"].reason
+    assert health.is_healthy(list(checks.values()))
+
+
+def test_promoted_with_the_old_primary_gone_has_no_slot_check() -> None:
+    state = promoted_state(SlotState(name=SLOT, exists=True))
+    state.primary.reachable = False
+    assert "slot" not in checks_by_name(state)
+
+
+# --- real daemons on real servers ---------------------------------------------------------
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="laterbased-honesty-"))
+    try:
+        yield path
+    finally:
+        for pid in pids_with_cwd_under(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def get_json(daemon: DaemonProcess, path: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{daemon.url}{path}") as response:
+            return response.status, await response.json()
+
+
+async def get_text(daemon: DaemonProcess, path: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{daemon.url}{path}") as response:
+            return await response.text()
+
+
+async def post(
+    daemon: DaemonProcess, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{daemon.url}{path}",
+            json=body or {},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as response:
+            return response.status, await response.json()
+
+
+def health_check(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((c for c in body["checks"] if c["name"] == name), None)
+
+
+async def wait_check(
+    daemon: DaemonProcess, name: str, predicate: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    async def seen() -> dict[str, Any] | None:
+        _, body = await get_json(daemon, "/healthz")
+        check = health_check(body, name)
+        return check if check is not None and predicate(check) else None
+
+    found: dict[str, Any] = await wait_for(seen, what, 30, log=lambda: daemon.log)
+    return found
+
+
+async def stop_daemon(daemon: DaemonProcess) -> None:
+    daemon.send(signal.SIGTERM)
+    assert await daemon.wait_exit(timeout=90) == 0, daemon.log
+
+
+@pytest.mark.slow
+async def test_dump_run_with_the_primary_down_turns_backup_health_bad_until_a_good_run(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = make_primary()
+    database = "Honest Projects"
+    primary.create_database(database)
+    primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', database)
+    await asyncio.to_thread(primary.stop)
+    config = {
+        "primary": {
+            "host": primary.host,
+            "port": primary.port,
+            "user": primary.superuser,
+            "password": primary.superuser_password,
+            "connect_timeout": "3s",
+        },
+        "standby": {"enabled": False},
+        "monitor": {"interval": "1s"},
+        # No databases configured: discovery, so the first run knows none while it fails.
+        "backup": {"directory": str(state_dir / "backups"), "schedule": "0 3 * * *"},
+        "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+        "state_dir": str(state_dir / "state"),
+        "timezone": "UTC",
+    }
+    daemon = await DaemonProcess.start(
+        write_config(state_dir / "laterbased.yaml", config), config["http"]["port"]
+    )
+    try:
+        await daemon.wait_http()
+        # First run ever (the catch-up at start), primary down: no database known yet.
+        await daemon.wait_log("dump run failed", timeout=30)
+        check = await wait_check(
+            daemon, "backup", lambda c: c["severity"] == "warning", "a failing backup check"
+        )
+        assert check["reason"].startswith("backup run failed: "), check
+        assert str(primary.port) in check["reason"], check
+
+        await asyncio.to_thread(primary.start)
+        status, body = await post(daemon, "/api/backup")
+        assert (status, body["result"]) == (200, "success"), body
+        _, report = await get_json(daemon, "/healthz")
+        assert health_check(report, "backup") is None, report
+        assert health_check(report, f"backup:{database}")["severity"] == "ok", report
+
+        # The primary goes down: the next run fails before any database.
+        await asyncio.to_thread(primary.stop)
+        status, body = await post(daemon, "/api/backup")
+        assert (status, body["result"]) == (200, "failed"), body
+        status, report = await get_json(daemon, "/healthz")
+        assert status == 503
+        check = health_check(report, f"backup:{database}")
+        assert check is not None and check["severity"] == "warning", report
+        assert check["reason"].startswith("last run failed: "), check
+        assert str(primary.port) in check["reason"], check
+        _, document = await get_json(daemon, "/status.json")
+        (row,) = [b for b in document["backups"] if b["database"] == database]
+        assert row["last_error"] and str(primary.port) in row["last_error"], row
+        page = await get_text(daemon, "/status")
+        backups_table = page.split("<table id=backups>")[1].split("</table>")[0]
+        assert f"port={primary.port}" in backups_table, backups_table
+        assert "dump run failed" in daemon.log
+
+        # Back up, a good run: the backup check clears, and with the primary /healthz is 200.
+        await asyncio.to_thread(primary.start)
+        status, body = await post(daemon, "/api/backup")
+        assert (status, body["result"]) == (200, "success"), body
+        await wait_check(
+            daemon, f"backup:{database}", lambda c: c["severity"] == "ok", "backup ok again"
+        )
+
+        async def healthy() -> bool:
+            return (await get_json(daemon, "/healthz"))[0] == 200
+
+        await wait_for(healthy, "/healthz 200 after the good run", 30, log=lambda: daemon.log)
+        _, document = await get_json(daemon, "/status.json")
+        (row,) = [b for b in document["backups"] if b["database"] == database]
+        assert row["last_error"] is None, row
+        await stop_daemon(daemon)
+    finally:
+        await daemon.stop()
+
+
+def slot_retained(primary: PgServer) -> str:
+    return primary.sql(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots "
+        f"WHERE slot_name = '{SLOT}'"
+    )
+
+
+@pytest.mark.slow
+async def test_promoted_daemon_warns_about_its_slot_on_the_old_primary_until_dropped(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = make_primary()
+    config = daemon_config(primary, state_dir)
+    daemon = await DaemonProcess.start(
+        write_config(state_dir / "laterbased.yaml", config), config["http"]["port"]
+    )
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=90)
+
+        async def healthy() -> bool:
+            return (await get_json(daemon, "/healthz"))[0] == 200
+
+        await wait_for(healthy, "healthy streaming standby", 60, log=lambda: daemon.log)
+        # --force: the old primary stays up, which is the whole point here.
+        status, body = await post(daemon, "/api/promote", {"force": True})
+        assert status == 200, body
+        # The old primary keeps running and keeps writing: WAL our slot holds back.
+        primary.sql("CREATE TABLE after_promotion AS SELECT generate_series(1, 20000) AS i")
+        primary.sql("SELECT pg_switch_wal()")
+        where = f"{primary.host}:{primary.port}"
+        check = await wait_check(
+            daemon, "slot", lambda c: c["severity"] == "warning", "slot warning after promotion"
+        )
+        assert check["reason"].startswith(f"promoted, but slot {SLOT} still exists"), check
+        assert f"SELECT pg_drop_replication_slot('{SLOT}') on {where}" in check["reason"]
+        status, _ = await get_json(daemon, "/healthz")
+        assert status == 503
+        metrics = await get_text(daemon, "/metrics")
+        assert f'laterbased_replication_slot_exists{{slot_name="{SLOT}"}} 1.0' in metrics
+        assert f'laterbased_replication_slot_retained_wal_bytes{{slot_name="{SLOT}"}}' in metrics
+        # Three polls later (monitor.interval is 1s) the log still said it only once.
+        await asyncio.sleep(3)
+        assert daemon.log.count(f"promoted, but slot {SLOT} still exists") == 1, daemon.log
+
+        await wait_for(
+            lambda: primary.sql(
+                f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' "
+                "AND NOT active"
+            ) == "1",
+            "the slot on the old primary inactive after the promotion",
+            30,
+        )
+        assert int(slot_retained(primary)) > 0
+        primary.sql(f"SELECT pg_drop_replication_slot('{SLOT}')")
+        check = await wait_check(daemon, "slot", lambda c: c["severity"] == "ok", "slot ok")
+        assert "no longer exists" in check["reason"], check
+        await wait_for(healthy, "/healthz 200 once the slot is dropped", 30, log=lambda: daemon.log)
+        await daemon.wait_log("replication slot ok: promoted", timeout=10)
+        metrics = await get_text(daemon, "/metrics")
+        assert f'laterbased_replication_slot_exists{{slot_name="{SLOT}"}} 0.0' in metrics
+        await stop_daemon(daemon)
+    finally:
+        await daemon.stop()
