@@ -233,8 +233,8 @@ def _with_confirm(
 
 
 def job_checks(state: State) -> list[Check]:
-    """Failed job runs are news the moment they happen (upload, prune, optimize, and a dump
-    failure not tied to one database); a later good run of the job recovers them.
+    """Failed job runs are news the moment they happen (upload, prune, optimize); a later
+    good run of the job recovers them.
 
     A failed backup of a database is not repeated here: health's ``backup:<db>`` check
     already reports it (warning, then critical once stale); likewise a failed verify run,
@@ -245,10 +245,10 @@ def job_checks(state: State) -> list[Check]:
         run = status.last_run
         if run is None or run.finished is None:
             continue
-        if name == "dump" and run.database is not None:
-            continue  # health's backup:<database> check tells this one
-        if name == "verify":
-            continue  # health's own ``verify`` check tells this one
+        if name in {"dump", "verify"}:
+            # Health tells these: backup:<database> (or ``backup`` when no database is known
+            # yet) for dump runs, ``verify`` for verify runs. One failure, one message.
+            continue
         if run.result == "failed":
             where = f" database={run.database}" if run.database else ""
             detail = run.detail or "no detail"

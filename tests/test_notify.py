@@ -195,6 +195,14 @@ def test_dump_failures_are_left_to_the_per_database_health_check() -> None:
     assert job_checks(state) == []
 
 
+def test_dump_run_failures_are_left_to_the_backup_health_checks() -> None:
+    state = make_state()
+    state.job("dump").last_run = JobRun(
+        id="d-2", job="dump", started=1, finished=2, result="failed", detail="cannot connect"
+    )
+    assert job_checks(state) == []  # backup:<db> / backup tell it, once
+
+
 def test_verify_failures_are_left_to_the_verify_health_check() -> None:
     state = make_state()
     state.job("verify").last_run = JobRun(
