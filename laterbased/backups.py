@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import Any
 
 from . import __version__
 from .errors import JobFailed
+from .lockfile import HeldLock, LockBusy, take_lock
 
 logger = logging.getLogger(__name__)
 
@@ -302,23 +302,13 @@ class Catalogue:
         children, so a leftover pg_dump never holds it. Raises :class:`CatalogueBusy`.
         """
         self.prepare()
-        path = self.root / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "?"
-            os.close(fd)
+            return take_lock(self.root / LOCK_FILE)
+        except LockBusy as exc:
             raise CatalogueBusy(
-                f"another laterbased process (pid {holder}) is using the backup directory "
+                f"another laterbased process (pid {exc.holder}) is using the backup directory "
                 f"{self.root}; wait for it to finish or stop it"
             ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return CatalogueLock(fd, path)
 
     def claim(self) -> CatalogueLock:
         """:meth:`lock`, then clean ``.partial/``: what every writer does first."""
@@ -509,23 +499,8 @@ class CatalogueBusy(JobFailed):
     """Another process holds the catalogue's lock."""
 
 
-class CatalogueLock:
-    """A held :meth:`Catalogue.lock`; release it (or let the process end)."""
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self._fd: int | None = fd
-        self.path = path
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the only descriptor drops the flock
-
-    def __enter__(self) -> CatalogueLock:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+# A held :meth:`Catalogue.lock`; release it (or let the process end).
+CatalogueLock = HeldLock
 
 
 def writers_into(directory: Path) -> list[int]:

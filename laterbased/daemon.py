@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .config import Config, secrets_of
 from .errors import ConfigError, LaterbasedError, RefuseToRun
 from .http import HttpServer, RouteAdder, build_app
+from .lockfile import HeldLock, lock_state_dir
 from .logs import masker
 from .sdnotify import Notifier
 from .state import State
@@ -131,6 +132,7 @@ class Daemon:
         self.ready = asyncio.Event()  # set once every worker is started and HTTP answers
         self.context = WorkerContext(state=self.state, stopping=self.stopping)
         self.http: HttpServer | None = None
+        self.state_lock: HeldLock | None = None
         self.exit_code = 0
         self.fatal: LaterbasedError | None = None
         masker.set_secrets(secrets_of(config))
@@ -140,6 +142,9 @@ class Daemon:
     async def startup(self) -> None:
         config = self.state.config
         os.umask(0o077)  # backups, manifests, passfiles: nobody else may read them
+        # First of all: a second daemon on this state_dir stops here (exit 3), before it
+        # takes the port or touches the standby that the first one supervises.
+        self.state_lock = await asyncio.to_thread(lock_state_dir, config.state_dir)
         if config.http.enabled:
             app = build_app(self.state, configured_routes(config))
             self.http = HttpServer(app, config.http.host, config.http.port)
@@ -192,11 +197,15 @@ class Daemon:
 
     async def serve(self) -> int:
         """Run all phases; the return value is the process exit code."""
-        await self.startup()
         try:
-            await self.main_loop()
+            await self.startup()
+            try:
+                await self.main_loop()
+            finally:
+                await self.shutdown()
         finally:
-            await self.shutdown()
+            if self.state_lock is not None:
+                self.state_lock.release()
         if self.fatal is not None:
             raise self.fatal
         return self.exit_code

@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -263,19 +264,128 @@ def split_lines(buffer: bytes, *, final: bool) -> tuple[list[bytes], bytes]:
     return parts, rest
 
 
+# A long-running child's message repeated within this many seconds is logged once, then
+# as one "(repeated N times in the last minute)" line a minute while it goes on.
+REPEAT_WINDOW = 60.0
+# Distinct messages remembered at once; past that, new ones are simply logged.
+REPEAT_MEMORY = 1000
+# "2026-11-26 13:00:00.123 UTC [4242] FATAL:  could not connect ..." -> the part after the
+# prefix (whatever log_line_prefix the primary's configuration carries): severity + text.
+_PG_MESSAGE = re.compile(
+    r"\b((?:DEBUG[1-5]?|LOG|INFO|NOTICE|WARNING|ERROR|FATAL|PANIC|DETAIL|HINT|CONTEXT|"
+    r"STATEMENT|LOCATION):\s.*)$"
+)
+
+
+@dataclass
+class _Repeats:
+    since: float
+    count: int = 0
+
+
+class RepeatCollapser:
+    """Collapses repeats of the same message from a long-running child.
+
+    The standby's ``FATAL: could not connect to the primary server`` comes every 5 s for as
+    long as the primary is down: the first is logged, then one summary line per window
+    while it repeats. Messages are compared without their ``log_line_prefix`` (timestamp,
+    pid); a continuation line (starting with a tab, as postgres writes them) shares the
+    fate of the line it continues.
+    """
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        self.window = window
+        self._seen: dict[str, _Repeats] = {}
+        self._continuing_suppressed = False
+
+    @staticmethod
+    def message_of(line: str) -> str:
+        match = _PG_MESSAGE.search(line)
+        return match.group(1) if match else line
+
+    def feed(self, line: str, now: float) -> list[str]:
+        """The lines to log now for one line of output (summaries due come first)."""
+        out = self.expire(now)
+        if line[:1] in ("\t", " ") and line.strip():
+            if not self._continuing_suppressed:
+                out.append(line)
+            return out
+        message = self.message_of(line)
+        seen = self._seen.get(message)
+        if seen is not None:
+            seen.count += 1
+            self._continuing_suppressed = True
+            return out
+        if len(self._seen) < REPEAT_MEMORY:
+            self._seen[message] = _Repeats(since=now)
+        self._continuing_suppressed = False
+        out.append(line)
+        return out
+
+    def expire(self, now: float) -> list[str]:
+        """Summaries of windows that ended by ``now``; a message that no longer repeats is
+        forgotten (its next occurrence is logged in full)."""
+        out: list[str] = []
+        for message, seen in list(self._seen.items()):
+            if now - seen.since < self.window:
+                continue
+            if seen.count:
+                out.append(self._summary(message, seen.count))
+                self._seen[message] = _Repeats(since=now)
+            else:
+                del self._seen[message]
+        return out
+
+    def flush(self) -> list[str]:
+        """Summaries of every open window (the child's output ended)."""
+        out = [self._summary(m, seen.count) for m, seen in self._seen.items() if seen.count]
+        self._seen.clear()
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the next window ends, if any repeat waits for its summary."""
+        pending = [seen.since for seen in self._seen.values() if seen.count]
+        return min(pending) + self.window if pending else None
+
+    def _summary(self, message: str, count: int) -> str:
+        span = "minute" if self.window == 60 else f"{self.window:g}s"
+        return f"{message} (repeated {count} times in the last {span})"
+
+
+async def _read_chunk(
+    stream: asyncio.StreamReader, collapser: RepeatCollapser | None
+) -> bytes | None:
+    """The next chunk (b"" at the end), or None when a summary of repeats falls due first."""
+    deadline = collapser.next_deadline() if collapser is not None else None
+    if deadline is None:
+        return await stream.read(1 << 16)
+    try:
+        # A cancelled read loses nothing: unread data stays in the stream's buffer.
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await stream.read(1 << 16)
+    except TimeoutError:
+        return None
+
+
 async def _pump_lines(
     stream: asyncio.StreamReader,
     log_name: str,
     level: int,
     tail: deque[str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    collapser: RepeatCollapser | None = None,
 ) -> None:
     """Read ``stream`` to its end line by line: each line goes to ``on_line`` when given,
-    else to the log; ``tail`` keeps the last ones."""
+    else to the log (through ``collapser`` when given); ``tail`` keeps the last ones."""
     pending = b""
     final = False
     while not final:
-        chunk = await stream.read(1 << 16)
+        chunk = await _read_chunk(stream, collapser)
+        if chunk is None:
+            assert collapser is not None  # noqa: S101 - only a collapser sets a deadline
+            for text in collapser.expire(time.monotonic()):
+                logger.log(level, "%s: %s", log_name, text)
+            continue
         final = not chunk
         lines, pending = split_lines(pending + chunk, final=final)
         for raw in lines:
@@ -284,8 +394,14 @@ async def _pump_lines(
                 tail.append(line)
             if on_line is not None:
                 on_line(line)
+            elif collapser is not None:
+                for text in collapser.feed(line, time.monotonic()):
+                    logger.log(level, "%s: %s", log_name, text)
             else:
                 logger.log(level, "%s: %s", log_name, line)
+    if collapser is not None:
+        for text in collapser.flush():
+            logger.log(level, "%s: %s", log_name, text)
 
 
 async def _read_all(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
@@ -397,11 +513,20 @@ class Child:
     it is stopped on the way out.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process, log_name: str) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        log_name: str,
+        *,
+        repeat_window: float | None = REPEAT_WINDOW,
+    ) -> None:
         self._process = process
         self.log_name = log_name
         assert process.stdout is not None  # noqa: S101 - guaranteed by spawn()
-        self._pump = asyncio.create_task(_pump_lines(process.stdout, log_name, logging.INFO))
+        collapser = RepeatCollapser(repeat_window) if repeat_window else None
+        self._pump = asyncio.create_task(
+            _pump_lines(process.stdout, log_name, logging.INFO, collapser=collapser)
+        )
 
     @property
     def pid(self) -> int:
@@ -463,8 +588,13 @@ async def spawn(
     run_as: RunAs | None = None,
     cwd: str | Path | None = None,
     log_name: str,
+    repeat_window: float | None = REPEAT_WINDOW,
 ) -> Child:
-    """Start a long-running child in its own session; stdout and stderr go to the log."""
+    """Start a long-running child in its own session; stdout and stderr go to the log.
+
+    A message repeated within ``repeat_window`` seconds is logged once, then summarised
+    once per window while it goes on (:class:`RepeatCollapser`); None logs every line.
+    """
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=DEVNULL,
@@ -473,7 +603,7 @@ async def spawn(
         **_exec_kwargs(env, run_as, cwd),
     )
     logger.info("%s: started pid=%s", log_name, process.pid)
-    return Child(process, log_name)
+    return Child(process, log_name, repeat_window=repeat_window)
 
 
 def pids_with_cwd_under(directory: Path) -> list[int]:

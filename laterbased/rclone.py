@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,15 @@ REMOTE_NAME_RULE = (
 VERIFY_HASHES = ("sha256", "md5", "sha1")
 _HASH_FLAGS = tuple(f"--hash-type={name}" for name in VERIFY_HASHES)
 _OPTION_NAME = re.compile(r"^[a-z0-9_]+$")
+# rclone's log lines: "2026/11/26 13:18:50 NOTICE: text" (also without the date, with
+# --log-format changed); the level is padded to 6 characters before the colon.
+_RCLONE_LINE = re.compile(r"^(?:[\d/:. ]+ )?(DEBUG|INFO|NOTICE|ERROR|CRITICAL) ?:\s?(.*)$")
+# A --stats-one-line report: "1.234 GiB / 10 GiB, 12%, 10 MiB/s, ETA 15m".
+_STATS_LINE = re.compile(r"^\s*\d[\d.]*\s*[KMGTPE]?i?B\s*/\s*\d[\d.]*\s*[KMGTPE]?i?B,")
+_NOT_FOUND = re.compile(r"(directory|object|file) not found", re.IGNORECASE)
+# A transfer running longer than this reports its progress (one stats line a minute) at
+# INFO: at 3 a.m. "is that upload moving?" deserves an answer. Shorter ones at DEBUG.
+STATS_AT_INFO_AFTER = 60.0
 _ENV_REMOTE = re.compile(r"^RCLONE_CONFIG_(.+)_TYPE$")
 
 
@@ -390,8 +400,13 @@ class Rclone:
         capture: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 - per-command limit, applied in proc.run
         retry: bool = True,
+        absent_ok: bool = False,
     ) -> proc.CompletedRun:
-        """Run ``rclone <command> <args>``; retry with backoff; raise RcloneFailed."""
+        """Run ``rclone <command> <args>``; retry with backoff; raise RcloneFailed.
+
+        rclone's stderr is logged by :class:`RcloneLog`; ``absent_ok``: the caller takes a
+        missing path as an answer, so rclone's "not found" errors are not warnings.
+        """
         limit = self.upload.timeout if timeout is None else timeout
         attempts = 1 + (self.upload.retries if retry else 0)
         delay = self.upload.retry_backoff
@@ -404,6 +419,7 @@ class Rclone:
                     capture_stdout=capture,
                     log_name=f"rclone {command}",
                     timeout=limit,
+                    on_line=RcloneLog(command, absent_ok=absent_ok),
                 )
             except TimeoutError:
                 reason, code = f"timed out after {limit:.0f}s", None
@@ -449,7 +465,12 @@ class Rclone:
             args.append("--recursive")
         try:
             result = await self.call(
-                "lsjson", *args, remote_path, capture=True, timeout=_short(self.upload)
+                "lsjson",
+                *args,
+                remote_path,
+                capture=True,
+                timeout=_short(self.upload),
+                absent_ok=True,
             )
         except RcloneFailed as exc:
             if exc.not_found:
@@ -462,7 +483,12 @@ class Rclone:
         args = ["--stat", "--files-only"] + (["--hash", *_HASH_FLAGS] if hashes else [])
         try:
             result = await self.call(
-                "lsjson", *args, remote_path, capture=True, timeout=_short(self.upload)
+                "lsjson",
+                *args,
+                remote_path,
+                capture=True,
+                timeout=_short(self.upload),
+                absent_ok=True,
             )
         except RcloneFailed as exc:
             if exc.not_found:
@@ -491,6 +517,7 @@ class Rclone:
             capture=True,
             timeout=timeout or _short(self.upload),
             retry=False,
+            absent_ok=True,
         )
         text = result.stdout.decode("utf-8", errors="replace")
         return [line for line in text.splitlines() if line]
@@ -516,13 +543,60 @@ def _json_list(stdout: bytes) -> list[Mapping[str, Any]]:
     return [item for item in data if isinstance(item, dict)]
 
 
+class RcloneLog:
+    """Logs one rclone command's stderr at levels that match what the lines mean.
+
+    rclone prints a stats line at the end of every command and "Config file ... not
+    found - using defaults" before each one: at INFO those buried real events, so they go
+    to DEBUG (a transfer's once-a-minute progress stays at INFO after
+    :data:`STATS_AT_INFO_AFTER` seconds). ERROR lines and "Failed to ..." are WARNING (we
+    retry; a final failure is reported by the caller with rclone's words), CRITICAL is
+    ERROR, and "not found" is DEBUG when the caller takes absence as an answer.
+    """
+
+    def __init__(self, command: str, *, absent_ok: bool = False) -> None:
+        self.command = command
+        self.absent_ok = absent_ok
+        self.started = time.monotonic()
+
+    def level(self, line: str) -> int:
+        match = _RCLONE_LINE.match(line)
+        if match is None:
+            return logging.INFO if line.strip() else logging.DEBUG
+        rclone_level, text = match.group(1), match.group(2).strip()
+        if rclone_level == "DEBUG":
+            return logging.DEBUG
+        if self.absent_ok and _NOT_FOUND.search(text):
+            return logging.DEBUG
+        if rclone_level == "CRITICAL":
+            return logging.ERROR
+        if rclone_level == "ERROR" or text.startswith("Failed to "):
+            return logging.WARNING
+        if _STATS_LINE.match(text):
+            if time.monotonic() - self.started >= STATS_AT_INFO_AFTER:
+                return logging.INFO
+            return logging.DEBUG
+        if text.startswith("Config file ") and "not found" in text:
+            return logging.DEBUG
+        return logging.INFO
+
+    def __call__(self, line: str) -> None:
+        logger.log(self.level(line), "rclone %s: %s", self.command, line)
+
+
 def _failure_reason(result: proc.CompletedRun) -> str:
-    """rclone's last meaningful stderr line, without its timestamp."""
+    """rclone's last meaningful stderr line, without its timestamp (not a stats line)."""
+    fallback = None
     for line in reversed(result.stderr_tail):
         text = re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", "", line).strip()
-        if text:
-            return text
-    return "no message from rclone"
+        if not text:
+            continue
+        match = _RCLONE_LINE.match(text)
+        if match is not None and _STATS_LINE.match(match.group(2)):
+            fallback = fallback or text
+            continue
+        return text
+    return fallback or "no message from rclone"
 
 
 async def obscure(binary: str, value: str) -> str:

@@ -20,8 +20,10 @@ import gzip
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,20 @@ from laterbased.pg.passfile import passfile_line, write_passfile
 logger = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_BYTES = 63
+# pg_restore --verbose says one line per step of its table of contents (thousands for a big
+# project library). At INFO we say where it is every this many steps or seconds; every
+# step is at DEBUG.
+PROGRESS_EVERY_STEPS = 1000
+PROGRESS_EVERY_SECONDS = 15.0
+# What is not progress: pg_restore's diagnostics, the "while PROCESSING TOC:" / "from TOC
+# entry" lines before an error, and "Command was:" with the failing SQL after it. Parallel
+# workers share one stderr and write the "pg_restore: " prefix separately, so lines come
+# interleaved ("pg_restore:pg_restore: finished item ..."): search, do not anchor.
+_DIAGNOSTIC = re.compile(
+    r"\b(error|warning|detail|hint): |PROCESSING TOC|from TOC entry|^Command was:"
+)
+_PREFIXES = re.compile(r"^(\s*pg_restore:)+\s*")
+
 # Locales a UTF8 database can use: C/POSIX, or any "*.UTF-8"/"*.utf8" locale.
 _C_LOCALES = {"c", "posix"}
 
@@ -92,6 +108,47 @@ class Target:
             application_name="laterbased-restore",
             sslmode=self.sslmode,
         )
+
+
+class RestoreProgress:
+    """Logs ``pg_restore --verbose``: steps at DEBUG with a progress line at INFO now and
+    then; errors at ERROR, warnings and an error's context (the failing SQL) at WARNING."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.steps = 0
+        self.started = self.reported_at = time.monotonic()
+        self.reported_steps = 0
+        self._in_diagnostic = False
+
+    def __call__(self, line: str) -> None:
+        if not line.strip():
+            return
+        diagnostic = _DIAGNOSTIC.search(line)
+        if diagnostic is not None:
+            self._in_diagnostic = True
+            level = logging.ERROR if diagnostic.group(1) == "error" else logging.WARNING
+            logger.log(level, "%s", line)
+            return
+        if self._in_diagnostic and not line.startswith("pg_restore:"):
+            logger.warning("%s", line)  # the SQL text of "Command was:"
+            return
+        self._in_diagnostic = False
+        self.steps += 1
+        logger.debug("%s", line)
+        now = time.monotonic()
+        if (
+            self.steps - self.reported_steps >= PROGRESS_EVERY_STEPS
+            or now - self.reported_at >= PROGRESS_EVERY_SECONDS
+        ):
+            self.reported_steps, self.reported_at = self.steps, now
+            logger.info(
+                "pg_restore progress database=%s steps=%d seconds=%.0f at: %s",
+                self.database,
+                self.steps,
+                now - self.started,
+                _PREFIXES.sub("", line),
+            )
 
 
 def quote_ident(name: str) -> str:
@@ -354,8 +411,20 @@ class Restorer:
                 str(max(1, self.request.jobs)),
                 str(path),
             ]
+            progress = RestoreProgress(database)
             completed = await proc.run(
-                argv, env=env, log_name="pg_restore", timeout=self.config.backup.timeout
+                argv,
+                env=env,
+                log_name="pg_restore",
+                timeout=self.config.backup.timeout,
+                on_line=progress,
+            )
+            logger.info(
+                "pg_restore exited status=%s database=%s steps=%d seconds=%.1f",
+                completed.returncode,
+                database,
+                progress.steps,
+                time.monotonic() - progress.started,
             )
         else:
             completed = await self._psql_stream(bindir, connection, database, path, kind, env)

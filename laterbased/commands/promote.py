@@ -1,15 +1,16 @@
 """``laterbased promote``: fail over to the local standby.
 
-Asks the running daemon (``POST /api/promote`` with the bearer token) so it records the
-promotion and stops treating the server as a standby; when no daemon answers, promotes the
-server directly (``pg_promote()``, or ``pg_ctl promote`` as the run-as user).
+Asks the running daemon (``POST /api/promote`` with the bearer token, ``{"force": true}``
+with ``--force``) so it records the promotion and stops treating the server as a standby;
+when no daemon answers, promotes the server directly (``pg_promote()``, or ``pg_ctl
+promote`` as the run-as user). Either way the same split-brain guard runs first
+(:func:`laterbased.standby.promote.refuse_while_old_primary_runs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 from typing import Any
 
@@ -18,7 +19,6 @@ import aiohttp
 from laterbased import cli
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE
-from laterbased.pg.connect import PgUnavailable, connect_primary
 
 DESCRIPTION = """\
 Promote the local standby to a primary (failover). Run it only when the Resolve primary
@@ -29,16 +29,13 @@ It first makes sure the old primary is gone: when primary.host still answers as 
 servers mean two diverging project libraries. Stop PostgreSQL there first, or pass --force.
 
 With the daemon running, this goes through its HTTP API (POST /api/promote, needs
-http.token); without it, the standby postgres is promoted directly. Then point Resolve's
-Project Manager at this host and the standby port (see README, "Standby and failover").
+http.token; the daemon runs the same check, --force is passed on); without it, the standby
+postgres is promoted directly. Then point Resolve's Project Manager at this host and the
+standby port (see README, "Standby and failover").
 
 exit codes: 0 promoted, 1 failed (or nothing to promote), 3 refused: the old primary still
 answers, 78 bad configuration
 """
-
-# How long to try the old primary before calling it gone: a dead host must not stall a
-# failover at 3 a.m. for the full connect_timeout.
-PRIMARY_PROBE_TIMEOUT = 5.0
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -64,7 +61,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return asyncio.run(promote(config, force=args.force))
 
 
-async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
+async def _ask_daemon(config: Config, *, force: bool) -> tuple[int, dict[str, Any]] | None:
     """(status, body) from the daemon's API, or None when no daemon answers."""
     host = config.http.host
     if host in {"", "0.0.0.0", "::", "*"}:  # noqa: S104 - we connect, not bind
@@ -77,7 +74,7 @@ async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, headers=headers) as response,
+            session.post(url, headers=headers, json={"force": force}) as response,
         ):
             body = await response.json(content_type=None)
             return response.status, body if isinstance(body, dict) else {}
@@ -85,58 +82,31 @@ async def _ask_daemon(config: Config) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
-async def old_primary_still_up(config: Config) -> str | None:
-    """Why the configured primary counts as still running, or None when it is gone."""
-    primary = config.primary
-    if primary.host is None:
-        return None
-    where = f"{primary.host}:{primary.port}"
-    quick = dataclasses.replace(
-        primary, connect_timeout=min(primary.connect_timeout, PRIMARY_PROBE_TIMEOUT)
-    )
-    try:
-        conn = await connect_primary(quick, application_name="laterbased-promote-check")
-    except PgUnavailable as exc:
-        if exc.reason in {"auth", "server", "ssl"}:
-            return f"the old primary {where} is still running (it answered: {exc})"
-        return None
-    try:
-        async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT):
-            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-    except TimeoutError:
-        return f"the old primary {where} is still running (it accepted a connection)"
-    finally:
-        await asyncio.shield(conn.close())
-    if in_recovery:
-        return None  # it is a standby itself now: no second writable server
-    return f"the old primary {where} is still running and accepting writes"
-
-
 async def promote(config: Config, *, force: bool = False) -> int:
-    from laterbased.standby.promote import PromoteRefused, promote_server
+    from laterbased.standby.promote import (
+        OLD_PRIMARY_RUNNING,
+        OldPrimaryRunning,
+        PromoteRefused,
+        promote_server,
+        refuse_while_old_primary_runs,
+    )
 
     if not config.standby.enabled:
         print("laterbased: no standby is configured (standby.enabled is false)", file=sys.stderr)
         return EXIT_FAILURE
-    still_up = await old_primary_still_up(config)
-    if still_up is not None:
-        if not force:
-            print(
-                f"laterbased: refusing to promote: {still_up}. Two writable servers make two "
-                "diverging project libraries. Quit Resolve on every client, stop PostgreSQL "
-                "on the old primary (or power it off), then run this again; --force promotes "
-                "anyway",
-                file=sys.stderr,
-            )
-            return EXIT_REFUSE
-        print(f"laterbased: {still_up}; promoting anyway (--force)", file=sys.stderr)
-    answer = await _ask_daemon(config) if config.http.enabled else None
+    answer = await _ask_daemon(config, force=force) if config.http.enabled else None
     if answer is not None:
         status, body = answer
         if status == 200:
+            if body.get("forced_past"):
+                print(f"laterbased: {body['forced_past']}; promoted anyway (--force)",
+                      file=sys.stderr)
             print(f"promoted by the running daemon ({body.get('method')}); role: primary")
             _print_next_steps(config)
             return EXIT_OK
+        if status == 409 and body.get("reason") == OLD_PRIMARY_RUNNING:
+            print(f"laterbased: {body.get('error')}", file=sys.stderr)
+            return EXIT_REFUSE
         if status != 403:
             print(f"laterbased: the daemon refused: {body.get('error', status)}", file=sys.stderr)
             return EXIT_FAILURE
@@ -145,6 +115,13 @@ async def promote(config: Config, *, force: bool = False) -> int:
             "server directly; the daemon notices within its check interval",
             file=sys.stderr,
         )
+    try:
+        forced_past = await refuse_while_old_primary_runs(config, force=force)
+    except OldPrimaryRunning as exc:
+        print(f"laterbased: {exc}", file=sys.stderr)
+        return EXIT_REFUSE
+    if forced_past is not None:
+        print(f"laterbased: {forced_past}; promoting anyway (--force)", file=sys.stderr)
     try:
         how = await promote_server(config)
     except PromoteRefused as exc:

@@ -1,5 +1,8 @@
 """Promotion: make the local standby a primary, from the daemon's API or the command line.
 
+Both refuse while the old primary still answers (:func:`refuse_while_old_primary_runs`):
+two writable servers are two diverging project libraries. ``force`` goes past that check.
+
 ``SELECT pg_promote()`` when the configured login may call it, else ``pg_ctl promote`` as
 the run-as user (the same request to the postmaster, no superuser login needed). Either way
 we wait until the server has left recovery.
@@ -8,6 +11,7 @@ we wait until the server has left recovery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from pathlib import Path
@@ -17,10 +21,10 @@ import asyncpg
 from aiohttp import web
 
 from laterbased.config import Config
-from laterbased.errors import JobFailed, LaterbasedError
+from laterbased.errors import EXIT_REFUSE, JobFailed, LaterbasedError
 from laterbased.http import STATE_KEY, json_response
 from laterbased.pg.binaries import find_bindir
-from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.proc import resolve_run_as, run
 from laterbased.state import State
 
@@ -31,11 +35,71 @@ from .supervisor import is_promoted, mark_promoted
 logger = logging.getLogger(__name__)
 
 PROMOTE_WAIT = 60
+# How long to try the old primary before calling it gone: a dead host must not stall a
+# failover at 3 a.m. for the full connect_timeout.
+PRIMARY_PROBE_TIMEOUT = 5.0
+# The "reason" of the API's 409 answer when the old primary still runs (the CLI exits 3).
+OLD_PRIMARY_RUNNING = "old_primary_running"
 _lock = asyncio.Lock()
 
 
 class PromoteRefused(LaterbasedError):
     """Promotion makes no sense now (no standby, not running, already primary)."""
+
+
+class OldPrimaryRunning(PromoteRefused):
+    """The old primary still answers: promoting now would make two writable servers."""
+
+    exit_code = EXIT_REFUSE
+
+
+async def old_primary_still_up(config: Config) -> str | None:
+    """Why the configured primary counts as still running, or None when it is gone.
+
+    A refused login is an answer too: the server runs. A standby (in recovery) there is no
+    second writable server, so it counts as gone.
+    """
+    primary = config.primary
+    if primary.host is None:
+        return None
+    where = f"{primary.host}:{primary.port}"
+    quick = dataclasses.replace(
+        primary, connect_timeout=min(primary.connect_timeout, PRIMARY_PROBE_TIMEOUT)
+    )
+    try:
+        conn = await connect_primary(quick, application_name="laterbased-promote-check")
+    except PgUnavailable as exc:
+        if exc.reason in {"auth", "server", "ssl"}:
+            return f"the old primary {where} is still running (it answered: {exc})"
+        return None
+    try:
+        async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT):
+            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
+    except TimeoutError:
+        return f"the old primary {where} is still running (it accepted a connection)"
+    finally:
+        await asyncio.shield(conn.close())
+    if in_recovery:
+        return None  # it is a standby itself now: no second writable server
+    return f"the old primary {where} is still running and accepting writes"
+
+
+async def refuse_while_old_primary_runs(config: Config, *, force: bool) -> str | None:
+    """The split-brain guard of every promotion (``laterbased promote`` and the API).
+
+    Raises :class:`OldPrimaryRunning` while the old primary answers, unless ``force``;
+    with ``force`` returns why it still counts as running (for the caller to report),
+    None when it is gone.
+    """
+    still_up = await old_primary_still_up(config)
+    if still_up is not None and not force:
+        raise OldPrimaryRunning(
+            f"refusing to promote: {still_up}. Two writable servers make two diverging "
+            "project libraries. Quit Resolve on every client, stop PostgreSQL on the old "
+            "primary (or power it off), then promote again; --force (over HTTP: "
+            '{"force": true}) promotes anyway'
+        )
+    return still_up
 
 
 def local_host(config: Config) -> str:
@@ -117,8 +181,14 @@ async def promote_server(config: Config) -> str:
     return how
 
 
-async def promote_in_daemon(state: State) -> dict[str, Any]:
-    """Promote the supervised standby and record it in ``state`` (one at a time)."""
+async def promote_in_daemon(
+    state: State, *, check_old_primary: bool = False, force: bool = False
+) -> dict[str, Any]:
+    """Promote the supervised standby and record it in ``state`` (one at a time).
+
+    With ``check_old_primary`` (the API does), :func:`refuse_while_old_primary_runs` runs
+    once the standby is known to be promotable, and ``force`` goes past it.
+    """
     async with _lock:
         st = state.standby
         if not state.config.standby.enabled:
@@ -130,13 +200,40 @@ async def promote_in_daemon(state: State) -> dict[str, Any]:
                 f"the standby is not running (phase {st.phase}: {st.message or 'no detail'}); "
                 "nothing to promote yet"
             )
+        forced_past = None
+        if check_old_primary:
+            forced_past = await refuse_while_old_primary_runs(state.config, force=force)
+            if forced_past is not None:
+                logger.warning("promoting although %s (force)", forced_past)
         how = await promote_server(state.config)
         mark_promoted(state, how=how)
-        return {"role": st.role, "promoted_at": st.promoted_at, "method": how}
+        result: dict[str, Any] = {"role": st.role, "promoted_at": st.promoted_at, "method": how}
+        if forced_past is not None:
+            result["forced_past"] = forced_past
+        return result
+
+
+async def _force_requested(request: web.Request) -> bool:
+    """``force`` of the JSON body (absent or empty body: False); ValueError when bad."""
+    if not request.can_read_body:
+        return False
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ValueError('body must be JSON, e.g. {"force": true}') from None
+    if body is None:
+        return False
+    if not isinstance(body, dict):
+        raise ValueError('body must be a JSON object, e.g. {"force": true}')
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ValueError("force must be true or false")
+    return force
 
 
 async def handle_promote(request: web.Request) -> web.Response:
-    """POST /api/promote with ``Authorization: Bearer <http.token>``."""
+    """POST /api/promote with ``Authorization: Bearer <http.token>``; body
+    ``{"force": true}`` promotes although the old primary still answers."""
     state = request.app[STATE_KEY]
     token = state.config.http.token
     if not token:
@@ -157,7 +254,14 @@ async def handle_promote(request: web.Request) -> web.Response:
         response.headers["WWW-Authenticate"] = 'Bearer realm="laterbased"'
         return response
     try:
-        result = await promote_in_daemon(state)
+        force = await _force_requested(request)
+    except ValueError as exc:
+        return json_response({"error": str(exc)}, status=400)
+    try:
+        result = await promote_in_daemon(state, check_old_primary=True, force=force)
+    except OldPrimaryRunning as exc:
+        logger.warning("POST /api/promote: %s", exc)
+        return json_response({"error": str(exc), "reason": OLD_PRIMARY_RUNNING}, status=409)
     except PromoteRefused as exc:
         return json_response({"error": str(exc)}, status=409)
     except (JobFailed, PgUnavailable, OSError) as exc:
