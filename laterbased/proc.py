@@ -352,11 +352,8 @@ class RepeatCollapser:
         return f"{message} (repeated {count} times in the last {span})"
 
 
-async def _read_chunk(
-    stream: asyncio.StreamReader, collapser: RepeatCollapser | None
-) -> bytes | None:
-    """The next chunk (b"" at the end), or None when a summary of repeats falls due first."""
-    deadline = collapser.next_deadline() if collapser is not None else None
+async def _read_chunk(stream: asyncio.StreamReader, deadline: float | None) -> bytes | None:
+    """The next chunk (b"" at the end), or None when ``deadline`` (monotonic) comes first."""
     if deadline is None:
         return await stream.read(1 << 16)
     try:
@@ -380,10 +377,12 @@ async def _pump_lines(
     pending = b""
     final = False
     while not final:
-        chunk = await _read_chunk(stream, collapser)
+        deadline = collapser.next_deadline() if collapser is not None else None
+        chunk = await _read_chunk(stream, deadline)
         if chunk is None:
-            assert collapser is not None  # noqa: S101 - only a collapser sets a deadline
-            for text in collapser.expire(time.monotonic()):
+            assert collapser is not None and deadline is not None  # noqa: S101
+            # The timer may fire a hair early by our clock: the window is over all the same.
+            for text in collapser.expire(max(time.monotonic(), deadline)):
                 logger.log(level, "%s: %s", log_name, text)
             continue
         final = not chunk
