@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -48,6 +50,8 @@ def config_for(primary: PgServer, *, standby: bool, interval: float) -> Config:
         monitor=MonitorConfig(interval=interval, query_timeout=2.0),
         backup=BackupConfig(enabled=False),
         http=HttpConfig(host="127.0.0.1", port=0),
+        # A private state_dir: the daemon locks its state_dir (one daemon per directory).
+        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-test-")),
         timezone="UTC",
     )
 

@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ def quiet_config(**overrides: Any) -> Config:
         "standby": StandbyConfig(enabled=False),
         "backup": BackupConfig(enabled=False),
         "http": HttpConfig(enabled=False),
+        # A private state_dir: the daemon locks its state_dir (one daemon per directory).
+        "state_dir": Path(tempfile.mkdtemp(prefix="lb-rough-edges-")),
     }
     values.update(overrides)
     return Config(**values)
