@@ -842,9 +842,10 @@ async def bench_kill(report: Report, daemon: Daemon, primary: PgServer, samples:
     if splits:
         report.note(
             "kill -9: the daemon starts a new postmaster after "
-            f"{', '.join(f'{a:.2f}' for a, _ in splits)}s (restart backoff 1s + reaping and "
-            "leftover checks); PostgreSQL's crash recovery until it accepts read-only "
-            f"connections takes {', '.join(f'{b:.2f}' for _, b in splits)}s"
+            f"{', '.join(f'{a:.2f}' for a, _ in splits)}s (reaping and leftover "
+            "checks; the first restart has no backoff); PostgreSQL's crash recovery "
+            "until it accepts read-only connections takes "
+            f"{', '.join(f'{b:.2f}' for _, b in splits)}s"
         )
     report.add("standby kill -9 -> accepting connections", "-",
                f"med {statistics.median(times):.2f}s, max {max(times):.2f}s (n={len(times)})",
@@ -936,7 +937,8 @@ def parse_args() -> argparse.Namespace:
                         help="record the daemon's stack whenever its loop stalls this long "
                         "(diagnosis; the watchdog thread adds a little load)")
     parser.add_argument("--gc-freeze", action="store_true",
-                        help="experiment: gc.freeze() in the daemon 3s after its loop starts")
+                        help="obsolete experiment: the daemon now calls gc.freeze() itself "
+                        "once started; kept to compare a second freeze")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write every raw figure to this JSON file")
     options = parser.parse_args()
