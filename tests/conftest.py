@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer, find_pg_bindir
 from pgserver import free_port as _free_port
+
+from laterbased.proc import pids_with_cwd_under
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +54,18 @@ def make_primary(pg_bindir: Path) -> Iterator[Callable[..., PgServer]]:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     return _free_port()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A daemon's state_dir in the system temp dir (pytest's tmp_path is root-only, and the
+    standby runs as the postgres user). Anything still running inside it is killed after
+    the test, then it is removed."""
+    path = Path(tempfile.mkdtemp(prefix="laterbased-state-"))
+    try:
+        yield path
+    finally:
+        for pid in pids_with_cwd_under(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)

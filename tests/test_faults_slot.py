@@ -5,12 +5,8 @@ happened and what to run, and it tries again later by itself."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +17,6 @@ from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer
 from test_standby_daemon import daemon_config, standby_sql
 from waiting import wait_for
-
-from laterbased.proc import pids_with_cwd_under
 
 pytestmark = pytest.mark.slow
 
@@ -49,17 +43,6 @@ BEGIN
 END $$;
 """
 
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="laterbased-slotfault-"))
-    try:
-        yield path
-    finally:
-        for pid in pids_with_cwd_under(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def slot_active(primary: PgServer) -> bool:

@@ -12,12 +12,8 @@ Pure verdicts first (no servers), then real ``laterbased run`` daemons on real s
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
 import signal
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +29,6 @@ from laterbased.backups import GLOBALS_NAME
 from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
 from laterbased.jobs.dump import DumpOutcome
 from laterbased.jobs.runner import describe_failures, intended_databases, record_outcomes
-from laterbased.proc import pids_with_cwd_under
 from laterbased.state import JobRun, SlotState, State
 
 NOW = 1_800_000_000.0
@@ -203,17 +198,6 @@ def test_promoted_with_the_old_primary_gone_has_no_slot_check() -> None:
 
 # --- real daemons on real servers ---------------------------------------------------------
 
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="laterbased-honesty-"))
-    try:
-        yield path
-    finally:
-        for pid in pids_with_cwd_under(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def get_json(daemon: DaemonProcess, path: str) -> tuple[int, dict[str, Any]]:

@@ -6,14 +6,11 @@ and ``laterbased run`` processes throughout."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +28,12 @@ from laterbased.backups import Catalogue
 from laterbased.config import load_config
 from laterbased.errors import EXIT_REFUSE, RefuseToRun
 from laterbased.lockfile import STATE_LOCK_FILE, LockBusy, lock_state_dir, take_lock
-from laterbased.proc import RepeatCollapser, pids_with_cwd_under, resolve_run_as, run, spawn
+from laterbased.proc import RepeatCollapser, resolve_run_as, run, spawn
 from laterbased.rclone import Rclone, RcloneFailed, RcloneLog
 from laterbased.restore import RestoreProgress, RestoreRequest, restore
 
 # --- 1. POST /api/promote: the same split-brain guard as `laterbased promote` -----------
 
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="laterbased-h15-"))
-    try:
-        yield path
-    finally:
-        for pid in pids_with_cwd_under(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def start_streaming_daemon(primary: PgServer, state_dir: Path) -> tuple[DaemonProcess, int]:

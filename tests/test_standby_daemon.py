@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +30,6 @@ pytestmark = pytest.mark.slow
 
 TOKEN = "promote-token-" + os.urandom(6).hex()
 
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="laterbased-daemon-"))
-    try:
-        yield path
-    finally:
-        for pid in pids_with_cwd_under(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def daemon_config(primary: PgServer, state_dir: Path, **standby: Any) -> dict[str, Any]:
