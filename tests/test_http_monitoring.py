@@ -113,6 +113,16 @@ async def test_status_json_and_page_escape_outside_text(served: tuple[str, State
     assert "2030-03-17" in page  # next dump, in the configured zone
 
 
+async def test_status_page_says_when_unscheduled_jobs_run(served: tuple[str, State]) -> None:
+    url, state = served
+    state.job("prune").runs["success"] += 1
+    state.job("upload").runs["success"] += 1
+    status, page = await get(f"{url}/status")
+    assert status == 200
+    jobs = page.split("<table id=jobs>", 1)[1].split("</table>", 1)[0]
+    assert jobs.count("after each dump") == 2  # prune and upload have no schedule of their own
+
+
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND",
            "BREW"]
 PATHS = ["/", "/healthz", "/liveness", "/metrics", "/primary", "/replica", "/read-only",

@@ -159,6 +159,16 @@ def _when(timestamp: float | None, zone: ZoneInfo, now: float) -> str:
     return f"{escape(moment)} <span class=muted>({escape(relative)})</span>"
 
 
+# Jobs without a schedule of their own: they run as part of, or right after, each dump.
+FOLLOWS_DUMP = {"prune": "after each dump", "upload": "after each dump"}
+
+
+def _next_run(job: str, timestamp: float | None, zone: ZoneInfo, now: float) -> str:
+    if timestamp is None and job in FOLLOWS_DUMP:
+        return f"<span class=muted>{FOLLOWS_DUMP[job]}</span>"
+    return _when(timestamp, zone, now)
+
+
 def _size(value: int | None) -> str:
     return "–" if value is None else escape(format_size(value))
 
@@ -271,7 +281,7 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
             running = " <b>(running)</b>" if job["running"] else ""
             parts.append(
                 f"<tr><td>{_text(job['job'])}{running}</td>"
-                f"<td>{_when(job['next_fire'], zone, now)}</td>"
+                f"<td>{_next_run(job['job'], job['next_fire'], zone, now)}</td>"
                 f"<td>{_text(job['last_result'])}</td>"
                 f"<td>{_when(job['last_success'], zone, now)}</td></tr>"
             )
