@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -401,15 +402,25 @@ class Catalogue:
             raise
         fsync_directory(record.directory)
 
+    def _update_manifest(self, record: BackupRecord, **changes: Any) -> BackupRecord:
+        """Change only ``changes`` in the manifest as it is on disk now, not in ``record``:
+        the upload, verify and dump jobs each hold a copy read when they started, and a
+        rewrite from that copy would undo what another job recorded meanwhile (a verify
+        verdict 'damaged' wiped by an upload finishing later)."""
+        with _MANIFEST_UPDATES:
+            current = self.read_manifest(record.manifest_path)
+            base = current if current is not None and current.file == record.file else record
+            updated = dataclasses.replace(base, **changes)
+            self.rewrite_manifest(updated)
+        return updated
+
     def mark_uploaded(
         self, record: BackupRecord, destination: str, when: datetime | None = None
     ) -> BackupRecord:
         """Record that ``record`` now has a copy at ``destination`` (for the upload step)."""
-        updated = dataclasses.replace(
+        return self._update_manifest(
             record, uploaded_to=destination, uploaded_at=when or datetime.now(UTC)
         )
-        self.rewrite_manifest(updated)
-        return updated
 
     def mark_verified(
         self,
@@ -419,20 +430,17 @@ class Catalogue:
         when: datetime | None = None,
         drill: dict[str, Any] | None = None,
     ) -> BackupRecord:
-        updated = dataclasses.replace(
-            record,
-            verified=ok,
-            verify_detail=detail,
-            verified_at=when or datetime.now(UTC),
-            drill=drill if drill is not None else record.drill,
-        )
-        self.rewrite_manifest(updated)
-        return updated
+        changes: dict[str, Any] = {
+            "verified": ok,
+            "verify_detail": detail,
+            "verified_at": when or datetime.now(UTC),
+        }
+        if drill is not None:
+            changes["drill"] = drill
+        return self._update_manifest(record, **changes)
 
     def mark_confirmed(self, record: BackupRecord, when: datetime) -> BackupRecord:
-        updated = dataclasses.replace(record, confirmed_at=when)
-        self.rewrite_manifest(updated)
-        return updated
+        return self._update_manifest(record, confirmed_at=when)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -493,6 +501,10 @@ class Catalogue:
         fsync_directory(record.directory)
         with contextlib.suppress(OSError):
             record.directory.rmdir()  # only succeeds when empty
+
+
+# Read-modify-write of manifests runs in worker threads (asyncio.to_thread) of one process.
+_MANIFEST_UPDATES = threading.Lock()
 
 
 class CatalogueBusy(JobFailed):

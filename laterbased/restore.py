@@ -443,12 +443,20 @@ class Restorer:
     ) -> proc.CompletedRun:
         """psql reading the (decompressed) SQL from a pipe that a thread fills."""
         read_fd, write_fd = os.pipe()
+        damaged: list[str] = []
 
         def feed() -> None:
             opener = gzip.open if kind == "plain-gzip" else open
             try:
-                with opener(path, "rb") as source, os.fdopen(write_fd, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
+                with os.fdopen(write_fd, "wb") as sink:
+                    try:
+                        with opener(path, "rb") as source:
+                            shutil.copyfileobj(source, sink, 1 << 20)
+                    except (OSError, EOFError) as exc:
+                        if isinstance(exc, BrokenPipeError):
+                            raise
+                        # psql must not take the end of the pipe for the end of the dump.
+                        damaged.append(f"{type(exc).__name__}: {exc}")
             except BrokenPipeError:
                 logger.warning("restore: psql stopped reading %s", path)
 
@@ -478,6 +486,11 @@ class Restorer:
             os.close(read_fd)
             with contextlib.suppress(Exception):
                 await feeder
+        if damaged:
+            raise JobFailed(
+                f"{path} is damaged or truncated ({damaged[0]}): it could not be read to the "
+                "end, so the restore is incomplete and was discarded; pick another backup"
+            )
         return completed
 
     async def _count_tables(self, database: str) -> int:
@@ -515,13 +528,18 @@ class Restorer:
                         "library in Resolve on every client, then run the restore again"
                     )
                 moved = aside_name(target, datetime.now(UTC))
+            # One transaction (ALTER DATABASE ... RENAME is transactional): if the restored
+            # database cannot take the name, the old one keeps it.
+            async with admin.transaction():
+                if moved is not None:
+                    await admin.execute(
+                        f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(moved)}"
+                    )
                 await admin.execute(
-                    f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(moved)}"
+                    f"ALTER DATABASE {quote_ident(work_name)} RENAME TO {quote_ident(target)}"
                 )
+            if moved is not None:
                 logger.warning("restore: renamed existing database %r aside to %r", target, moved)
-            await admin.execute(
-                f"ALTER DATABASE {quote_ident(work_name)} RENAME TO {quote_ident(target)}"
-            )
             return moved
         finally:
             await admin.close()
