@@ -358,7 +358,12 @@ class Catalogue:
         a backup without a manifest never stays outside ``.partial/``.
         """
         directory = record.directory
+        new_directory = not directory.is_dir()
         _make_private_dir(directory)
+        if new_directory:
+            # The first backup of a database: its directory's entry in the root must be on
+            # disk too, or a power cut can take the whole directory with the backup in it.
+            fsync_directory(directory.parent)
         fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             os.fchmod(fd, 0o600)  # whatever the umask was when it was created

@@ -18,6 +18,7 @@ from backup_files import publish_real_backup
 from pgserver import PgServer
 from test_backup_support import make_config
 
+from laterbased import backups as backups_module
 from laterbased import rclone as rclone_module
 from laterbased.backups import Catalogue
 from laterbased.config import Config, load_config
@@ -165,3 +166,25 @@ async def test_truncated_plain_gzip_file_fails_the_restore(
         await restore(config, RestoreRequest(target_db="Truncated", file=loose))
     assert "Truncated" not in database_names(server)
     assert not [n for n in database_names(server) if n.startswith("laterbased_restore_")]
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def test_first_backup_of_a_database_makes_its_new_directory_durable(
+    primary: PgServer, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync of a file does not put a *new* directory's entry on disk: the root that holds
+    ``<root>/<db>/`` must be fsynced too when the first backup of a database creates it."""
+    synced: list[Path] = []
+    real = backups_module.fsync_directory
+
+    def record_fsync(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(backups_module, "fsync_directory", record_fsync)
+    catalogue = Catalogue(work / "backups")
+    record = publish_real_backup(primary, catalogue, "postgres")
+    assert record.directory in synced
+    assert catalogue.root in synced, f"the new {record.directory.name}/ entry was never synced"
