@@ -101,6 +101,9 @@ class StandbySupervisor:
         delay = RESTART_BASE_DELAY
         data_dir = self.layout.data_dir
         while True:
+            # A reload during the retries (the operator fixed the password or the host)
+            # counts from the next attempt on.
+            self._take_config(self.ctx.config)
             kind = await asyncio.to_thread(safety.classify, data_dir)
             if kind is safety.DataDirKind.FOREIGN:
                 raise RefuseToRun(
@@ -121,9 +124,24 @@ class StandbySupervisor:
                 self.state.message = f"bootstrap failed, retrying in {delay:.0f}s: {exc}"
                 self.ctx.state.record_event("error", f"standby bootstrap failed: {exc}")
                 logger.error("bootstrap failed; retrying in %.0fs: %s", delay, exc)
-            if await self.ctx.sleep(delay):
+            if await self._sleep_unless_reloaded(delay):
                 return False
-            delay = min(delay * 2, self.config.standby.bootstrap_retry_max)
+            if self.ctx.config is not self.config:
+                delay = RESTART_BASE_DELAY  # new settings: start the backoff afresh
+            else:
+                delay = min(delay * 2, self.config.standby.bootstrap_retry_max)
+
+    async def _sleep_unless_reloaded(self, seconds: float) -> bool:
+        """Sleep ``seconds``, cut short by a reload; True when the daemon is stopping."""
+        async with asyncio.TaskGroup() as group:
+            waiters = {
+                group.create_task(self.ctx.wait_reload()),
+                group.create_task(self.ctx.stopping.wait()),
+            }
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        return self.ctx.stopping.is_set()
 
     async def _bootstrap_once(self) -> None:
         st = self.state
@@ -266,6 +284,9 @@ class StandbySupervisor:
     async def _run_once(self) -> tuple[str, str]:
         """Start postgres, watch it until it must be restarted; (reason, description)."""
         data_dir = self.layout.data_dir
+        if self.ctx.config is not self.config:
+            # A reload while no postgres ran (restart backoff, or it died at that moment).
+            await self._apply_reload(self.ctx.config, None)
         await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
         await self._kill_leftovers()
         argv = await asyncio.to_thread(self._argv)
@@ -398,8 +419,11 @@ class StandbySupervisor:
                 st.role,
             )
 
-    async def _apply_reload(self, new: Config, child: Child) -> None:
+    def _take_config(self, new: Config) -> Config:
+        """Use ``new`` from now on (logging what only a restart applies); the old one."""
         old = self.config
+        if new is old:
+            return old
         self.config = new
         for label, before, after in (
             ("standby.data_dir", old.standby_data_dir, new.standby_data_dir),
@@ -409,12 +433,18 @@ class StandbySupervisor:
             if before != after:
                 logger.warning("reload: %s changed; takes effect after a restart of laterbased",
                                label)
+        return old
+
+    async def _apply_reload(self, new: Config, child: Child | None) -> None:
+        """Apply a reload to the standby: to the running ``child``, or, when None, to
+        the files the next postgres start reads."""
+        old = self._take_config(new)
         for label, was, now in (
             ("standby.port", str(old.standby.port), str(new.standby.port)),
             ("standby.listen_addresses", old.standby.listen_addresses,
              new.standby.listen_addresses),
         ):
-            if was != now:
+            if was != now and child is not None:
                 logger.warning("reload: %s changed; the standby postgres uses it from its next "
                                "start (restart laterbased to apply it now)", label)
         link_before = (old.primary, old.standby.slot_name, old.standby.application_name)
@@ -445,7 +475,10 @@ class StandbySupervisor:
         await asyncio.to_thread(
             bootstrap.write_primary_link, self.layout.data_dir, self.major, link, self.run_as
         )
-        if configure.reloads_primary_conninfo(self.major):
+        if child is None:
+            logger.info("reload: standby follows %s:%s slot=%s from its next start",
+                        new.primary.host, new.primary.port, new.standby.slot_name)
+        elif configure.reloads_primary_conninfo(self.major):
             # What pg_reload_conf() does, without needing a superuser login.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGHUP)
