@@ -26,6 +26,9 @@ class StandbyState:
     phase: str = "disabled"
     role: Role = "unknown"
     pid: int | None = None
+    # The port the running postgres was started with (a reloaded standby.port applies
+    # only at its next start): where liveness checks and the monitor must ask.
+    port: int | None = None
     started_at: float | None = None
     restarts: Counter[str] = field(default_factory=Counter)
     last_exit: str | None = None

@@ -3,17 +3,20 @@ real processes, the workers running in-process as the daemon runs them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from pgserver import PgServer
+from pgserver import PgServer, free_port
 from test_standby_supervisor import running_standby
 from waiting import wait_for
 
 from laterbased.config import Secret
+from laterbased.monitor.worker import Monitor
+from laterbased.standby.promote import promote_in_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,32 @@ async def test_reload_while_postgres_waits_for_its_restart_is_applied_at_that_st
         )
         primary.sql("INSERT INTO sb_reload_backoff VALUES ('new slot')")
         await standby.wait_row(primary, "sb_reload_backoff", "new slot")
+
+
+async def test_reload_with_a_new_standby_port_does_not_kill_the_running_standby_as_stuck(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    # The log promises: "the standby postgres uses it from its next start". The liveness
+    # check must keep asking the server where it listens now, not call it stuck and kill it.
+    primary = make_primary()
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        pid = standby.state.standby.pid
+        standby.state.config = replace(
+            standby.config, standby=replace(standby.config.standby, port=free_port())
+        )
+        standby.ctx._announce_reload()
+        # monitor.interval is 1 s: three silent checks would call it stuck within ~4 s.
+        await asyncio.sleep(6)
+        assert standby.state.standby.restarts["stuck"] == 0, standby.state.standby
+        assert standby.state.standby.pid == pid
+        assert standby.state.standby.phase == "running", standby.state.standby
+        # The monitor and a promotion, too, find the server where it listens.
+        monitor = Monitor(standby.state)
+        try:
+            await monitor.poll_once()
+        finally:
+            monitor.close()
+        assert standby.state.local.reachable, standby.state.local
+        await promote_in_daemon(standby.state)
+        assert standby.state.standby.role == "primary"

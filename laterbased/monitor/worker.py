@@ -107,7 +107,7 @@ class Monitor:
         self.local.close()
 
     async def poll_once(self) -> None:
-        settings = (self.config.primary, self.config.standby.port, local_host(self.config))
+        settings = (self.config.primary, self._local_port(), local_host(self.config))
         if settings != self._connected_with:
             # A reload changed where or how we connect: drop connections made the old way.
             self.close()
@@ -127,6 +127,10 @@ class Monitor:
             self.state.local = LocalServerState()
         self._compute_lag(time.time())
         self._report_changes()
+
+    def _local_port(self) -> int:
+        # Where the standby listens now: a reloaded standby.port applies at its next start.
+        return self.state.standby.port or self.config.standby.port
 
     # --- polling ------------------------------------------------------------------------
 
@@ -191,9 +195,7 @@ class Monitor:
             async with asyncio.timeout(self._budget()):
                 # Our own standby on loopback: primary.sslmode (and its certificate's
                 # host name) is about the network link to the primary, not this one.
-                conn = await self._connect(
-                    target, local_host(config), config.standby.port, "prefer"
-                )
+                conn = await self._connect(target, local_host(config), self._local_port(), "prefer")
                 facts = await probe_local(conn, target.version_num, timeout)
         except _SERVER_TROUBLE as exc:
             target.failed(config.monitor.interval)

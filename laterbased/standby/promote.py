@@ -205,7 +205,13 @@ async def promote_in_daemon(
             forced_past = await refuse_while_old_primary_runs(state.config, force=force)
             if forced_past is not None:
                 logger.warning("promoting although %s (force)", forced_past)
-        how = await promote_server(state.config)
+        config = state.config
+        if st.port is not None and st.port != config.standby.port:
+            # standby.port was reloaded: the running server still listens on its old port.
+            config = dataclasses.replace(
+                config, standby=dataclasses.replace(config.standby, port=st.port)
+            )
+        how = await promote_server(config)
         mark_promoted(state, how=how)
         result: dict[str, Any] = {"role": st.role, "promoted_at": st.promoted_at, "method": how}
         if forced_past is not None:

@@ -89,6 +89,7 @@ class StandbySupervisor:
             raise
         finally:
             st.pid = None
+            st.port = None
             if st.phase != "failed":
                 st.phase = "stopped"
 
@@ -290,6 +291,7 @@ class StandbySupervisor:
         await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
         await self._kill_leftovers()
         argv = await asyncio.to_thread(self._argv)
+        port = self.config.standby.port  # what _argv just used
         self.state.phase = "starting"
         self.state.message = "starting postgres"
         child = await spawn(
@@ -300,6 +302,7 @@ class StandbySupervisor:
             log_name="standby postgres",
         )
         self.state.pid = child.pid
+        self.state.port = port
         self.state.started_at = time.time()
         outcome: tuple[str, str] | None = None
         try:
@@ -317,6 +320,7 @@ class StandbySupervisor:
             await child.stop(steps)
             await self._kill_leftovers()
             self.state.pid = None
+            self.state.port = None
 
     async def _kill_leftovers(self) -> None:
         uid = self.run_as.uid if self.run_as is not None else os.geteuid()
@@ -378,7 +382,7 @@ class StandbySupervisor:
                 "-h",
                 str(self.layout.socket_dir),
                 "-p",
-                str(self.config.standby.port),
+                str(self.state.port or self.config.standby.port),
                 "-t",
                 str(PING_TIMEOUT),
                 # A role that exists (it came from the primary): a ping as "root" would
@@ -415,7 +419,7 @@ class StandbySupervisor:
             logger.info(
                 "standby postgres accepting connections pid=%s port=%s role=%s",
                 st.pid,
-                self.config.standby.port,
+                st.port,
                 st.role,
             )
 
