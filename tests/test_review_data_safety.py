@@ -6,6 +6,8 @@ a real rclone local remote, real servers), and pins its fix.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,12 +19,14 @@ import pytest
 from backup_files import publish_real_backup
 from pgserver import PgServer
 from test_backup_support import make_config
+from waiting import wait_for
 
 from laterbased import backups as backups_module
 from laterbased import rclone as rclone_module
 from laterbased.backups import Catalogue
 from laterbased.config import Config, load_config
 from laterbased.errors import JobFailed
+from laterbased.jobs.dump import run_dumps
 from laterbased.jobs.upload import upload_pending
 from laterbased.restore import Restorer, RestoreRequest, restore
 from laterbased.state import State
@@ -188,3 +192,40 @@ def test_first_backup_of_a_database_makes_its_new_directory_durable(
     record = publish_real_backup(primary, catalogue, "postgres")
     assert record.directory in synced
     assert catalogue.root in synced, f"the new {record.directory.name}/ entry was never synced"
+
+
+# --- skip-unchanged -----------------------------------------------------------------------
+
+
+async def test_skip_unchanged_does_not_miss_a_write_whose_session_is_still_busy(
+    make_primary: Callable[..., PgServer], work: Path
+) -> None:
+    """A backend reports its write counters to pg_stat_database only when it goes idle. A
+    row committed by a session that is still running something else is invisible to the
+    fingerprint: the run must not call the database unchanged (it used to skip the dump
+    and confirm the old backup as fresh, with a committed row in no backup)."""
+    server = make_primary()
+    server.create_database("proj")
+    server.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (0)", database="proj")
+    config = make_config(server, work / "backups", databases=("proj",))
+    catalogue = Catalogue(config.backup_directory)
+    [first] = await run_dumps(config, catalogue, "review-1")
+    assert first.result == "success", first.detail
+
+    writer = await server.connect("proj")
+    busy = asyncio.create_task(
+        writer.execute("BEGIN; INSERT INTO t VALUES (1); COMMIT; SELECT pg_sleep(30)")
+    )
+    try:
+        await wait_for(
+            lambda: server.sql("SELECT count(*) FROM t", database="proj") == "2",
+            "the busy session's row committed",
+            10,
+        )
+        [second] = await run_dumps(config, catalogue, "review-2")
+    finally:
+        busy.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+            await busy
+        writer.terminate()
+    assert second.result == "success", f"committed row missed: {second.result} {second.detail}"

@@ -9,11 +9,14 @@ Skip-unchanged: before dumping, we read a *fingerprint* of the database from the
 ``pg_stat_database`` write counters (tup_inserted/updated/deleted, which include the system
 catalogs, so DDL and large objects count too), ``stats_reset`` and the postmaster start time.
 If it equals the fingerprint recorded in the newest good backup's manifest, no new file is
-written and the run is "unchanged". Limits: the statistics collector can lag a committed write
-by up to a few seconds and stats are reset by a crash or ``pg_stat_reset()``; both only
-cause an extra dump, never a skipped one, because the fingerprint is taken *before* the dump
-(a write that lands later changes it). With ``track_counts = off`` nothing is ever skipped.
-A background ANALYZE also changes the counters (one extra dump).
+written and the run is "unchanged". A session counts its writes only when it goes idle (within
+about a second of it), so a run skips only when every other session in the database has been
+idle for ``SETTLE_SECONDS``; otherwise it dumps. Stats reset by a crash or
+``pg_stat_reset()`` only cause an extra dump, never a skipped one, because the fingerprint is
+taken *before* the dump (a write that lands later changes it). With ``track_counts = off``
+nothing is ever skipped. A background ANALYZE also changes the counters (one extra dump).
+Without superuser or ``pg_read_all_stats`` other roles' sessions cannot be seen idle, so a
+database they are connected to is always dumped.
 """
 
 from __future__ import annotations
@@ -46,11 +49,23 @@ from .rowcounts import count_rows
 
 logger = logging.getLogger(__name__)
 
+# A backend adds its writes to pg_stat_database only when it goes idle (at most once a
+# second, so within about a second of going idle): a row committed by a session that is still
+# busy, or idle for less than that, is not in the counters yet. ``unsettled`` counts the other
+# sessions in this database for which that cannot be ruled out (a session whose state we may
+# not see, without pg_read_all_stats, counts too); skip-unchanged skips only when it is 0.
+SETTLE_SECONDS = 2  # the interval in the query below
 FINGERPRINT_QUERY = """
 SELECT current_setting('track_counts') AS track_counts,
        pg_postmaster_start_time()::text AS started,
        d.stats_reset::text AS stats_reset,
-       d.tup_inserted, d.tup_updated, d.tup_deleted
+       d.tup_inserted, d.tup_updated, d.tup_deleted,
+       (SELECT count(*) FROM pg_stat_activity a
+         WHERE a.datid = d.datid AND a.pid <> pg_backend_pid()
+           AND (a.state IS DISTINCT FROM 'idle'
+                OR a.state_change IS NULL
+                OR a.state_change > clock_timestamp() - interval '2 seconds')
+       ) AS unsettled
 FROM pg_stat_database d WHERE d.datname = current_database()
 """
 SERVER_VERSION = "SELECT current_setting('server_version')"
@@ -195,19 +210,21 @@ async def discover_databases(server: Server) -> list[str]:
     return found
 
 
-async def database_fingerprint(server: Server, database: str) -> str | None:
-    """A string that changes whenever ``database`` is written to (see module docstring)."""
+async def database_fingerprint(server: Server, database: str) -> tuple[str | None, int]:
+    """A string that changes whenever ``database`` is written to (see module docstring), and
+    how many other sessions may still hold writes not counted in it (see FINGERPRINT_QUERY)."""
     conn = await server.connect(database)
     try:
         row = await conn.fetchrow(FINGERPRINT_QUERY)
     finally:
         await conn.close()
     if row is None or row["track_counts"] != "on":
-        return None
-    return "|".join(
+        return None, 0
+    fingerprint = "|".join(
         str(row[key])
         for key in ("started", "stats_reset", "tup_inserted", "tup_updated", "tup_deleted")
     )
+    return fingerprint, int(row["unsettled"])
 
 
 async def select_tools(config: Config, server: Server) -> DumpTools:
@@ -319,9 +336,10 @@ class Dumper:
         fmt = self.config.backup.format
         try:
             fingerprint = None
+            unsettled = 0
             if self.config.backup.skip_unchanged:
                 try:
-                    fingerprint = await database_fingerprint(self.primary, database)
+                    fingerprint, unsettled = await database_fingerprint(self.primary, database)
                 except PgUnavailable as exc:
                     logger.warning(
                         "skip-unchanged: no fingerprint run=%s database=%r: %s",
@@ -329,7 +347,16 @@ class Dumper:
                         database,
                         exc,
                     )
-            if fingerprint is not None:
+            if fingerprint is not None and unsettled:
+                logger.info(
+                    "skip-unchanged: dumping anyway run=%s database=%r: %s other session(s) "
+                    "busy or busy in the last %ss may have writes not counted yet",
+                    self.run_id,
+                    database,
+                    unsettled,
+                    SETTLE_SECONDS,
+                )
+            elif fingerprint is not None:
                 unchanged = await self._confirm_unchanged(database, fmt, fingerprint)
                 if unchanged is not None:
                     return DumpOutcome(
