@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -27,6 +27,7 @@ from laterbased.backups import Catalogue
 from laterbased.config import Config, load_config
 from laterbased.errors import JobFailed
 from laterbased.jobs.dump import run_dumps
+from laterbased.jobs.prune import RetentionPolicy, prune
 from laterbased.jobs.upload import upload_pending
 from laterbased.restore import Restorer, RestoreRequest, restore
 from laterbased.state import State
@@ -229,3 +230,26 @@ async def test_skip_unchanged_does_not_miss_a_write_whose_session_is_still_busy(
             await busy
         writer.terminate()
     assert second.result == "success", f"committed row missed: {second.result} {second.detail}"
+
+
+# --- retention ----------------------------------------------------------------------------
+
+
+async def test_retention_never_deletes_the_last_backup_of_a_database(
+    primary: PgServer, work: Path
+) -> None:
+    """Every backup of a database judged damaged by verify (a damaged disk, or a verify that
+    could not run: pg_restore missing, a timeout) and older than retention_days, while the
+    dumps fail (primary down for a week): prune used to delete them all, leaving nothing to
+    try. The newest one that exists stays."""
+    catalogue = Catalogue(work / "backups")
+    now = datetime.now(UTC)
+    for days in (10, 9, 8):
+        started = now - timedelta(days=days)
+        record = publish_real_backup(primary, catalogue, "postgres", started=started)
+        catalogue.mark_verified(record, False, "pg_restore --list timed out")
+    policy = RetentionPolicy(retention_days=7, min_keep=3)
+    outcome = await prune(catalogue, policy, now, UTC, "review-prune")
+    left = catalogue.list_backups("postgres")
+    assert [r.path.exists() for r in left] == [True], f"deleted: {outcome.deleted}"
+    assert max(r.started for r in outcome.deleted) < left[0].started

@@ -3,7 +3,8 @@
 A backup is kept when any rule keeps it; :func:`decide` says which rules keep each one, so
 ``laterbased backups list`` can show it. Rules, per database:
 
-* ``newest``: the newest good backup, always (even with ``max_local_bytes``);
+* ``newest``: the newest good backup, always (even with ``max_local_bytes``); when none is
+  good, the newest backup whose file exists (the last copy is never deleted);
 * ``min_keep``: the ``backup.min_keep`` newest good backups, whatever their age;
 * ``age``: started less than ``backup.retention_days`` days ago;
 * ``hourly`` / ``daily`` / ``weekly`` / ``monthly``: the newest backup of each of the last N
@@ -113,6 +114,12 @@ def decide(
         good = [d for d in newest_first if d.record.good]
         if good:
             good[0].rules.append("newest")
+        else:
+            # None is good (verify rejected them all, or could not run): the newest file
+            # that exists stays anyway; the last copy of a database is never deleted.
+            present = [d for d in newest_first if d.record.path.exists()]
+            if present:
+                present[0].rules.append("newest")
         for decision in good[: policy.min_keep]:
             decision.rules.append("min_keep")
         for decision in newest_first:
