@@ -24,7 +24,7 @@ from laterbased import proc
 from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.config import Config
 from laterbased.errors import LaterbasedError
-from laterbased.pg.binaries import dump_bindir
+from laterbased.pg.binaries import dump_bindir, newest_bindir_at_least
 
 from .drill import DrillResult, restore_drill
 from .dump import HASH_CHUNK, hash_file
@@ -65,9 +65,14 @@ async def check_backup(config: Config, record: BackupRecord, run_id: str) -> tup
     if record.format != "custom":
         return True, "sha256 ok"
     major = server_major(record.server_version)
-    if major is None:
-        return False, "manifest has no server version"
-    bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
+    if major is not None:
+        bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
+    elif config.backup.bin_dir is not None:
+        bindir = config.backup.bin_dir
+    else:
+        # A manifest without the server's version (not one of ours, or very old): any
+        # pg_restore reads archives of its own major and older, so take the newest.
+        bindir, _ = await asyncio.to_thread(newest_bindir_at_least, "9.0")
     completed = await proc.run(
         [str(bindir / "pg_restore"), "--list", str(record.path)],
         capture_stdout=True,
@@ -98,7 +103,27 @@ async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> li
         try:
             ok, detail = await check_backup(config, record, run_id)
         except (OSError, LaterbasedError, TimeoutError) as exc:
-            ok, detail = False, str(exc)
+            # We could not judge the backup (pg_restore missing, a timeout, an I/O error on
+            # our side): the job fails and says so, but the backup keeps the verdict it had.
+            # Marking it damaged would make retention treat a good backup as bad.
+            reason = str(exc) or type(exc).__name__
+            logger.error(
+                "verify could not run run=%s database=%r file=%s: %s",
+                run_id,
+                database,
+                record.file,
+                reason,
+            )
+            results.append(
+                {
+                    "database": database,
+                    "file": record.file,
+                    "ok": False,
+                    "backup_ok": None,
+                    "detail": f"could not verify: {reason}",
+                }
+            )
+            continue
         job_ok, drill = ok, None
         if ok and config.backup.restore_drill:
             drill = await _drill(config, record, run_id)
