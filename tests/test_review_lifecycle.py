@@ -4,6 +4,7 @@ real processes, the workers running in-process as the daemon runs them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -115,3 +116,62 @@ async def test_reload_with_a_new_standby_port_does_not_kill_the_running_standby_
         assert standby.state.local.reachable, standby.state.local
         await promote_in_daemon(standby.state)
         assert standby.state.standby.role == "primary"
+
+
+class FreezingProxy:
+    """A TCP relay to the primary that goes silent once a session is established (after
+    the first ReadyForQuery): a network partition after login, which loopback cannot
+    produce by itself. The sockets stay open, as they do when a link dies silently."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FreezingProxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_w, server_w]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, freeze: bool) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                if freeze and b"Z\x00\x00\x00\x05I" in data:
+                    return  # logged in: from now on the primary "never answers"
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True))
+
+
+async def test_existing_standby_starts_although_the_primary_hangs_after_login(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    # Restarting laterbased with a standby already cloned: checking the primary first is
+    # a courtesy. A primary that accepts the login and then never answers (a link that
+    # died silently) must not keep the hot standby down.
+    primary = make_primary()
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        await standby.stop()
+        async with FreezingProxy(primary.port) as proxy:
+            standby.state.config = replace(
+                standby.config,
+                primary=replace(standby.config.primary, port=proxy.port, connect_timeout=2.0),
+                monitor=replace(standby.config.monitor, query_timeout=1.0),
+            )
+            standby.ctx.stopping.clear()
+            standby.start()
+            await standby.wait_running(timeout=30)
+            await standby.stop()

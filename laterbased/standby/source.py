@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import asyncpg
 from laterbased.config import Config
 from laterbased.pg import sql
 from laterbased.pg.binaries import major_from_version_num
-from laterbased.pg.connect import connect_primary
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.proc import RunAs
@@ -38,22 +39,34 @@ async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
     conn = await connect_primary(
         primary, application_name=f"{config.standby.application_name}_supervisor"
     )
+    # A primary that took our login and then went silent (a link dead without a reset)
+    # must not hold up the standby: a few queries get what one query may take, each.
+    budget = 4 * config.monitor.query_timeout
     try:
-        version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
-        sysid: str | None = None
-        if version_num >= 90600:
-            try:
-                sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
-            except asyncpg.InsufficientPrivilegeError:
-                logger.warning(
-                    "user %s may not call pg_control_system() on the primary; the standby's "
-                    "system identifier cannot be checked",
-                    primary.user,
-                )
-        if ensure_slot:
-            await ensure_physical_slot(conn, config.standby.slot_name)
+        async with asyncio.timeout(budget):
+            version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+            sysid: str | None = None
+            if version_num >= 90600:
+                try:
+                    sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
+                except asyncpg.InsufficientPrivilegeError:
+                    logger.warning(
+                        "user %s may not call pg_control_system() on the primary; the "
+                        "standby's system identifier cannot be checked",
+                        primary.user,
+                    )
+            if ensure_slot:
+                await ensure_physical_slot(conn, config.standby.slot_name)
+    except TimeoutError:
+        conn.terminate()  # close() would wait for the answer that never comes
+        raise PgUnavailable(
+            f"the primary {primary.host}:{primary.port} accepted our login but did not "
+            f"answer within {budget:g}s",
+            reason="timeout",
+        ) from None
     finally:
-        await asyncio.shield(conn.close())
+        with contextlib.suppress(TimeoutError):  # on timeout close() terminates it
+            await asyncio.shield(conn.close(timeout=config.monitor.query_timeout))
     return PrimaryFacts(version_num, major_from_version_num(version_num), sysid)
 
 
