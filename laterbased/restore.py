@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -478,6 +479,8 @@ class Restorer:
                 argv,
                 env=env,
                 stdin=read_fd,
+                # psql echoes query results (set_config rows …): noise, not news.
+                stdout=subprocess.DEVNULL,
                 log_name="psql restore",
                 timeout=self.config.backup.timeout,
                 stderr_level=logging.WARNING,
