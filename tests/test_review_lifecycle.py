@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,9 +16,23 @@ from pgserver import PgServer, free_port
 from test_standby_supervisor import running_standby
 from waiting import wait_for
 
-from laterbased.config import Secret
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    HttpConfig,
+    MonitorConfig,
+    PrimaryConfig,
+    Secret,
+    StandbyConfig,
+)
 from laterbased.monitor.worker import Monitor
-from laterbased.standby.promote import promote_in_daemon
+from laterbased.standby.promote import (
+    PRIMARY_PROBE_TIMEOUT,
+    old_primary_still_up,
+    promote_in_daemon,
+)
+from laterbased.standby.slot_guard import SlotGuard
+from laterbased.state import PrimaryState, SlotState, State
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +190,58 @@ async def test_existing_standby_starts_although_the_primary_hangs_after_login(
             standby.start()
             await standby.wait_running(timeout=30)
             await standby.stop()
+
+
+async def test_split_brain_guard_answers_quickly_when_the_old_primary_hangs_after_login(
+    primary: PgServer,
+) -> None:
+    # Failover at 3 a.m.: the old primary's link died silently after our login. The guard
+    # says "still running (it accepted a connection)" within its probe time, instead of
+    # waiting forever to close a connection nobody answers on.
+    async with FreezingProxy(primary.port) as proxy:
+        config = Config(
+            primary=PrimaryConfig(
+                host="127.0.0.1",
+                port=proxy.port,
+                user=primary.superuser,
+                password=Secret(primary.superuser_password),
+                connect_timeout=5.0,
+            ),
+            standby=StandbyConfig(enabled=False),
+            backup=BackupConfig(enabled=False),
+            http=HttpConfig(enabled=False),
+        )
+        async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT + 10):
+            verdict = await old_primary_still_up(config)
+    assert verdict is not None and "accepted a connection" in verdict
+
+
+async def test_slot_repair_gives_up_in_time_when_the_primary_hangs_after_login(
+    primary: PgServer,
+) -> None:
+    # The slot guard runs inside the standby's liveness loop: if it hung, nobody would
+    # notice the standby postgres dying any more.
+    async with FreezingProxy(primary.port) as proxy:
+        config = Config(
+            primary=PrimaryConfig(
+                host="127.0.0.1",
+                port=proxy.port,
+                user=primary.superuser,
+                password=Secret(primary.superuser_password),
+                connect_timeout=2.0,
+            ),
+            monitor=MonitorConfig(query_timeout=1.0),
+            backup=BackupConfig(enabled=False),
+            http=HttpConfig(enabled=False),
+        )
+        state = State(config=config)
+        state.primary = PrimaryState(
+            reachable=True,
+            last_ok=time.time(),
+            in_recovery=False,
+            slot=SlotState(name=config.standby.slot_name, exists=False),
+        )
+        async with asyncio.timeout(15):
+            created = await SlotGuard().check(state, config)
+    assert not created
+    assert any("recreating it failed" in event.message for event in state.events)

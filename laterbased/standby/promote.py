@@ -11,6 +11,7 @@ we wait until the server has left recovery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
@@ -76,9 +77,11 @@ async def old_primary_still_up(config: Config) -> str | None:
         async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT):
             in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
     except TimeoutError:
+        conn.terminate()  # close() would wait for the answer that never comes
         return f"the old primary {where} is still running (it accepted a connection)"
     finally:
-        await asyncio.shield(conn.close())
+        with contextlib.suppress(TimeoutError):  # on timeout close() terminates it
+            await asyncio.shield(conn.close(timeout=PRIMARY_PROBE_TIMEOUT))
     if in_recovery:
         return None  # it is a standby itself now: no second writable server
     return f"the old primary {where} is still running and accepting writes"

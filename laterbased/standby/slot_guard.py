@@ -11,6 +11,7 @@ itself within ``wal_retrieve_retry_interval`` (5 s by default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -90,5 +91,9 @@ async def _create_slot(config: Config) -> bool:
     try:
         async with asyncio.timeout(primary.connect_timeout + config.monitor.query_timeout):
             return await ensure_physical_slot(conn, config.standby.slot_name)
+    except TimeoutError:
+        conn.terminate()  # close() would wait for the answer that never comes
+        raise
     finally:
-        await asyncio.shield(conn.close())
+        with contextlib.suppress(TimeoutError):  # on timeout close() terminates it
+            await asyncio.shield(conn.close(timeout=config.monitor.query_timeout))
