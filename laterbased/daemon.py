@@ -135,6 +135,10 @@ class Daemon:
         self.state_lock: HeldLock | None = None
         self.exit_code = 0
         self.fatal: LaterbasedError | None = None
+        # Set by the CLI, whose process ends when serve() returns (not by the demo or tests).
+        self.process_exits_after = False
+        # SIGHUPs queue here from the first moment; the reload loop handles them in order.
+        self._reload_requests: asyncio.Queue[None] = asyncio.Queue()
         masker.set_secrets(secrets_of(config))
 
     # --- phases -------------------------------------------------------------------------
@@ -151,41 +155,33 @@ class Daemon:
             await self.http.start()
 
     async def main_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
-        reload_requests: asyncio.Queue[None] = asyncio.Queue()
-        self._reload_requests = reload_requests
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
-                    for worker in self.workers
-                ]
-                tasks.append(group.create_task(self._reload_loop(), name="reload"))
-                if self.notifier.watchdog_interval:
-                    tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
-                self.state.ready = True
-                self.ready.set()
-                # Everything built during start-up lives as long as the daemon: move it out
-                # of the collector's sight, so a full collection never walks it again (those
-                # walks showed up as 40-50 ms event-loop stalls under /healthz).
-                gc.freeze()
-                self.notifier.ready(self._status_line())
-                logger.info(
-                    "laterbased ready workers=%s http=%s",
-                    ",".join(w.name for w in self.workers) or "-",
-                    f"{self.http.host}:{self.http.port}" if self.http else "off",
-                )
-                await self.stopping.wait()
-                self.notifier.stopping()
-                logger.info("stopping: cancelling workers")
-                for task in tasks:
-                    task.cancel()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
+        if self.stopping.is_set():  # a SIGTERM during start-up: start nothing
+            return
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
+                for worker in self.workers
+            ]
+            tasks.append(group.create_task(self._reload_loop(), name="reload"))
+            if self.notifier.watchdog_interval:
+                tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
+            self.state.ready = True
+            self.ready.set()
+            # Everything built during start-up lives as long as the daemon: move it out
+            # of the collector's sight, so a full collection never walks it again (those
+            # walks showed up as 40-50 ms event-loop stalls under /healthz).
+            gc.freeze()
+            self.notifier.ready(self._status_line())
+            logger.info(
+                "laterbased ready workers=%s http=%s",
+                ",".join(w.name for w in self.workers) or "-",
+                f"{self.http.host}:{self.http.port}" if self.http else "off",
+            )
+            await self.stopping.wait()
+            self.notifier.stopping()
+            logger.info("stopping: cancelling workers")
+            for task in tasks:
+                task.cancel()
 
     async def shutdown(self) -> None:
         self.state.ready = False
@@ -196,7 +192,16 @@ class Daemon:
         logger.info("laterbased stopped exit_code=%s", code)
 
     async def serve(self) -> int:
-        """Run all phases; the return value is the process exit code."""
+        """Run all phases; the return value is the process exit code.
+
+        Signal handlers cover every phase: a SIGTERM while HTTP binds or while shutting
+        down, or a SIGHUP before the workers run, is handled, never the default action
+        (which would kill the process and leave the standby postgres behind).
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         try:
             await self.startup()
             try:
@@ -204,6 +209,12 @@ class Daemon:
             finally:
                 await self.shutdown()
         finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+                if self.process_exits_after:
+                    # The process ends right after this; a late SIGTERM must not turn a
+                    # clean exit 0 into "killed by signal 15".
+                    signal.signal(signum, signal.SIG_IGN)
             if self.state_lock is not None:
                 self.state_lock.release()
         if self.fatal is not None:
@@ -319,4 +330,5 @@ def use_pidfd_child_watcher() -> bool:
 async def run_daemon(config: Config, loader: ConfigLoader | None = None) -> int:
     use_pidfd_child_watcher()
     daemon = Daemon(config, loader=loader)
+    daemon.process_exits_after = True
     return await daemon.serve()

@@ -224,3 +224,29 @@ def test_pidfd_child_watcher_reaps_children_on_python_3_11() -> None:
     used, codes = result.stdout.strip().split(" ", 1)
     assert codes == "{0}"
     assert used == str(sys.version_info < (3, 12))
+
+
+async def test_repeated_sigterm_while_stopping_still_exits_0(daemon: DaemonProcess) -> None:
+    # Handlers stay installed until shutdown is over: a second (impatient) SIGTERM, as
+    # `docker stop` or an operator sends, must not take the default action mid-shutdown.
+    for _ in range(5):
+        try:
+            daemon.send(signal.SIGTERM)
+        except ProcessLookupError:
+            break  # already gone: it was quicker than we were
+        await asyncio.sleep(0.005)
+    assert await daemon.wait_exit(timeout=10) == 0
+    assert "Traceback" not in daemon.log
+
+
+async def test_sighup_queued_during_start_up_is_applied(tmp_path: Path) -> None:
+    config = minimal_config(tmp_path)
+    path = write_config(tmp_path / "laterbased.yaml", config)
+    process = await DaemonProcess.start(path, config["http"]["port"])
+    try:
+        await process.wait_log("http listening")
+        process.send(signal.SIGHUP)
+        await process.wait_log("reload applied")
+        await process.wait_http(timeout=10)
+    finally:
+        await process.stop()

@@ -18,7 +18,7 @@ import aiohttp
 
 from laterbased import cli
 from laterbased.config import Config
-from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE
+from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE, JobFailed
 
 DESCRIPTION = """\
 Promote the local standby to a primary (failover). Run it only when the Resolve primary
@@ -61,7 +61,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return asyncio.run(promote(config, force=args.force))
 
 
-async def _ask_daemon(config: Config, *, force: bool) -> tuple[int, dict[str, Any]] | None:
+async def _ask_daemon(
+    config: Config, *, force: bool, seconds: float = 120.0
+) -> tuple[int, dict[str, Any]] | None:
     """(status, body) from the daemon's API, or None when no daemon answers."""
     host = config.http.host
     if host in {"", "0.0.0.0", "::", "*"}:  # noqa: S104 - we connect, not bind
@@ -70,7 +72,7 @@ async def _ask_daemon(config: Config, *, force: bool) -> tuple[int, dict[str, An
     headers = {}
     if config.http.token:
         headers["Authorization"] = f"Bearer {config.http.token.reveal()}"
-    timeout = aiohttp.ClientTimeout(total=120, connect=5)
+    timeout = aiohttp.ClientTimeout(total=seconds, connect=5)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
@@ -78,8 +80,15 @@ async def _ask_daemon(config: Config, *, force: bool) -> tuple[int, dict[str, An
         ):
             body = await response.json(content_type=None)
             return response.status, body if isinstance(body, dict) else {}
-    except aiohttp.ClientConnectionError:
-        return None
+    except aiohttp.ClientConnectorError:
+        return None  # nothing listens: no daemon, promote directly
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # A daemon is there but did not answer in time (or hung up mid-answer): it may be
+        # promoting right now. Promoting behind its back would be worse than stopping.
+        raise JobFailed(
+            f"the daemon at {url} did not give an answer ({type(exc).__name__}: {exc}); it "
+            "may still be promoting: look at /status or the log before trying again"
+        ) from exc
 
 
 async def promote(config: Config, *, force: bool = False) -> int:
