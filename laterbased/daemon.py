@@ -228,7 +228,12 @@ class Daemon:
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                await worker.run(self.context)
+                try:
+                    await worker.run(self.context)
+                except* RefuseToRun as group:
+                    # A refusal raised inside a worker's own task group arrives wrapped in
+                    # an exception group; it is still a refusal, not a crash to retry.
+                    raise group.exceptions[0] from None
                 return  # a worker that returns has nothing (more) to do
             except RefuseToRun as exc:
                 logger.critical("worker %s refuses to continue: %s", worker.name, exc)

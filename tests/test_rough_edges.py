@@ -67,6 +67,24 @@ async def test_refusing_daemon_logs_the_exit_code_it_really_ends_with(
     assert stopped == [f"laterbased stopped exit_code={EXIT_REFUSE}"]
 
 
+async def test_a_refusal_inside_a_workers_task_group_stops_the_daemon_not_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def refuse_from_a_task(ctx: Any) -> None:
+        async with asyncio.TaskGroup() as group:
+
+            async def inner() -> None:
+                raise RefuseToRun("slot name taken by a logical slot")
+
+            group.create_task(inner())
+
+    daemon = Daemon(quiet_config(), workers=[Worker("standby", refuse_from_a_task)])
+    with pytest.raises(RefuseToRun, match="logical slot"):
+        await asyncio.wait_for(daemon.serve(), 10)
+    assert daemon.state.worker_restarts["standby"] == 0
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
 async def test_check_is_ok_when_the_port_is_held_by_the_running_laterbased() -> None:
     # `laterbased check` from cron/Nagios next to a healthy daemon exited 1 forever
     # ("127.0.0.1:8434 is in use"): the daemon itself is the one holding the port.
