@@ -174,6 +174,13 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def published_files(backup_dir: Path) -> list[Path]:
     return [
         p
@@ -193,8 +200,16 @@ async def test_daemon_killed_mid_dump_publishes_nothing_and_next_start_cleans_up
     daemon = start_daemon(primary, small_db, backup_dir)
     second: subprocess.Popen[bytes] | None = None
     try:
-        await wait_for(lambda: bool(writers_into(partial)), 60, "catch-up pg_dump to start")
-        dumper = writers_into(partial)[0]
+        dumpers: list[int] = []
+
+        def pg_dump_writing() -> bool:
+            # Only pg_dump itself: the daemon also holds a file in .partial/ for a moment
+            # (the passfile it writes), which made this test flaky.
+            dumpers[:] = [pid for pid in writers_into(partial) if _comm(pid) == "pg_dump"]
+            return bool(dumpers)
+
+        await wait_for(pg_dump_writing, 60, "catch-up pg_dump to start")
+        dumper = dumpers[0]
         daemon.send_signal(signum)
         code = await asyncio.to_thread(daemon.wait, 60)
         if signum == signal.SIGTERM:
