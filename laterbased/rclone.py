@@ -454,33 +454,8 @@ class Rclone:
         """Copy one local file to ``remote_path`` (a full ``remote:path``)."""
         await self.call("copyto", str(local), remote_path)
 
-    async def lsjson(
-        self, remote_path: str, *, hashes: bool = False, recursive: bool = False
-    ) -> list[RemoteEntry]:
-        """Objects under ``remote_path``; an absent directory is an empty list."""
-        args = ["--files-only"]
-        if hashes:
-            args += ["--hash", *_HASH_FLAGS]
-        if recursive:
-            args.append("--recursive")
-        try:
-            result = await self.call(
-                "lsjson",
-                *args,
-                remote_path,
-                capture=True,
-                timeout=_short(self.upload),
-                absent_ok=True,
-            )
-        except RcloneFailed as exc:
-            if exc.not_found:
-                return []
-            raise
-        return [RemoteEntry.from_json(item) for item in _json_list(result.stdout)]
-
-    async def stat(self, remote_path: str, *, hashes: bool = True) -> RemoteEntry | None:
-        """The object at ``remote_path`` (with hashes the backend has), or None if absent."""
-        args = ["--stat", "--files-only"] + (["--hash", *_HASH_FLAGS] if hashes else [])
+    async def _lsjson_output(self, remote_path: str, args: list[str]) -> bytes | None:
+        """``rclone lsjson ARGS remote_path``'s output, or None when the path is absent."""
         try:
             result = await self.call(
                 "lsjson",
@@ -494,7 +469,27 @@ class Rclone:
             if exc.not_found:
                 return None
             raise
-        text = result.stdout.strip()
+        return result.stdout
+
+    async def lsjson(
+        self, remote_path: str, *, hashes: bool = False, recursive: bool = False
+    ) -> list[RemoteEntry]:
+        """Objects under ``remote_path``; an absent directory is an empty list."""
+        args = ["--files-only"]
+        if hashes:
+            args += ["--hash", *_HASH_FLAGS]
+        if recursive:
+            args.append("--recursive")
+        output = await self._lsjson_output(remote_path, args)
+        if output is None:
+            return []
+        return [RemoteEntry.from_json(item) for item in _json_list(output)]
+
+    async def stat(self, remote_path: str, *, hashes: bool = True) -> RemoteEntry | None:
+        """The object at ``remote_path`` (with hashes the backend has), or None if absent."""
+        args = ["--stat", "--files-only"] + (["--hash", *_HASH_FLAGS] if hashes else [])
+        output = await self._lsjson_output(remote_path, args)
+        text = output.strip() if output is not None else b""
         if not text:
             return None
         item = json.loads(text)
