@@ -228,6 +228,29 @@ async def test_kill_9_of_the_postmaster_restarts_it_and_replication_resumes(
         assert any("restart #1" in event.message for event in standby.state.events)
 
 
+async def test_a_second_cancel_during_shutdown_still_leaves_no_postgres_behind(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    primary = make_primary()
+    async with running_standby(primary) as standby:
+        await standby.wait_running()
+        postmaster = standby.state.standby.pid
+        assert postmaster is not None
+        conn = await standby.connect(primary)  # a backend: its own session, own process
+        try:
+            assert standby.task is not None
+            standby.task.cancel()
+            await asyncio.sleep(0.05)  # shutdown under way
+            standby.task.cancel()  # the daemon's task group aborting, say
+            with contextlib.suppress(asyncio.CancelledError):
+                await standby.task
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+        assert not os.path.exists(f"/proc/{postmaster}")
+        assert pids_with_cwd_under(standby.config.state_dir) == []
+
+
 async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
     make_primary: Callable[..., PgServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,15 @@ from laterbased.daemon import WorkerContext
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable
-from laterbased.proc import Child, RunAs, child_environment, resolve_run_as, run, spawn
+from laterbased.proc import (
+    Child,
+    RunAs,
+    child_environment,
+    finish_uncancellable,
+    resolve_run_as,
+    run,
+    spawn,
+)
 from laterbased.state import StandbyState, State
 
 from . import bootstrap, configure, safety, source
@@ -317,8 +325,16 @@ class StandbySupervisor:
                 steps = ((signal.SIGQUIT, min(timeout, STUCK_QUIT_WAIT)),)
             else:
                 steps = ((signal.SIGINT, timeout), (signal.SIGQUIT, timeout))
-            await child.stop(steps)
-            await self._kill_leftovers()
+
+            async def stop_and_sweep() -> None:
+                await child.stop(steps)
+                # Backends start sessions of their own: after a postmaster crash they
+                # outlive its process group and must be found and killed separately.
+                await self._kill_leftovers()
+
+            # One task, awaited to the end even through a second cancellation (the
+            # daemon's task group aborting): no backend may outlive the daemon.
+            await finish_uncancellable(asyncio.ensure_future(stop_and_sweep()))
             self.state.pid = None
             self.state.port = None
 
