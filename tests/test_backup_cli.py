@@ -41,7 +41,10 @@ def workdir() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def environment(primary: PgServer, workdir: Path, port: int, token: str | None) -> dict[str, str]:
+def environment(
+    primary: PgServer, workdir: Path, port: int, token: str | None, *, database: str = DB
+) -> dict[str, str]:
+    """A backups-only laterbased of ``database`` on ``primary``, from the environment alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
     env.update(
         PRIMARY_HOST=primary.host,
@@ -51,7 +54,7 @@ def environment(primary: PgServer, workdir: Path, port: int, token: str | None) 
         LATERBASED_STANDBY_ENABLED="false",
         LATERBASED_STATE_DIR=str(workdir),
         LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
-        LATERBASED_BACKUP_DATABASES=DB,
+        LATERBASED_BACKUP_DATABASES=database,
         LATERBASED_BACKUP_CATCH_UP="false",
         LATERBASED_HTTP_PORT=str(port),
     )
@@ -60,14 +63,16 @@ def environment(primary: PgServer, workdir: Path, port: int, token: str | None) 
     return env
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "laterbased", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 

@@ -9,17 +9,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer, free_port
+from test_backup_cli import cli, environment
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = 'Proj "Grade" / it\'s \\ 1 ü 🎬'
 TARGET = "Restored / " + os.urandom(3).hex() + ' "ü"'
 
@@ -41,11 +40,8 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "laterbased", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )
+def laterbased(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(env, *args, timeout=300)
 
 
 def test_odd_database_name_is_dumped_listed_and_restored(
@@ -59,35 +55,23 @@ def test_odd_database_name_is_dumped_listed_and_restored(
             "SELECT i, 'p' || i FROM generate_series(1, 321) i",
             NAME,
         )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
-    env.update(
-        PRIMARY_HOST=primary.host,
-        PRIMARY_PORT=str(primary.port),
-        PRIMARY_USER=primary.superuser,
-        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
-        LATERBASED_STANDBY_ENABLED="false",
-        LATERBASED_STATE_DIR=str(workdir),
-        LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
-        LATERBASED_BACKUP_DATABASES=NAME,
-        LATERBASED_BACKUP_CATCH_UP="false",
-        LATERBASED_HTTP_PORT=str(free_port()),
-    )
+    env = environment(primary, workdir, free_port(), None, database=NAME)
     try:
-        done = cli(env, "backup-now", "--json")
+        done = laterbased(env, "backup-now", "--json")
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["result"] == "success"
         # One directory per database, one path component: the slash did not make a subdir.
         [directory] = [p for p in (workdir / "backups").iterdir() if not p.name.startswith(".")]
         assert "/" not in directory.name and list(directory.glob("*.json"))
 
-        listed = cli(env, "backups", "list", "--json")
+        listed = laterbased(env, "backups", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         [row] = json.loads(listed.stdout)
         assert row["database"] == NAME
-        table = cli(env, "backups", "list", "--database", NAME)
+        table = laterbased(env, "backups", "list", "--database", NAME)
         assert table.returncode == 0 and NAME in table.stdout, table.stdout + table.stderr
 
-        restored = cli(env, "restore", "--database", NAME, "--latest", "--target-db", TARGET)
+        restored = laterbased(env, "restore", "--database", NAME, "--latest", "--target-db", TARGET)
         assert restored.returncode == 0, restored.stdout + restored.stderr
         assert primary.sql('SELECT count(*) FROM "SM_Project"', TARGET) == "321"
     finally:
