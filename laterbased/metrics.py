@@ -51,11 +51,18 @@ def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> Ga
     return GaugeMetricFamily(f"{PREFIX}{name}", documentation, labels=labels)
 
 
-def _counter(
-    name: str, documentation: str, labels: list[str] | None = None
-) -> CounterMetricFamily:
+def _counter(name: str, documentation: str, labels: list[str] | None = None) -> CounterMetricFamily:
     # prometheus_client appends "_total" to counter samples.
     return CounterMetricFamily(f"{PREFIX}{name}", documentation, labels=labels)
+
+
+def _gauge_of(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    """An unlabelled gauge with one sample when ``value`` is known, none when it is not
+    (an unknown fact has no sample rather than a misleading zero)."""
+    family = _gauge(name, documentation)
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
 
 
 def _flag(value: bool | None) -> float:
@@ -128,16 +135,16 @@ def replication_metrics(state: State) -> Iterator[Metric]:
     if state.config.primary.host is not None:
         primary_up.add_metric([], _flag(primary.reachable))
     yield primary_up
-    version = _gauge("primary_server_version_num", "server_version_num of the primary")
-    if primary.server_version_num is not None:
-        version.add_metric([], float(primary.server_version_num))
-    yield version
-    last_ok = _gauge(
-        "primary_last_poll_success_timestamp_seconds", "Unix time of the last good primary poll"
+    yield _gauge_of(
+        "primary_server_version_num",
+        "server_version_num of the primary",
+        primary.server_version_num,
     )
-    if primary.last_ok is not None:
-        last_ok.add_metric([], primary.last_ok)
-    yield last_ok
+    yield _gauge_of(
+        "primary_last_poll_success_timestamp_seconds",
+        "Unix time of the last good primary poll",
+        primary.last_ok,
+    )
     in_recovery = _gauge("standby_in_recovery", "1 when the local postgres is in recovery")
     if local.in_recovery is not None:
         in_recovery.add_metric([], _flag(local.in_recovery))
@@ -154,19 +161,16 @@ def replication_metrics(state: State) -> Iterator[Metric]:
         for status in known:
             receiver.add_metric([status], _flag(status == local.receiver_status))
     yield receiver
-    lag_bytes = _gauge(
-        "replication_lag_bytes", "Primary's current WAL position minus the standby's replay one"
+    yield _gauge_of(
+        "replication_lag_bytes",
+        "Primary's current WAL position minus the standby's replay one",
+        local.lag_bytes,
     )
-    if local.lag_bytes is not None:
-        lag_bytes.add_metric([], float(local.lag_bytes))
-    yield lag_bytes
-    lag_seconds = _gauge(
+    yield _gauge_of(
         "replication_lag_seconds",
         "How long ago the primary was where the standby's replay is now (0 when caught up)",
+        local.lag_seconds,
     )
-    if local.lag_seconds is not None:
-        lag_seconds.add_metric([], local.lag_seconds)
-    yield lag_seconds
 
 
 def slot_metrics(state: State) -> Iterator[Metric]:
@@ -276,12 +280,11 @@ def backup_metrics(state: State) -> Iterator[Metric]:
     deleted = _counter("retention_deleted", "Local backups deleted by retention")
     deleted.add_metric([], float(state.retention_deleted))
     yield deleted
-    upload_success = _gauge(
-        "upload_last_success_timestamp_seconds", "Unix time of the last successful upload"
+    yield _gauge_of(
+        "upload_last_success_timestamp_seconds",
+        "Unix time of the last successful upload",
+        state.upload_last_success,
     )
-    if state.upload_last_success is not None:
-        upload_success.add_metric([], state.upload_last_success)
-    yield upload_success
     uploaded = _counter("upload_bytes", "Bytes uploaded with rclone")
     uploaded.add_metric([], float(state.upload_bytes))
     yield uploaded
