@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from pgserver import PgServer, find_pg_bindir
+from pgserver import PgServer
 from streaming_standby import APPLICATION_NAME, StreamingStandby
 
 from laterbased import health
@@ -42,8 +42,8 @@ INTERVAL = 0.2
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[PgServer, StreamingStandby]]:
-    primary = PgServer(find_pg_bindir())
+def servers(pg_bindir: Path) -> Iterator[tuple[PgServer, StreamingStandby]]:
+    primary = PgServer(pg_bindir)
     standby: StreamingStandby | None = None
     try:
         primary.sql("CREATE TABLE filler (id serial PRIMARY KEY, payload text)")
