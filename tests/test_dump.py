@@ -116,6 +116,67 @@ async def test_second_dump_of_an_unchanged_database_is_skipped(
     assert len(catalogue.list_backups(resolve_db)) == 2
 
 
+async def test_a_write_committed_just_before_the_run_is_in_the_new_backup(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    """The data-loss case on PostgreSQL 13: its statistics reach pg_stat_database late (the
+    collector), so a fingerprint of them alone called a just-written database "unchanged".
+    Each round commits one row, by a client that has already gone (psql) and by one still
+    connected and idle, then runs at once: the new backup must hold the row."""
+    config = make_config(primary, backup_dir, databases=(resolve_db,))
+    catalogue = Catalogue(backup_dir)
+    assert (await run_dumps(config, catalogue, "commit-race-0"))[0].result == "success"
+    writer = await primary.connect(resolve_db)
+    try:
+        for round_number in range(1, 7):
+            row_id = -1000 - round_number
+            if round_number % 2:
+                primary.sql(f'INSERT INTO "BtVideoInfo" VALUES ({row_id}, NULL)', resolve_db)
+            else:
+                await writer.execute(f'INSERT INTO "BtVideoInfo" VALUES ({row_id}, NULL)')
+            outcome = (await run_dumps(config, catalogue, f"commit-race-{round_number}"))[0]
+            assert outcome.result == "success", (
+                f"round {round_number}: a committed write was called {outcome.result!r}: "
+                f"{outcome.detail}"
+            )
+            assert outcome.record is not None
+            target = f"commit race {round_number} " + os.urandom(3).hex()
+            restore(primary, outcome.record.path, target)
+            found = primary.sql(
+                f'SELECT count(*) FROM "BtVideoInfo" WHERE "VideoInfoId" = {row_id}', target
+            )
+            assert found.strip() == "1", f"round {round_number}: the row is not in the backup"
+    finally:
+        await writer.close()
+
+
+async def test_a_write_in_progress_during_a_dump_is_in_the_next_backup(
+    primary: PgServer, resolve_db: str, backup_dir: Path
+) -> None:
+    """A transaction that had written but not committed when the dump started is invisible
+    to that dump; it commits afterwards without any new transaction starting. The next run
+    must not call the database unchanged."""
+    config = make_config(primary, backup_dir, databases=(resolve_db,))
+    catalogue = Catalogue(backup_dir)
+    writer = await primary.connect(resolve_db)
+    try:
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute('INSERT INTO "BtVideoInfo" VALUES (-2000, NULL)')
+        during = (await run_dumps(config, catalogue, "in-flight-1"))[0]
+        assert during.result == "success", during.detail
+        await transaction.commit()
+    finally:
+        await writer.close()
+    after = (await run_dumps(config, catalogue, "in-flight-2"))[0]
+    assert after.result == "success", f"the late commit was called {after.result!r}"
+    assert after.record is not None
+    target = "in flight " + os.urandom(3).hex()
+    restore(primary, after.record.path, target)
+    found = primary.sql('SELECT count(*) FROM "BtVideoInfo" WHERE "VideoInfoId" = -2000', target)
+    assert found == "1", "the late commit is not in the next backup"
+
+
 async def test_discovery_finds_only_databases_with_sm_project(
     primary: PgServer, resolve_db: str
 ) -> None:

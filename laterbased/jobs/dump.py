@@ -5,18 +5,22 @@ path, so memory stays flat whatever the size); stderr goes to the log. The passw
 pg_dump through a 0600 passfile named by ``PGPASSFILE``, never argv. The sha256 is computed
 after pg_dump exits, in a thread, from the page cache (see bench/dump.py for its cost).
 
-Skip-unchanged: before dumping, we read a *fingerprint* of the database from the primary:
-``pg_stat_database`` write counters (tup_inserted/updated/deleted, which include the system
-catalogs, so DDL and large objects count too), ``stats_reset`` and the postmaster start time.
-If it equals the fingerprint recorded in the newest good backup's manifest, no new file is
-written and the run is "unchanged". A session counts its writes only when it goes idle (within
-about a second of it), so a run skips only when every other session in the database has been
-idle for ``SETTLE_SECONDS``; otherwise it dumps. Stats reset by a crash or
-``pg_stat_reset()`` only cause an extra dump, never a skipped one, because the fingerprint is
-taken *before* the dump (a write that lands later changes it). With ``track_counts = off``
-nothing is ever skipped. A background ANALYZE also changes the counters (one extra dump).
-Without superuser or ``pg_read_all_stats`` other roles' sessions cannot be seen idle, so a
-database they are connected to is always dumped.
+Skip-unchanged: before dumping, we read a *fingerprint* from the primary and dump only when
+it differs from the one recorded in the newest good backup's manifest. Its exact part is the
+cluster's transaction-ID horizon (``txid_current_snapshot()``): every committed write - rows,
+DDL, large objects, unlogged tables - takes a transaction ID, the counter lives in shared
+memory, so it is never late, on any major. A fingerprint is recorded only when no write was in
+progress at that moment (the snapshot's xmin equals its xmax): a transaction that had written
+but commits after the dump's snapshot would otherwise leave the horizon unchanged and be
+skipped. The horizon is cluster-wide, so a write to any database of the server dumps every
+database at the next run (an idle library overnight costs one more dump after the last work).
+Its other part is ``pg_stat_database``'s write counters, ``stats_reset`` and the postmaster
+start time: on PostgreSQL 13 they arrive late (a collector process, up to ~0.5 s after the
+writer goes idle, and by UDP, which may drop them) and on 15 within about a second, so they
+never decide alone; they only add reasons to dump. On a standby source the fingerprint is kept
+only if the standby had replayed every transaction below the horizon when the dump started.
+With ``track_counts = off`` nothing is ever skipped. A background ANALYZE takes a transaction
+ID too (one extra dump).
 """
 
 from __future__ import annotations
@@ -49,25 +53,21 @@ from .rowcounts import count_rows
 
 logger = logging.getLogger(__name__)
 
-# A backend adds its writes to pg_stat_database only when it goes idle (at most once a
-# second, so within about a second of going idle): a row committed by a session that is still
-# busy, or idle for less than that, is not in the counters yet. ``unsettled`` counts the other
-# sessions in this database for which that cannot be ruled out (a session whose state we may
-# not see, without pg_read_all_stats, counts too); skip-unchanged skips only when it is 0.
-SETTLE_SECONDS = 2  # the interval in the query below
+# One statement, so both snapshot calls read the same snapshot. txid_* exist from 8.3 to 17.
 FINGERPRINT_QUERY = """
 SELECT current_setting('track_counts') AS track_counts,
+       txid_snapshot_xmax(txid_current_snapshot())::text AS xid_horizon,
+       txid_snapshot_xmin(txid_current_snapshot())
+           = txid_snapshot_xmax(txid_current_snapshot()) AS quiescent,
        pg_postmaster_start_time()::text AS started,
        d.stats_reset::text AS stats_reset,
-       d.tup_inserted, d.tup_updated, d.tup_deleted,
-       (SELECT count(*) FROM pg_stat_activity a
-         WHERE a.datid = d.datid AND a.pid <> pg_backend_pid()
-           AND (a.state IS DISTINCT FROM 'idle'
-                OR a.state_change IS NULL
-                OR a.state_change > clock_timestamp() - interval '2 seconds')
-       ) AS unsettled
+       d.tup_inserted, d.tup_updated, d.tup_deleted
 FROM pg_stat_database d WHERE d.datname = current_database()
 """
+# On a standby: has it replayed (completed) every transaction below the horizon $1?
+STANDBY_REPLAYED_HORIZON = (
+    "SELECT txid_snapshot_xmin(txid_current_snapshot()) >= $1::text::bigint"
+)
 SERVER_VERSION = "SELECT current_setting('server_version')"
 CONFLICT_WITH_RECOVERY = "conflict with recovery"
 # On a standby, pg_dump gives up on a table lock after this long (--lock-wait-timeout): with
@@ -210,21 +210,37 @@ async def discover_databases(server: Server) -> list[str]:
     return found
 
 
-async def database_fingerprint(server: Server, database: str) -> tuple[str | None, int]:
-    """A string that changes whenever ``database`` is written to (see module docstring), and
-    how many other sessions may still hold writes not counted in it (see FINGERPRINT_QUERY)."""
+@dataclass(frozen=True)
+class Fingerprint:
+    """What skip-unchanged compares (see the module docstring). ``value`` is None when it must
+    not be recorded, with the reason in ``why_not``."""
+
+    value: str | None
+    horizon: int | None = None
+    why_not: str = ""
+
+
+async def database_fingerprint(server: Server, database: str) -> Fingerprint:
+    """The fingerprint of ``database`` now (see the module docstring)."""
     conn = await server.connect(database)
     try:
         row = await conn.fetchrow(FINGERPRINT_QUERY)
     finally:
         await conn.close()
     if row is None or row["track_counts"] != "on":
-        return None, 0
-    fingerprint = "|".join(
-        str(row[key])
-        for key in ("started", "stats_reset", "tup_inserted", "tup_updated", "tup_deleted")
+        return Fingerprint(None, why_not="track_counts is off")
+    if not row["quiescent"]:
+        # A write in progress now may commit after the dump's snapshot without moving the
+        # horizon: a fingerprint recorded now could call that commit "unchanged" next time.
+        return Fingerprint(None, why_not="a write transaction was in progress")
+    value = "|".join(
+        [f"xid={row['xid_horizon']}"]
+        + [
+            str(row[key])
+            for key in ("started", "stats_reset", "tup_inserted", "tup_updated", "tup_deleted")
+        ]
     )
-    return fingerprint, int(row["unsettled"])
+    return Fingerprint(value, int(row["xid_horizon"]))
 
 
 async def select_tools(config: Config, server: Server) -> DumpTools:
@@ -335,11 +351,10 @@ class Dumper:
         started_clock = time.monotonic()
         fmt = self.config.backup.format
         try:
-            fingerprint = None
-            unsettled = 0
+            fingerprint = Fingerprint(None, why_not="skip_unchanged is off")
             if self.config.backup.skip_unchanged:
                 try:
-                    fingerprint, unsettled = await database_fingerprint(self.primary, database)
+                    fingerprint = await database_fingerprint(self.primary, database)
                 except PgUnavailable as exc:
                     logger.warning(
                         "skip-unchanged: no fingerprint run=%s database=%r: %s",
@@ -347,17 +362,8 @@ class Dumper:
                         database,
                         exc,
                     )
-            if fingerprint is not None and unsettled:
-                logger.info(
-                    "skip-unchanged: dumping anyway run=%s database=%r: %s other session(s) "
-                    "busy or busy in the last %ss may have writes not counted yet",
-                    self.run_id,
-                    database,
-                    unsettled,
-                    SETTLE_SECONDS,
-                )
-            elif fingerprint is not None:
-                unchanged = await self._confirm_unchanged(database, fmt, fingerprint)
+            if fingerprint.value is not None:
+                unchanged = await self._confirm_unchanged(database, fmt, fingerprint.value)
                 if unchanged is not None:
                     return DumpOutcome(
                         database,
@@ -366,6 +372,14 @@ class Dumper:
                         unchanged,
                         time.monotonic() - started_clock,
                     )
+            elif self.config.backup.skip_unchanged:
+                logger.info(
+                    "skip-unchanged: dumping, and the next run will dump too, run=%s "
+                    "database=%r: %s",
+                    self.run_id,
+                    database,
+                    fingerprint.why_not,
+                )
             record = await self._dump_with_retry(database, fmt, tools, fingerprint)
         except asyncio.CancelledError:
             logger.warning("dump cancelled run=%s database=%r", self.run_id, database)
@@ -390,7 +404,16 @@ class Dumper:
         self, database: str, fmt: str, fingerprint: str
     ) -> BackupRecord | None:
         records = await asyncio.to_thread(self.catalogue.list_backups, database)
-        good = [r for r in records if r.database == database and r.format == fmt and r.good]
+        now = datetime.now(UTC)
+        # A backup dated in the future is no base to skip from: a new one gets a true date.
+        good = [
+            r
+            for r in records
+            if r.database == database
+            and r.format == fmt
+            and r.good
+            and not r.from_the_future(now)
+        ]
         if not good or good[-1].fingerprint != fingerprint:
             return None
         newest = await asyncio.to_thread(self.catalogue.mark_confirmed, good[-1], datetime.now(UTC))
@@ -403,13 +426,14 @@ class Dumper:
         return newest
 
     async def _dump_with_retry(
-        self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
+        self, database: str, fmt: str, tools: DumpTools, fingerprint: Fingerprint
     ) -> BackupRecord:
         attempts = STANDBY_ATTEMPTS if self.server.role == "standby" else 1
         for attempt in range(1, attempts + 1):
             try:
                 async with self._replay_paused():
-                    return await self._dump_once(database, fmt, tools, fingerprint)
+                    kept = await self._fingerprint_seen_by_source(database, fingerprint)
+                    return await self._dump_once(database, fmt, tools, kept)
             except DumpFailed as exc:
                 if not (exc.conflict or exc.lock) or attempt == attempts:
                     raise
@@ -453,6 +477,33 @@ class Dumper:
                     logger.info("resumed WAL replay on the standby run=%s", self.run_id)
             finally:
                 await asyncio.shield(conn.close())
+
+    async def _fingerprint_seen_by_source(
+        self, database: str, fingerprint: Fingerprint
+    ) -> str | None:
+        """The fingerprint to record with this dump: on a standby only if it had replayed
+        every transaction below the horizon (replay is paused by now, so the dump's snapshot
+        sees at least as much); a lagging standby's dump may lack a committed write."""
+        if fingerprint.value is None or self.server.role != "standby":
+            return fingerprint.value
+        try:
+            conn = await self.server.connect(database)
+            try:
+                replayed = await conn.fetchval(STANDBY_REPLAYED_HORIZON, str(fingerprint.horizon))
+            finally:
+                await asyncio.shield(conn.close())
+        except Exception as exc:  # unreachable or an asyncpg server error: do not skip later
+            replayed = False
+            logger.warning("skip-unchanged: cannot ask the standby run=%s: %s", self.run_id, exc)
+        if replayed:
+            return fingerprint.value
+        logger.info(
+            "skip-unchanged: the standby had not replayed every write yet; the next run dumps "
+            "again run=%s database=%r",
+            self.run_id,
+            database,
+        )
+        return None
 
     async def _snapshot_counter(self, database: str) -> SnapshotCounter | None:
         """An open transaction with an exported snapshot for pg_dump to share, or None (then
