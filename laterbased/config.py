@@ -12,8 +12,10 @@ path it belongs to, and raised together as one :class:`ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,7 @@ from .errors import ConfigError
 from .schedule.cron import validate_expression
 from .units import parse_duration, parse_size
 
+logger = logging.getLogger(__name__)
 
 class Secret:
     """A string that does not show itself in ``repr``, logs or ``config show``."""
@@ -326,11 +329,46 @@ def parse_env_file(text: str) -> dict[str, str]:
     return result
 
 
+class NotARegularFile(OSError):
+    """A configuration input that is a FIFO, directory, device or socket."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe), which would block until something writes to it"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_regular_file(path: Path | str) -> tuple[str, int]:
+    """The UTF-8 text of a regular file and its mode bits.
+
+    The file is opened without blocking and checked before a byte is read: a FIFO given as
+    ``--config`` or as a secret file would otherwise hang the daemon (and ``config
+    validate``) for ever, and a device could be read without end. Raises
+    :class:`NotARegularFile`, ``OSError`` or ``UnicodeDecodeError``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+            raise NotARegularFile(f"is {kind}, not a regular file")
+        data = handle.read()
+    return data.decode("utf-8"), stat.S_IMODE(mode)
+
+
+def _reason(exc: OSError) -> str:
+    return str(exc) if isinstance(exc, NotARegularFile) else (exc.strerror or str(exc))
+
+
 def load_env_file(path: Path) -> dict[str, str]:
     try:
-        return parse_env_file(path.read_text(encoding="utf-8"))
+        return parse_env_file(read_regular_file(path)[0])
     except OSError as exc:
-        raise ConfigError([f"--env-file: cannot read {path}: {exc.strerror}"]) from exc
+        raise ConfigError([f"--env-file: cannot read {path}: {_reason(exc)}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"--env-file: {path} is not UTF-8 text"]) from exc
 
@@ -360,9 +398,12 @@ def load_config(
 
 def _read_yaml(path: Path, raw: _Raw) -> None:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path)[0]
     except OSError as exc:
-        raw.errors.append(f"config file {path}: {exc.strerror or exc}")
+        raw.errors.append(f"config file {path}: {_reason(exc)}")
+        return
+    except UnicodeDecodeError:
+        raw.errors.append(f"config file {path}: not UTF-8 text")
         return
     try:
         data = yaml.safe_load(text)
@@ -500,14 +541,25 @@ def _resolve_secret_files(raw: _Raw, env: Mapping[str, str]) -> None:
             if current is not None and _layer(current) > _layer(origin):
                 continue
             try:
-                value = Path(file_name).read_text(encoding="utf-8").rstrip("\r\n")
+                text, mode = read_regular_file(file_name)
             except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                reason = _reason(exc) if isinstance(exc, OSError) else "not UTF-8 text"
                 raw.errors.append(
                     f"{'.'.join(path)}: cannot read secret file {file_name} ({origin}): {reason}"
                 )
                 continue
-            raw.set(path, value, origin)
+            if mode & 0o077:
+                # Not an error: Docker and Kubernetes mount secrets 0444 by default, and the
+                # daemon works; but anyone on the machine can read the password.
+                logger.warning(
+                    "secret file %s (%s) is readable or writable by group or others "
+                    "(mode %04o): run chmod 600 %s",
+                    file_name,
+                    origin,
+                    mode,
+                    file_name,
+                )
+            raw.set(path, text.rstrip("\r\n"), origin)
 
 
 def _layer(origin: str) -> int:
@@ -736,6 +788,33 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
     webhook = config.notify.webhook_url.reveal() if config.notify.webhook_url else ""
     if webhook and not re.match(r"^https?://", webhook):
         problem("notify.webhook_url", "must start with http:// or https://")
+    password = config.primary.password.reveal() if config.primary.password else ""
+    for key, value in (
+        ("primary.password", password),
+        ("primary.user", config.primary.user),
+        ("primary.host", config.primary.host or ""),
+    ):
+        reason = _passfile_problem(value)
+        if reason is not None:
+            problem(key, reason)
+
+
+def _passfile_problem(value: str) -> str | None:
+    """Why ``value`` cannot reach PostgreSQL through a libpq password file, or None.
+
+    pg_dump and the standby's WAL receiver get the password from a passfile (never argv):
+    one ``host:port:database:user:password`` line, where ``:`` and ``\\`` are escaped but a
+    line break cannot be, and libpq reads C strings, which end at a NUL. Caught here, such a
+    value would otherwise fail every dump and standby start. The value itself is never shown.
+    """
+    if "\n" in value or "\r" in value:
+        return (
+            "contains a line break, which a libpq password file (how pg_dump and the standby "
+            "receive it) cannot hold; remove it (a secret file's final newline is ignored)"
+        )
+    if "\0" in value:
+        return "contains a NUL character, which PostgreSQL's client library cannot send"
+    return None
 
 
 def _check_upload(config: Config, raw: _Raw, env: Mapping[str, str]) -> None:

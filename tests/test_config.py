@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from laterbased.config import (
     Config,
@@ -309,3 +313,89 @@ def test_absurdly_large_numbers_are_config_errors(variable: str, expected: str) 
     with pytest.raises(ConfigError) as exc:
         load_config(None, MINIMAL | {variable: "9" * 400})
     assert any(expected in p for p in problems(exc)), problems(exc)
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``laterbased ARGS`` as a user runs it, with only ``env`` as configuration."""
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LATERBASED_", "PRIMARY_", "REPL_", "PGADMIN_", "RCLONE_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "laterbased", *args],
+        capture_output=True, text=True, env=environ | env, timeout=60, check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("how", "secret"),
+    [
+        ("REPL_PASSWORD_FILE", "first line\nsecond line"),
+        ("yaml", "carriage\rreturn"),
+        ("LATERBASED_PRIMARY_PASSWORD", "first line\nsecond line"),
+        ("yaml", "nul\0inside"),
+    ],
+)
+def test_password_a_passfile_cannot_hold_fails_config_validate_with_78_naming_the_key(
+    tmp_path: Path, how: str, secret: str
+) -> None:
+    env = dict(MINIMAL)
+    args = ["config", "validate"]
+    if how == "REPL_PASSWORD_FILE":
+        secret_file = tmp_path / "pw"
+        secret_file.write_text(secret + "\n")
+        secret_file.chmod(0o600)
+        env[how] = str(secret_file)
+    elif how == "yaml":
+        path = write_yaml(tmp_path, yaml.safe_dump({"primary": {"password": secret}}))
+        args += ["--config", str(path)]
+    else:
+        env[how] = secret
+    result = cli(*args, env=env)
+    assert result.returncode == 78, result
+    reason = "NUL" if "\0" in secret else "line break"
+    assert "primary.password: contains a " + reason in result.stderr, result.stderr
+    for part in secret.replace("\0", "\n").replace("\r", "\n").split("\n"):
+        assert part not in result.stdout + result.stderr
+
+
+def test_user_with_a_line_break_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, MINIMAL | {"PRIMARY_USER": "post\ngres"})
+    assert any(p.startswith("primary.user: contains a line break") for p in problems(exc))
+
+
+def test_config_or_secret_file_that_is_a_fifo_is_a_clear_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "laterbased.yaml"
+    os.mkfifo(fifo)
+    result = cli("config", "validate", "--config", str(fifo), env=MINIMAL)
+    assert result.returncode == 78, result
+    assert f"config file {fifo}: is a FIFO" in result.stderr, result.stderr
+    result = cli("config", "validate", env=MINIMAL | {"REPL_PASSWORD_FILE": str(fifo)})
+    assert result.returncode == 78, result
+    assert f"cannot read secret file {fifo} (REPL_PASSWORD_FILE): is a FIFO" in result.stderr
+    result = cli("config", "validate", "--env-file", str(fifo), env=MINIMAL)
+    assert result.returncode == 78, result
+    assert "is a FIFO" in result.stderr
+    result = cli("config", "validate", "--config", str(tmp_path), env=MINIMAL)
+    assert result.returncode == 78, result
+    assert "directory" in result.stderr.lower(), result.stderr
+
+
+def test_secret_file_others_can_read_gives_a_warning_with_the_fix(tmp_path: Path) -> None:
+    secret_file = tmp_path / "repl password"
+    secret_file.write_text("s3cret\n")
+    secret_file.chmod(0o644)
+    result = cli("config", "validate", env=MINIMAL | {"REPL_PASSWORD_FILE": str(secret_file)})
+    assert result.returncode == 0, result
+    assert "WARNING" in result.stderr, result.stderr
+    assert f"secret file {secret_file} (REPL_PASSWORD_FILE)" in result.stderr
+    assert f"chmod 600 {secret_file}" in result.stderr
+    assert "s3cret" not in result.stderr
+    secret_file.chmod(0o600)
+    result = cli("config", "validate", env=MINIMAL | {"REPL_PASSWORD_FILE": str(secret_file)})
+    assert result.returncode == 0, result
+    assert "secret file" not in result.stderr, result.stderr
