@@ -15,6 +15,7 @@ import logging
 import os
 import pwd
 import re
+import select
 import signal
 import time
 from collections import deque
@@ -603,6 +604,92 @@ async def spawn(
     )
     logger.info("%s: started pid=%s", log_name, process.pid)
     return Child(process, log_name, repeat_window=repeat_window)
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """What /proc says about a process: who runs it, which program, where it works."""
+
+    pid: int
+    uids: tuple[int, ...]  # real, effective, saved, file-system
+    exe: str  # the program's path; " (deleted)" removed (the package was upgraded)
+    cwd: str
+
+    @property
+    def program(self) -> str:
+        return os.path.basename(self.exe)
+
+
+def process_facts(pid: int) -> ProcessFacts | None:
+    """The facts of ``pid``, or None when it is gone or we may not look at it."""
+    base = Path(f"/proc/{pid}")
+    try:
+        status = (base / "status").read_text(encoding="utf-8", errors="replace")
+        exe = os.readlink(base / "exe").removesuffix(" (deleted)")
+        cwd = os.readlink(base / "cwd")
+    except OSError:
+        return None
+    uids: tuple[int, ...] = ()
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            uids = tuple(int(field) for field in line.split()[1:])
+    return ProcessFacts(pid=pid, uids=uids, exe=exe, cwd=cwd)
+
+
+async def stop_unrelated_process(
+    pid: int, steps: Sequence[tuple[signal.Signals, float]], log_name: str
+) -> bool:
+    """Stop a process that is not our child (one an earlier, killed daemon left running):
+    each signal in turn, waiting up to its timeout for the exit, then SIGKILL.
+
+    Signals go through a pidfd where the kernel has them, so a pid reused meanwhile by
+    another program is never hit. We cannot reap it (its parent is init now, which may
+    never reap it in a container): its exit is seen through the pidfd, or as the pid
+    vanishing or turning zombie. True once it is gone, False if it survived SIGKILL.
+    """
+    pidfd: int | None = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(pid)
+    if pidfd is None and not pid_alive(pid):
+        return True
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+
+    def gone() -> bool:
+        if pidfd is None:
+            return not pid_alive(pid)
+        # A pidfd turns readable when its process exits, whoever reaps it, and never
+        # refers to a newcomer with the same pid.
+        return bool(select.select([pidfd], [], [], 0)[0])
+
+    exited = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if pidfd is not None:
+        loop.add_reader(pidfd, exited.set)
+    try:
+        for sig, timeout in [*steps, (signal.SIGKILL, 5.0)]:
+            if gone():
+                return True
+            logger.info("%s: sending %s to pid=%s", log_name, sig.name, pid)
+            send(sig)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    if pidfd is not None:
+                        await exited.wait()
+                    else:
+                        # Not our child and no pidfd: no way to be told, so look.
+                        while not gone():  # noqa: ASYNC110
+                            await asyncio.sleep(0.1)
+        return gone()
+    finally:
+        if pidfd is not None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
 
 
 def pids_with_cwd_under(directory: Path) -> list[int]:

@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from laterbased.errors import RefuseToRun
-from laterbased.proc import RunAs, pid_alive, pids_with_cwd_under, read_postmaster_pid
+from laterbased.proc import (
+    RunAs,
+    pid_alive,
+    pids_with_cwd_under,
+    process_facts,
+    read_postmaster_pid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +98,37 @@ def live_postmaster(data_dir: Path) -> int | None:
     return pid if comm.startswith(("postgres", "postmaster")) else None
 
 
-def refuse_foreign_postmaster(data_dir: Path, run_as: RunAs | None) -> None:
+def why_not_ours(pid: int, data_dir: Path, run_as: RunAs | None) -> str | None:
+    """None when ``pid`` is a postmaster we may stop: the ``postgres`` program, run by our
+    run-as user, working in our data directory (what pg_ctl trusts, plus who and which
+    program). Otherwise the reason, for the refusal message."""
+    facts = process_facts(pid)
+    if facts is None:
+        return "its /proc entry cannot be read"
+    uid = run_as.uid if run_as is not None else os.geteuid()
+    if not facts.uids or any(owner != uid for owner in facts.uids):
+        return f"it runs as uid {facts.uids[1] if len(facts.uids) > 1 else '?'}, not {uid}"
+    if facts.program not in ("postgres", "postmaster"):
+        return f"its program is {facts.exe}, not postgres"
+    if facts.cwd != os.path.realpath(data_dir):
+        return f"it works in {facts.cwd}"
+    return None
+
+
+def postmaster_to_stop(data_dir: Path, run_as: RunAs | None) -> int | None:
+    """The pid of a postmaster left running on ``data_dir`` that is ours to stop (one an
+    earlier laterbased started and then died without stopping, e.g. SIGKILL or OOM), or
+    None when none runs. Any other live server there is refused (:class:`RefuseToRun`)."""
     pid = live_postmaster(data_dir)
     if pid is None:
-        return
+        return None
+    reason = why_not_ours(pid, data_dir, run_as)
+    if reason is None:
+        return pid
     user = run_as.name if run_as is not None else "the postgres user"
     raise RefuseToRun(
-        f"a PostgreSQL server (pid {pid}) not started by this laterbased is already running "
-        f"on {data_dir}; refusing to start a second one. Stop it first, e.g. "
+        f"a PostgreSQL server (pid {pid}) not started by laterbased is already running "
+        f"on {data_dir} ({reason}); refusing to start a second one. Stop it first, e.g. "
         f"'runuser -u {user} -- pg_ctl stop -m fast -D {data_dir}', then start laterbased"
     )
 

@@ -30,6 +30,7 @@ from laterbased.proc import (
     resolve_run_as,
     run,
     spawn,
+    stop_unrelated_process,
 )
 from laterbased.state import StandbyState, State
 
@@ -186,7 +187,7 @@ class StandbySupervisor:
         """Safety checks on an existing cluster. False when it was moved aside."""
         data_dir = self.layout.data_dir
         await asyncio.to_thread(safety.check_ownership, data_dir, self.run_as)
-        await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
+        await self._stop_left_postmaster()
         major = await asyncio.to_thread(safety.cluster_major, data_dir)
         if await asyncio.to_thread(is_promoted, data_dir, major):
             logger.warning(
@@ -296,7 +297,7 @@ class StandbySupervisor:
         if self.ctx.config is not self.config:
             # A reload while no postgres ran (restart backoff, or it died at that moment).
             await self._apply_reload(self.ctx.config, None)
-        await asyncio.to_thread(safety.refuse_foreign_postmaster, data_dir, self.run_as)
+        await self._stop_left_postmaster()
         await self._kill_leftovers()
         argv = await asyncio.to_thread(self._argv)
         port = self.config.standby.port  # what _argv just used
@@ -337,6 +338,32 @@ class StandbySupervisor:
             await finish_uncancellable(asyncio.ensure_future(stop_and_sweep()))
             self.state.pid = None
             self.state.port = None
+
+    async def _stop_left_postmaster(self) -> None:
+        """Stop a postmaster an earlier laterbased left on our data directory (it was
+        SIGKILLed, or OOM-killed, and its postgres runs on unsupervised); refuse one that
+        is not ours. Stopped, not adopted: its output went to the dead daemon, we cannot
+        wait for its exit status, and it runs with that daemon's settings. A fast shutdown
+        of a standby loses nothing: replay resumes from the slot."""
+        data_dir = self.layout.data_dir
+        pid = await asyncio.to_thread(safety.postmaster_to_stop, data_dir, self.run_as)
+        if pid is None:
+            return
+        message = (
+            f"a standby postgres (pid {pid}) left running on {data_dir} by an earlier "
+            "laterbased (killed without a clean stop?) is ours: stopping it before starting "
+            "our own"
+        )
+        logger.warning("%s", message)
+        self.ctx.state.record_event("warning", message)
+        self.state.message = f"stopping leftover postgres pid {pid}"
+        timeout = self.config.standby.stop_timeout
+        stopped = await stop_unrelated_process(
+            pid, ((signal.SIGINT, timeout), (signal.SIGQUIT, timeout)), "standby postgres"
+        )
+        if not stopped:
+            raise JobFailed(f"leftover postgres pid {pid} on {data_dir} survives SIGKILL")
+        logger.info("leftover standby postgres pid=%s stopped", pid)
 
     async def _kill_leftovers(self) -> None:
         uid = self.run_as.uid if self.run_as is not None else os.geteuid()
