@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -273,3 +274,77 @@ async def test_worker_waits_for_a_backup_now_holding_the_directory_then_cleans_u
             await worker
     with catalogue.lock():
         pass  # released by the cancelled worker
+
+
+def with_password(config: Any, password: str) -> Any:
+    """``config`` with another primary password, built directly: this skips the validation
+    that refuses such a password, to provoke a real exception inside the dump job."""
+    return dataclasses.replace(
+        config, primary=dataclasses.replace(config.primary, password=Secret(password))
+    )
+
+
+async def test_a_crash_inside_the_dump_job_fails_that_run_and_never_wedges_the_next(
+    primary: PgServer, small_db: str, backup_dir: Path, caplog: Any
+) -> None:
+    good = make_config(
+        primary,
+        backup_dir,
+        databases=(small_db,),
+        http=HttpConfig(port=0, token=Secret("crash-token")),
+    )
+    # The passfile writer raises on a line break: an error run_dumps does not expect.
+    state = State(config=with_password(good, primary.superuser_password + "\nsecond line"))
+    server = HttpServer(build_app(state, [add_backup_routes]), "127.0.0.1", 0)
+    await server.start()
+    url = f"http://127.0.0.1:{server.port}"
+    headers = {"Authorization": "Bearer crash-token"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for attempt in (1, 2):
+                async with session.post(f"{url}/api/backup", headers=headers) as answer:
+                    body = await answer.json()
+                    assert answer.status == 200, (attempt, answer.status, body)
+                assert body["result"] == "failed", body
+                assert "line break" in body["steps"][0]["detail"], body
+            assert state.job("dump").running is None
+            async with session.get(f"{url}/metrics") as answer:
+                metrics = await answer.text()
+            assert 'laterbased_job_runs_total{kind="dump",result="failed"} 2.0' in metrics
+            assert 'laterbased_job_running{kind="dump"} 0.0' in metrics
+            async with session.get(f"{url}/healthz") as answer:
+                health = await answer.text()
+                assert answer.status == 503, health
+            assert "the backup run crashed: ValueError" in health, health
+            assert "backup run crashed run=dump-" in caplog.text
+            # Nothing to restart: with the password fixed the very next run backs up.
+            state.config = good
+            async with session.post(f"{url}/api/backup", headers=headers) as answer:
+                body = await answer.json()
+                assert (answer.status, body["result"]) == (200, "success"), body
+    finally:
+        await server.stop()
+    assert primary.superuser_password not in caplog.text
+    assert len(Catalogue(backup_dir).list_backups(small_db)) == 1
+
+
+async def test_scheduled_runs_go_on_failing_after_a_crash_instead_of_being_skipped(
+    primary: PgServer, small_db: str, backup_dir: Path
+) -> None:
+    config = make_config(
+        primary, backup_dir, databases=(small_db,), schedule="* * * * * *", catch_up=True
+    )
+    state = State(config=with_password(config, "one\ntwo"))
+    worker = asyncio.create_task(backup_worker(WorkerContext(state, asyncio.Event())))
+    try:
+        await wait_for(
+            lambda: state.job("dump").runs["failed"] >= 3, 30, "three failed scheduled runs"
+        )
+    finally:
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await worker
+    dump = state.job("dump")
+    assert dump.skipped_overlap == 0, "a crashed run left the job marked as running"
+    assert dump.last_run is not None and "line break" in (dump.last_run.detail or "")
+    assert state.backup(small_db).last_error, "health sees the failure per database"

@@ -306,8 +306,28 @@ async def run_backup_chain(
             finish_job(state, run, "cancelled", "daemon stopping")
         logger.warning("backup run cancelled run=%s", run_id)
         raise
+    except Exception as exc:
+        # Whatever went wrong (a bug, an error nobody foresaw), this run ends as failed with
+        # its reason in the log, health and metrics: a dump job left "running" would skip
+        # every later run and POST /api/backup as overlapping, for ever.
+        detail = f"the backup run crashed: {type(exc).__name__}: {exc}"
+        logger.exception("backup run crashed run=%s", run_id)
+        chain.result = "failed"
+        in_dump = state.job("dump").running is run
+        chain.steps.append(
+            {"step": "dump" if in_dump else "chain", "result": "failed", "detail": detail}
+        )
+        if in_dump:
+            record_outcomes(state, [DumpOutcome("*", "failed", detail)], databases, time.time())
+            finish_job(state, run, "failed", detail)
+        else:
+            state.record_event("error", f"backup run {run_id} failed: {detail}")
     finally:
         chain.finished = time.time()
+        if state.job("dump").running is run:
+            # Reached only by an exception that is not an Exception (SystemExit, ...): the
+            # job is never left marked as running.
+            finish_job(state, run, "failed", "the backup run ended without a result")
     logger.info(
         "backup run finished run=%s result=%s seconds=%.1f",
         run_id,
@@ -393,6 +413,10 @@ async def run_optimize_job(state: State) -> dict[str, Any]:
     except asyncio.CancelledError:
         finish_job(state, run, "cancelled")
         raise
+    except Exception as exc:
+        logger.exception("optimize crashed run=%s", run_id)
+        finish_job(state, run, "failed", f"crashed: {type(exc).__name__}: {exc}")
+        return {"run": run_id, "result": "failed", "detail": str(exc)}
     finish_job(state, run, "failed" if failures else "success", "; ".join(failures) or None)
     return {"run": run_id, "result": "failed" if failures else "success"}
 
