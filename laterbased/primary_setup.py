@@ -164,7 +164,7 @@ async def _run_steps(conn: Any, config: Config, options: SetupOptions, report: S
     )
     settings = await _settings(conn)
     await _ensure_role(conn, options, settings, report)
-    await _ensure_read_access(conn, options, version_num, report)
+    await _ensure_read_access(conn, config, options, version_num, report)
     _check_restart_settings(settings, report, await _slot_usage(conn, config))
     await _ensure_slot(conn, config, options, settings, report)
     await _keep_size(conn, options, version_num, settings, report)
@@ -264,20 +264,14 @@ async def _ensure_role(
 
 
 async def _ensure_read_access(
-    conn: Any, options: SetupOptions, version_num: int, report: SetupReport
+    conn: Any, config: Config, options: SetupOptions, version_num: int, report: SetupReport
 ) -> None:
     """pg_dump as a non-superuser role needs to read every table of the Resolve databases."""
     row = await conn.fetchrow("SELECT rolsuper FROM pg_roles WHERE rolname = $1", options.role)
     if row is None or row["rolsuper"]:
         return
     if version_num < 140000:
-        report.add(
-            "backup access",
-            "warn",
-            f"{options.role} is not a superuser and PostgreSQL < 14 has no pg_read_all_data: "
-            "pg_dump as this role may be refused on Resolve's tables",
-            "for backups keep primary.user = postgres, or grant SELECT on every table",
-        )
+        await _grant_read_per_database(conn, config, options, report)
         return
     member = await conn.fetchval(
         "SELECT pg_has_role($1, 'pg_read_all_data', 'MEMBER')", options.role
@@ -294,6 +288,166 @@ async def _ensure_read_access(
         await conn.execute(f"GRANT pg_read_all_data TO {quote_ident(options.role)}")
         report.add(
             "backup access", "changed", f"granted pg_read_all_data to {options.role} (for pg_dump)"
+        )
+
+
+# What pg_dump as a non-superuser needs in each schema of a library, before PostgreSQL 14
+# (no pg_read_all_data): USAGE on the schema, SELECT on every table and sequence, and the same
+# by default on what the tables' owners create later (Resolve adds tables on upgrades).
+# Columns: schema, owner roles of its tables/sequences, and what the role still lacks.
+MISSING_READ_ACCESS = """
+SELECT n.nspname AS schema,
+       NOT has_schema_privilege($1, n.oid, 'USAGE') AS lacks_usage,
+       count(c.oid) FILTER (
+           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+             AND NOT has_table_privilege($1, c.oid, 'SELECT')) AS tables_unreadable,
+       count(c.oid) FILTER (
+           WHERE c.relkind = 'S' AND NOT has_sequence_privilege($1, c.oid, 'SELECT'))
+           AS sequences_unreadable,
+       array_remove(array_agg(DISTINCT pg_get_userbyid(c.relowner)), NULL) AS owners
+FROM pg_namespace n
+LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+GROUP BY n.oid, n.nspname
+ORDER BY n.nspname
+"""
+# Default privileges already given to $1 for tables created by $2 in schema $3.
+HAS_DEFAULT_READ = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_default_acl d
+    JOIN pg_namespace n ON n.oid = d.defaclnamespace
+    CROSS JOIN LATERAL aclexplode(d.defaclacl) a
+    WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = $2)
+      AND n.nspname = $3 AND d.defaclobjtype = 'r'
+      AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
+      AND a.privilege_type = 'SELECT')
+"""
+# has_largeobject_privilege() is PostgreSQL 17+: read the ACLs (superusers were ruled out).
+UNREADABLE_LARGE_OBJECTS = """
+SELECT count(*) FROM pg_largeobject_metadata m
+WHERE m.lomowner <> (SELECT oid FROM pg_roles WHERE rolname = $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM aclexplode(m.lomacl) a
+      WHERE a.grantee IN ((SELECT oid FROM pg_roles WHERE rolname = $1), 0)
+        AND a.privilege_type = 'SELECT')
+"""
+
+
+async def _libraries(conn: Any, config: Config, options: SetupOptions) -> list[str]:
+    """The configured databases, else every database with Resolve's SM_Project table."""
+    if config.backup.databases:
+        return list(config.backup.databases)
+    names = [row["datname"] for row in await conn.fetch(sql.CONNECTABLE_DATABASES)]
+    found = []
+    for name in names:
+        try:
+            other = await _connect_admin(config, options, name)
+        except PgUnavailable:
+            continue
+        try:
+            if await other.fetchval(sql.IS_RESOLVE_DATABASE):
+                found.append(name)
+        finally:
+            await other.close()
+    return found
+
+
+async def _connect_admin(config: Config, options: SetupOptions, database: str) -> Any:
+    return await connect_primary(
+        config.primary,
+        application_name="laterbased-prepare-primary",
+        user=options.admin_user,
+        password=options.admin_password,
+        database=database,
+    )
+
+
+async def _grant_read_per_database(
+    conn: Any, config: Config, options: SetupOptions, report: SetupReport
+) -> None:
+    """PostgreSQL < 14: give the role read access inside each Resolve library (schema USAGE,
+    SELECT on tables and sequences, default privileges for what their owners add later)."""
+    role = quote_ident(options.role)
+    libraries = await _libraries(conn, config, options)
+    if not libraries:
+        report.add(
+            "backup access",
+            "warn",
+            f"{options.role} is not a superuser and PostgreSQL < 14 has no pg_read_all_data; "
+            "no Resolve library was found to grant it read access in",
+            "run prepare-primary again once the libraries exist, or keep primary.user = postgres",
+        )
+        return
+    changed: list[str] = []
+    problems: list[str] = []
+    for library in libraries:
+        try:
+            db = await _connect_admin(config, options, library)
+        except PgUnavailable as exc:
+            problems.append(f"{library}: {exc}")
+            continue
+        try:
+            statements: list[str] = []
+            for row in await db.fetch(MISSING_READ_ACCESS, options.role):
+                schema = quote_ident(row["schema"])
+                if row["lacks_usage"]:
+                    statements.append(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+                if row["tables_unreadable"]:
+                    statements.append(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+                if row["sequences_unreadable"]:
+                    statements.append(
+                        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
+                    )
+                for owner in row["owners"]:
+                    if owner == options.role or await db.fetchval(
+                        HAS_DEFAULT_READ, options.role, owner, row["schema"]
+                    ):
+                        continue
+                    for kind in ("TABLES", "SEQUENCES"):
+                        statements.append(
+                            f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(owner)} IN SCHEMA "
+                            f"{schema} GRANT SELECT ON {kind} TO {role}"
+                        )
+            large_objects = int(await db.fetchval(UNREADABLE_LARGE_OBJECTS, options.role))
+            if large_objects:
+                # The role is quoted by quote_ident, then as a literal for format().
+                statements.append(
+                    "DO $$DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata "  # noqa: S608
+                    f"LOOP EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO %s', o, "
+                    f"{quote_literal(role)}); END LOOP; END$$"
+                )
+            if statements and not options.dry_run:
+                async with db.transaction():
+                    for statement in statements:
+                        await db.execute(statement)
+            if statements:
+                changed.append(library)
+        except Exception as exc:  # noqa: BLE001 - permission denied etc.: reported, not fatal
+            problems.append(f"{library}: {exc}")
+        finally:
+            await db.close()
+    if problems:
+        report.add(
+            "backup access",
+            "warn",
+            f"cannot give {options.role} read access in: " + "; ".join(problems),
+            "run prepare-primary as the 'postgres' superuser, or keep primary.user = postgres",
+        )
+    elif changed:
+        verb = "would grant" if options.dry_run else "granted"
+        report.add(
+            "backup access",
+            "would-change" if options.dry_run else "changed",
+            f"{verb} {options.role} read access (PostgreSQL < 14 has no pg_read_all_data) in "
+            + ", ".join(repr(name) for name in changed)
+            + "; large objects created later need a new run",
+        )
+    else:
+        report.add(
+            "backup access",
+            "ok",
+            f"{options.role} can read every table of "
+            + ", ".join(repr(name) for name in libraries),
         )
 
 

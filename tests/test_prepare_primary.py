@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from pgserver import NASTY_PASSWORD, PgServer
 from streaming_standby import StreamingStandby
 
 from laterbased import cli
+from laterbased.backups import Catalogue
 from laterbased.config import Config, load_config
+from laterbased.jobs.dump import run_dumps
 from laterbased.primary_setup import SetupOptions, hba_line_for, prepare_primary
 from laterbased.role_password import scram_sha256_verifier
 
@@ -52,9 +56,22 @@ def server_facts(server: PgServer) -> tuple[str, str, str]:
     return roles, slots, auto_conf
 
 
+LIBRARY = "Resolve Library ü"
+
+
 @pytest.fixture
 def fresh(make_primary: Callable[..., PgServer]) -> PgServer:
-    return make_primary()
+    """A new server with one Resolve-like library owned by the superuser, as Resolve's
+    installer leaves it: tables, a sequence and a large object."""
+    server = make_primary()
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id serial PRIMARY KEY, name text); '
+        "INSERT INTO \"SM_Project\" (name) VALUES ('one'), ('two'); "
+        "SELECT lo_from_bytea(0, 'thumbnail bytes')",
+        LIBRARY,
+    )
+    return server
 
 
 @pytest.fixture
@@ -91,7 +108,7 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
     found = statuses(report)
     assert found["role"] == "changed"
     assert found["slot"] == "changed"
-    assert found["backup access"] == "changed"
+    assert found["backup access"] == "changed", [s for s in report.steps if s.name == "backup access"]
     assert found["max_slot_wal_keep_size"] == "changed"
     assert found["replication connection"] == "ok"
     assert fresh.sql("SHOW max_slot_wal_keep_size") == "10GB"
@@ -111,6 +128,25 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
     )
     assert report.hba_line == f"host    replication    {ROLE}    127.0.0.1/32    scram-sha-256"
     assert report.hba_file == str(fresh.data_dir / "pg_hba.conf")
+    # The role is what the daemon dumps with: a real dump as that role must read everything
+    # (on 13 there is no pg_read_all_data: the grants are per library).
+    backups = Path(tempfile.mkdtemp(prefix="laterbased-prepare-dump-"))
+    try:
+        config = load_config(
+            None,
+            {
+                "PRIMARY_HOST": fresh.host,
+                "PRIMARY_PORT": str(fresh.port),
+                "PRIMARY_USER": ROLE,
+                "REPL_PASSWORD": NASTY_PASSWORD,
+                "PRIMARY_DB": LIBRARY,
+                "LOCAL_BACKUP_PATH": str(backups),
+            },
+        )
+        [dumped] = await run_dumps(config, Catalogue(backups), "prepare-dump")
+        assert dumped.result == "success", f"the role cannot dump the library: {dumped.detail}"
+    finally:
+        shutil.rmtree(backups, ignore_errors=True)
 
     replica = StreamingStandby(fresh, SLOT, user=ROLE, password=NASTY_PASSWORD)
     replicas.append(replica)
