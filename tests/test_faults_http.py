@@ -189,3 +189,27 @@ async def test_malformed_requests_on_a_raw_socket_never_get_a_5xx(
     assert b"400" in seen
     async with aiohttp.ClientSession() as session:
         assert await timed_healthz(session, url) < 0.5
+
+
+@pytest.mark.parametrize("path", ["/api/backup", "/api/promote"])
+async def test_a_30000_deep_json_body_is_a_400_without_a_traceback(
+    served: tuple[str, int], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = served
+    depth = 30_000
+    caplog.set_level("DEBUG")
+    async with aiohttp.ClientSession() as session:
+        # (client_max_size is 64 kB: arrays are the deepest nesting that fits.)
+        nested = "[" * depth + "]" * depth
+        for body in (nested, '{"database": ' + nested + ', "force": true}'):
+            async with session.post(
+                f"{url}{path}",
+                data=body,
+                headers={"Authorization": "Bearer t0ken", "Content-Type": "application/json"},
+            ) as response:
+                answer = await response.json()
+                assert response.status == 400, answer
+            assert "must be JSON" in answer["error"]
+    assert "RecursionError" not in caplog.text
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelname in {"ERROR", "CRITICAL"}]

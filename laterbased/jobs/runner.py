@@ -599,7 +599,8 @@ async def post_backup(request: web.Request) -> web.Response:
     if request.can_read_body:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: a deeply nested body (30 000 ``[``) is refused, not a 503.
             return json_response({"error": "body must be JSON"}, status=400)
         if body is not None and not isinstance(body, dict):
             return json_response({"error": "body must be a JSON object"}, status=400)

@@ -228,7 +228,8 @@ async def _force_requested(request: web.Request) -> bool:
         return False
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a deeply nested body (30 000 ``[``) is refused, not a 503.
         raise ValueError('body must be JSON, e.g. {"force": true}') from None
     if body is None:
         return False
