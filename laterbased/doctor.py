@@ -36,6 +36,12 @@ from laterbased.pg.binaries import (
     newest_bindir_at_least,
 )
 from laterbased.pg.connect import PgUnavailable, connect_primary
+from laterbased.pg.features import (
+    BASEBACKUP_SLOT,
+    IMMEDIATELY_RESERVE,
+    missing_features,
+    supports,
+)
 from laterbased.replication_probe import ReplicationProbe, find_psql, probe_replication
 from laterbased.schedule.cron import period_of
 from laterbased.units import format_duration, format_size
@@ -143,6 +149,25 @@ async def check_auth(facts: Facts) -> CheckResult:
     rows = await conn.fetch("SELECT name, setting FROM pg_settings")
     facts.settings = {row["name"]: row["setting"] for row in rows}
     return ok("authentication", f"logged in as {primary.user} (PostgreSQL {facts.major})")
+
+
+async def check_server_features(facts: Facts) -> CheckResult | None:
+    """Name what an old primary (Resolve 17 and older ship 9.5) lacks, and the fallback."""
+    major = facts.major
+    if major is None:
+        return None
+    missing = missing_features(major)
+    if not missing:
+        return ok("server features", f"PostgreSQL {major} has every feature laterbased uses")
+    lines = "; ".join(f"no {feature.name}: {feature.without}" for feature in missing)
+    if any(not supports(major, feature) for feature in (BASEBACKUP_SLOT, IMMEDIATELY_RESERVE)):
+        return warn(
+            "server features",
+            f"PostgreSQL {major} lacks what laterbased uses from 9.6 and 13 on: {lines}",
+            "see README 'Resolve 17 and older'; upgrading to Resolve 18 or newer (PostgreSQL "
+            "13) removes every one of these limits",
+        )
+    return ok("server features", f"PostgreSQL {major}: {lines}")
 
 
 async def check_replication_privilege(facts: Facts) -> CheckResult | None:
@@ -516,10 +541,11 @@ async def check_newest_backup(facts: Facts) -> CheckResult | None:
             else warn("newest backup", "no backups yet", "laterbased backup-now makes one")
         )
     records = await asyncio.to_thread(Catalogue(config.backup_directory).list_backups)
-    good = [r for r in records if r.good and r.format != "globals"]
+    now = datetime.now(UTC)
+    # A backup dated in the future (a clock that ran fast) is not a fresh one.
+    good = [r for r in records if r.good and not r.is_globals and not r.from_the_future(now)]
     if not good:
         return warn("newest backup", "no backups yet", "laterbased backup-now makes one")
-    now = datetime.now(UTC)
     newest: dict[str, datetime] = {}
     for record in good:
         newest[record.database] = max(
@@ -619,6 +645,7 @@ Check = Callable[[Facts], Awaitable[CheckResult | list[CheckResult] | None]]
 CHECKS: tuple[Check, ...] = (
     check_primary_reachable,
     check_auth,
+    check_server_features,
     check_replication_privilege,
     check_pg_hba_replication,
     check_wal_level,

@@ -25,6 +25,11 @@ def validate_slot_name(name: str) -> None:
         )
 
 
+def create_slot_query(version_num: int) -> str:
+    """Create a physical slot reserving WAL at once; 9.5 cannot (no immediately_reserve)."""
+    return sql.CREATE_PHYSICAL_SLOT if version_num >= 90600 else sql.CREATE_PHYSICAL_SLOT_PRE96
+
+
 async def ensure_physical_slot(conn: Any, name: str) -> bool:
     """Make sure a physical slot ``name`` exists on the server of ``conn`` (an asyncpg
     connection). Returns True if this call created it (with WAL reserved immediately).
@@ -41,16 +46,14 @@ async def ensure_physical_slot(conn: Any, name: str) -> bool:
         _check_reusable(existing, name)
         logger.info("reusing physical replication slot %s", name)
         return False
-    if version_num >= 90600:
-        create_query = sql.CREATE_PHYSICAL_SLOT
-    else:
+    create_query = create_slot_query(version_num)
+    if create_query == sql.CREATE_PHYSICAL_SLOT_PRE96:
         logger.warning(
             "PostgreSQL %s cannot reserve WAL when creating slot %s; WAL is kept only once "
             "the standby first connects",
             version_num,
             name,
         )
-        create_query = sql.CREATE_PHYSICAL_SLOT_PRE96
     try:
         await conn.fetchval(create_query, name)
     except asyncpg.exceptions.DuplicateObjectError:

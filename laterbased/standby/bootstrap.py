@@ -19,6 +19,7 @@ from subprocess import DEVNULL
 
 from laterbased.errors import JobFailed
 from laterbased.pg.conninfo import build_conninfo
+from laterbased.pg.features import BASEBACKUP_SLOT, VERIFY_BACKUP, supports
 from laterbased.proc import RunAs, child_environment, finish_uncancellable, run
 from laterbased.state import StandbyState
 from laterbased.units import format_size
@@ -136,6 +137,8 @@ def basebackup_argv(plan: BootstrapPlan, staging: Path) -> list[str]:
         connect_timeout=link.connect_timeout,
         application_name=f"{link.application_name}_bootstrap",
     )
+    # 9.5's pg_basebackup has no --slot (see laterbased.pg.features for what that costs).
+    slot = ["-S", link.slot_name] if supports(plan.major, BASEBACKUP_SLOT) else []
     return [
         str(plan.bindir / "pg_basebackup"),
         f"--dbname={conninfo}",
@@ -144,8 +147,7 @@ def basebackup_argv(plan: BootstrapPlan, staging: Path) -> list[str]:
         str(staging),
         "-X",
         "stream",
-        "-S",
-        link.slot_name,
+        *slot,
         f"--checkpoint={plan.checkpoint}",
         "--progress",
         "--verbose",
@@ -183,6 +185,9 @@ async def run_basebackup(plan: BootstrapPlan, staging: Path, state: StandbyState
 async def verify(plan: BootstrapPlan, staging: Path) -> None:
     """pg_verifybackup (PostgreSQL 13+) against the backup manifest, WAL included."""
     tool = plan.bindir / "pg_verifybackup"
+    if not supports(plan.major, VERIFY_BACKUP):
+        logger.info("bootstrap: PostgreSQL %s has no pg_verifybackup; skipping verify", plan.major)
+        return
     if not tool.exists():
         logger.info("bootstrap: no %s (PostgreSQL %s); skipping verify", tool, plan.major)
         return
