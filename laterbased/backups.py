@@ -32,13 +32,15 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import JobFailed
 from .lockfile import HeldLock, LockBusy, take_lock
+from .state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the globals' series key
+from .state import GLOBALS_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,12 @@ MANIFEST_SUFFIX = ".json"
 MANIFEST_KIND = "laterbased-backup"
 MANIFEST_VERSION = 1
 GLOBALS_DIR = "@globals"  # '@' is always encoded in database names, so no database collides
-GLOBALS_NAME = "(globals)"
+# How the globals (roles, tablespaces) are shown and named in their manifests. A database may
+# have this name too, so it is never their key: GLOBALS_KEY is (BackupRecord.series).
+GLOBALS_NAME = GLOBALS_LABEL
+# A backup that started later than now plus this (a clock that ran fast, a restored system
+# image) is "from the future": listed and kept, never the newest, never --latest.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 SUFFIXES = {"custom": ".dump", "plain-gzip": ".sql.gz", "globals": ".sql"}
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -148,6 +155,24 @@ class BackupRecord:
     def fresh_as_of(self) -> datetime:
         """Until when this backup is known to match the database (skip-unchanged)."""
         return max(self.finished, self.confirmed_at or self.finished)
+
+    @property
+    def is_globals(self) -> bool:
+        """The roles and tablespaces of the cluster (``pg_dumpall --globals-only``), not a
+        database: told by the format, so globals of older versions are recognised too."""
+        return self.format == "globals"
+
+    @property
+    def series(self) -> str:
+        """The key of the series this backup belongs to: the database's real name, or
+        :data:`GLOBALS_KEY`. Retention, state and health group by this, never by the
+        name alone (a database may be called ``(globals)``)."""
+        return GLOBALS_KEY if self.is_globals else self.database
+
+    def from_the_future(self, now: datetime) -> bool:
+        """Started later than ``now`` (beyond :data:`FUTURE_TOLERANCE`): the clock was
+        wrong when it was made, or is wrong now. Never the newest or freshest backup."""
+        return self.started > now + FUTURE_TOLERANCE
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -261,13 +261,24 @@ def _stale_after_from_schedule(expression: str, zone: ZoneInfo, hour: int) -> fl
     return 2 * period.total_seconds()
 
 
+def backup_check_name(summary: BackupSummary) -> str:
+    """``backup:<database>``; the globals' check is ``globals``, as ``backup:(globals)``
+    may be a database's."""
+    return "globals" if summary.is_globals else f"backup:{summary.database}"
+
+
 def check_backup(summary: BackupSummary, state: State, now: float) -> Check:
     """One database: a recent good backup, and the last run did not fail."""
-    name = f"backup:{summary.database}"
+    name = backup_check_name(summary)
     stale_after = backup_stale_after(state.config, now)
-    failed = summary.last_failure is not None and (
-        summary.last_success is None or summary.last_failure > summary.last_success
-    )
+    if summary.last_run_failed is not None:
+        # The latest run's result, in run order: comparing timestamps would let a success
+        # stamped by a clock that ran fast hide every later failure.
+        failed = summary.last_run_failed
+    else:
+        failed = summary.last_failure is not None and (
+            summary.last_success is None or summary.last_failure > summary.last_success
+        )
     error = f": {summary.last_error}" if summary.last_error else ""
     if summary.last_success is None:
         waited = now - state.started_at
@@ -319,7 +330,7 @@ def backup_databases(state: State) -> list[str]:
 
 
 def check_upload(summary: BackupSummary, state: State, now: float) -> Check:
-    name = f"upload:{summary.database}"
+    name = "globals-upload" if summary.is_globals else f"upload:{summary.database}"
     oldest = summary.oldest_pending_upload
     limit = state.config.upload.pending_max_age
     if oldest is not None and now - oldest > limit:
@@ -343,7 +354,7 @@ def check_verify(state: State, now: float) -> Check | None:
     if last is not None and last.result == "failed":
         return Check("verify", "critical", f"verify run {last.id} failed: {last.detail or '?'}")
     damaged = [
-        f"{summary.database}: {summary.verify_failed}"
+        f"{summary.label}: {summary.verify_failed}"
         for _name, summary in sorted(state.backups.items())
         if summary.verify_failed
     ]

@@ -268,6 +268,11 @@ def backup_metrics(state: State) -> Iterator[Metric]:
     )
     for name in sorted(state.backups):
         summary = state.backups[name]
+        if summary.is_globals:
+            # Not a database: as database="(globals)" it would clash with a database of
+            # that name (a duplicate series fails the whole scrape). Its health check
+            # (laterbased_health_check_ok{check="globals"}) tells how it does.
+            continue
         if summary.last_success is not None:
             last_success.add_metric([name], summary.last_success)
         if summary.last_size is not None:

@@ -15,6 +15,12 @@ from .config import Config
 
 Role = Literal["replica", "primary", "unknown"]
 
+# The key of the globals' (roles, tablespaces) summary in ``State.backups``: PostgreSQL names
+# cannot contain NUL, so no database, discovered or configured, can ever have this key (a
+# database may well be called "(globals)", the name people see).
+GLOBALS_KEY = "\x00globals"
+GLOBALS_LABEL = "(globals)"
+
 
 @dataclass
 class StandbyState:
@@ -138,8 +144,20 @@ class BackupSummary:
     oldest_pending_upload: float | None = None
     last_failure: float | None = None
     last_error: str | None = None
+    # Did the latest run that reached this database fail? Set in run order, so health need
+    # not compare timestamps (a clock that ran fast, then was set back, would hide a failure).
+    last_run_failed: bool | None = None
     # Why the newest backup failed verify (or its restore drill), from its manifest.
     verify_failed: str | None = None
+
+    @property
+    def is_globals(self) -> bool:
+        return self.database == GLOBALS_KEY
+
+    @property
+    def label(self) -> str:
+        """The name to show: the database's, or ``(globals)``."""
+        return GLOBALS_LABEL if self.is_globals else self.database
 
 
 @dataclass

@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from laterbased.backups import BackupRecord, Catalogue, decode_name, encode_name, writers_into
+from laterbased.backups import (
+    GLOBALS_KEY,
+    BackupRecord,
+    Catalogue,
+    decode_name,
+    encode_name,
+    writers_into,
+)
+from laterbased.config import BackupConfig, Config
+from laterbased.state import State
 
 T0 = datetime(2026, 11, 26, 13, 0, 5, tzinfo=UTC)
 
@@ -164,3 +173,55 @@ def test_catch_up_reference_is_the_stalest_database_newest_backup(tmp_path: Path
     # An "unchanged" run confirms a backup is still current: that counts as fresh.
     catalogue.mark_confirmed(newest_a, T0)
     assert catch_up_reference(catalogue) == T0 - timedelta(hours=1) + timedelta(seconds=3)
+
+
+def test_a_backup_dated_in_the_future_does_not_put_off_the_catch_up(tmp_path: Path) -> None:
+    from laterbased.jobs.runner import catch_up_reference
+
+    catalogue = Catalogue(tmp_path)
+    now = datetime.now(UTC)
+    real = publish(catalogue, "a", now - timedelta(days=3), b"1")
+    # Made while the clock ran a year fast: it would postpone the catch-up for a year.
+    publish(catalogue, "a", now + timedelta(days=365), b"2")
+    assert catch_up_reference(catalogue) == real.finished
+
+
+def test_globals_of_an_earlier_version_are_their_own_series_beside_a_database_so_named(
+    tmp_path: Path,
+) -> None:
+    from laterbased.jobs.runner import refresh_backup_state
+
+    catalogue = Catalogue(tmp_path)
+    now = datetime.now(UTC)
+    database = publish(catalogue, "(globals)", now - timedelta(hours=2), b"db")
+    # A globals backup exactly as earlier versions wrote it: database "(globals)" too.
+    folder = tmp_path / "@globals"
+    folder.mkdir(mode=0o700)
+    stamp = (now - timedelta(hours=1)).strftime("%Y%m%dT%H%M%SZ")
+    (folder / f"globals-{stamp}.sql").write_bytes(b"CREATE ROLE x;\n")
+    manifest = {
+        "kind": "laterbased-backup",
+        "manifest_version": 1,
+        "database": "(globals)",
+        "file": f"globals-{stamp}.sql",
+        "format": "globals",
+        "size": 15,
+        "sha256": "cd" * 32,
+        "started": (now - timedelta(hours=1)).isoformat(),
+        "finished": (now - timedelta(hours=1)).isoformat(),
+        "source": "primary",
+        "laterbased_version": "0.1.0",
+    }
+    (folder / f"globals-{stamp}.json").write_text(json.dumps(manifest))
+    records = catalogue.list_backups()
+    assert sorted((r.database, r.format) for r in records) == [
+        ("(globals)", "custom"),
+        ("(globals)", "globals"),
+    ]
+    assert {r.series for r in records} == {"(globals)", GLOBALS_KEY}
+
+    state = State(config=Config(backup=BackupConfig(directory=tmp_path)))
+    refresh_backup_state(state, catalogue, upload_enabled=False)
+    assert state.backups["(globals)"].last_file == str(database.path)
+    assert state.backups[GLOBALS_KEY].last_file == str(folder / f"globals-{stamp}.sql")
+    assert state.backups[GLOBALS_KEY].label == "(globals)"

@@ -25,7 +25,7 @@ from test_standby_daemon import TOKEN, daemon_config
 from waiting import wait_for
 
 from laterbased import health
-from laterbased.backups import GLOBALS_NAME
+from laterbased.backups import GLOBALS_KEY, GLOBALS_NAME
 from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
 from laterbased.jobs.dump import DumpOutcome
 from laterbased.jobs.runner import describe_failures, intended_databases, record_outcomes
@@ -99,21 +99,20 @@ def test_run_failure_after_some_databases_spares_those_that_were_dumped() -> Non
 def test_without_configured_databases_the_known_ones_and_the_globals_fail() -> None:
     state = backup_state(dump_globals=True)
     state.backup("Films").last_success = NOW - 1800
-    state.backup(GLOBALS_NAME).last_success = NOW - 1800
-    assert intended_databases(state, None) == ["Films", GLOBALS_NAME]
-    assert intended_databases(state, ["Adverts"]) == ["Adverts", GLOBALS_NAME]
+    state.backup(GLOBALS_KEY).last_success = NOW - 1800
+    assert intended_databases(state, None) == ["Films", GLOBALS_KEY]
+    assert intended_databases(state, ["Adverts"]) == ["Adverts", GLOBALS_KEY]
     record_outcomes(state, [DumpOutcome("*", "failed", DOWN)], None, NOW - 30)
     checks = checks_by_name(state)
     assert checks["backup:Films"].severity == "warning"
-    assert checks[f"backup:{GLOBALS_NAME}"].severity == "warning"
+    assert checks["globals"].severity == "warning"
 
 
 def test_failed_globals_dump_is_judged_like_a_database() -> None:
     state = backup_state(databases=("Films",), dump_globals=True)
-    record_outcomes(
-        state, [DumpOutcome(GLOBALS_NAME, "failed", "pg_dumpall: permission denied")], None, NOW
-    )
-    assert checks_by_name(state)[f"backup:{GLOBALS_NAME}"].severity == "warning"
+    failed = DumpOutcome(GLOBALS_NAME, "failed", "pg_dumpall: permission denied", kind="globals")
+    record_outcomes(state, [failed], None, NOW)
+    assert checks_by_name(state)["globals"].severity == "warning"
 
 
 def test_first_run_failing_before_any_database_is_known_fails_a_backup_check() -> None:

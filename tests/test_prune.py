@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from laterbased.backups import BackupRecord, Catalogue
+from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.jobs.prune import RetentionPolicy, decide, prune
 
 NOW = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
@@ -15,21 +16,21 @@ NOW = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
 
 def make_backups(
     root: Path, hours_ago: list[float], *, database: str = "Proj 1", uploaded: bool = True,
-    size: int = 10,
+    size: int = 10, now: datetime = NOW, fmt: str = "custom",
 ) -> list[BackupRecord]:
     catalogue = Catalogue(root)
     catalogue.prepare()
     records = []
     for age in hours_ago:
-        started = NOW - timedelta(hours=age)
-        name = catalogue.file_name(database, "custom", started)
+        started = now - timedelta(hours=age)
+        name = catalogue.file_name(database, fmt, started)
         partial = catalogue.new_partial(name)
         partial.write_bytes(b"x" * size)
         record = BackupRecord(
             database=database,
             file=name,
-            directory=catalogue.database_dir(database),
-            format="custom",
+            directory=catalogue.database_dir(database, fmt),
+            format=fmt,
             size=size,
             sha256="0" * 64,
             started=started,
@@ -91,6 +92,18 @@ DAY = 24.0
             RetentionPolicy(retention_days=7, min_keep=4, max_local_bytes=15),
             [1.0],
         ),
+        (
+            "a backup dated 2 days ahead (clock ran fast) does not push out the newest real one",
+            [-48, DAY * 10, DAY * 11],
+            RetentionPolicy(retention_days=7, min_keep=1),
+            [-48.0, 240.0],
+        ),
+        (
+            "a backup dated ahead takes no hourly place",
+            [-48, 1, 2, 3],
+            RetentionPolicy(retention_days=0, min_keep=0, keep_hourly=2),
+            [-48.0, 1.0, 2.0],
+        ),
     ],
 )
 def test_retention_table(
@@ -105,6 +118,77 @@ def test_retention_table(
     assert kept_ages(decisions) == expected_kept, case
     newest = max(records, key=lambda r: r.started)
     assert next(d for d in decisions if d.record is newest).keep, "newest always kept"
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("case", "zone", "now", "hours_ago", "keep_hourly", "expected_kept"),
+    [
+        (
+            # 2026-10-25 03:00 CEST -> 02:00 CET: 00:30Z is 02:30 CEST, 01:30Z is 02:30 CET.
+            "Berlin fall-back: 02:30 summer time and 02:30 winter time are two hours",
+            BERLIN,
+            datetime(2026, 10, 25, 3, 0, tzinfo=UTC),
+            [0.5, 1.5, 2.5],
+            3,
+            [0.5, 1.5, 2.5],
+        ),
+        (
+            # 2026-11-01 02:00 EDT -> 01:00 EST: 05:30Z is 01:30 EDT, 06:30Z is 01:30 EST.
+            "New York fall-back: the repeated 01:xx hour keeps one backup each time",
+            NEW_YORK,
+            datetime(2026, 11, 1, 7, 0, tzinfo=UTC),
+            [0.5, 1.5, 2.5, 3.5],
+            3,
+            [0.5, 1.5, 2.5],
+        ),
+        (
+            # 2026-03-29 02:00 CET -> 03:00 CEST: 00:30Z is 01:30 CET, 01:30Z is 03:30 CEST.
+            "Berlin spring-forward: the hours either side of the gap stay two",
+            BERLIN,
+            datetime(2026, 3, 29, 2, 0, tzinfo=UTC),
+            [0.5, 1.5],
+            2,
+            [0.5, 1.5],
+        ),
+        (
+            "two backups in one ordinary hour count as one hour",
+            UTC,
+            datetime(2026, 11, 26, 13, 0, tzinfo=UTC),
+            [0.2, 0.7, 1.5, 2.5],
+            2,
+            [0.2, 1.5],
+        ),
+    ],
+)
+def test_hourly_tier_table(
+    tmp_path: Path,
+    case: str,
+    zone: tzinfo,
+    now: datetime,
+    hours_ago: list[float],
+    keep_hourly: int,
+    expected_kept: list[float],
+) -> None:
+    records = make_backups(tmp_path, hours_ago, now=now)
+    policy = RetentionPolicy(retention_days=0, min_keep=0, keep_hourly=keep_hourly)
+    decisions = decide(records, policy, now, zone)
+    assert kept_ages(decisions, now) == expected_kept, case
+
+
+def test_the_globals_and_a_database_called_globals_each_keep_their_newest(
+    tmp_path: Path,
+) -> None:
+    database = make_backups(tmp_path, [DAY * 10, DAY * 11], database=GLOBALS_NAME)
+    globals_ = make_backups(tmp_path, [DAY * 9, DAY * 12], database=GLOBALS_NAME, fmt="globals")
+    decisions = decide(
+        database + globals_, RetentionPolicy(retention_days=7, min_keep=1), NOW, UTC
+    )
+    kept = {(d.record.format, d.record.file) for d in decisions if d.keep}
+    assert kept == {("custom", database[0].file), ("globals", globals_[0].file)}
 
 
 def test_not_uploaded_backups_are_kept_when_upload_is_configured(tmp_path: Path) -> None:

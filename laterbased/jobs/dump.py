@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from laterbased import proc
-from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.backups import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.config import Config
 from laterbased.errors import JobFailed, LaterbasedError
 from laterbased.pg import sql
@@ -162,6 +162,12 @@ class DumpOutcome:
     detail: str = ""
     record: BackupRecord | None = None
     seconds: float = 0.0
+    kind: str = "database"  # database | globals
+
+    @property
+    def key(self) -> str:
+        """Its series in state and health: a database may be called "(globals)" too."""
+        return GLOBALS_KEY if self.kind == "globals" else self.database
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -663,11 +669,16 @@ class Dumper:
             detail = _describe_failure(exc, self.config.backup.timeout)
             logger.error("globals dump failed run=%s: %s", self.run_id, detail)
             seconds = time.monotonic() - started_clock
-            return DumpOutcome(GLOBALS_NAME, "failed", detail, None, seconds)
+            return DumpOutcome(GLOBALS_NAME, "failed", detail, None, seconds, "globals")
         finally:
             partial.unlink(missing_ok=True)
         return DumpOutcome(
-            GLOBALS_NAME, "success", record.file, record, time.monotonic() - started_clock
+            GLOBALS_NAME,
+            "success",
+            record.file,
+            record,
+            time.monotonic() - started_clock,
+            "globals",
         )
 
 

@@ -4,11 +4,14 @@ A backup is kept when any rule keeps it; :func:`decide` says which rules keep ea
 ``laterbased backups list`` can show it. Rules, per database:
 
 * ``newest``: the newest good backup, always (even with ``max_local_bytes``); when none is
-  good, the newest backup whose file exists (the last copy is never deleted);
+  good, the newest backup whose file exists (the last copy is never deleted). A backup dated
+  in the future (more than ``FUTURE_TOLERANCE`` after now: a clock that ran fast) is never
+  the newest and counts for no ``min_keep`` or hourly/... place; ``age`` keeps it;
 * ``min_keep``: the ``backup.min_keep`` newest good backups, whatever their age;
 * ``age``: started less than ``backup.retention_days`` days ago;
 * ``hourly`` / ``daily`` / ``weekly`` / ``monthly``: the newest backup of each of the last N
-  hours/days/ISO weeks/months that have one (in the schedule's time zone);
+  hours/days/ISO weeks/months that have one (in the schedule's time zone; the hour repeated
+  at a DST fall-back counts twice);
 * ``not-uploaded``: upload is configured and this backup has no off-site copy yet.
 
 ``max_local_bytes`` then removes the oldest kept backups (never a ``newest``) until the total
@@ -105,19 +108,26 @@ def decide(
     """Keep/delete for every record, with the rules that keep each. Pure: no I/O besides
     ``record.good`` (a file-exists check). Result is in the order of ``records``."""
     decisions = {id(record): Decision(record) for record in records}
-    by_database: dict[str, list[Decision]] = defaultdict(list)
+    # By series, not by name: the globals are not the database called "(globals)".
+    by_series: dict[str, list[Decision]] = defaultdict(list)
     for record in records:
-        by_database[record.database].append(decisions[id(record)])
+        by_series[record.series].append(decisions[id(record)])
     cutoff = now - timedelta(days=policy.retention_days)
-    for group in by_database.values():
+    for group in by_series.values():
         newest_first = sorted(group, key=lambda d: d.record.started, reverse=True)
-        good = [d for d in newest_first if d.record.good]
+        # A backup dated after now (a clock that ran fast) stays (``age`` keeps it) but is
+        # never the newest and takes no min_keep or hourly/daily/... place: else it would
+        # push the newest real backup out.
+        trusted = [d for d in newest_first if not d.record.from_the_future(now)]
+        good = [d for d in trusted if d.record.good]
         if good:
             good[0].rules.append("newest")
         else:
             # None is good (verify rejected them all, or could not run): the newest file
             # that exists stays anyway; the last copy of a database is never deleted.
-            present = [d for d in newest_first if d.record.path.exists()]
+            present = [d for d in trusted if d.record.path.exists()] or [
+                d for d in newest_first if d.record.path.exists()
+            ]
             if present:
                 present[0].rules.append("newest")
         for decision in good[: policy.min_keep]:
@@ -126,15 +136,17 @@ def decide(
             if decision.record.started >= cutoff and decision.record.path.exists():
                 decision.rules.append("age")
         _buckets(
-            newest_first,
+            trusted,
             policy.keep_hourly,
-            lambda t: (t.year, t.month, t.day, t.hour),
+            # The UTC offset too: at a DST fall-back the same wall-clock hour comes twice,
+            # and those are two hours.
+            lambda t: (t.year, t.month, t.day, t.hour, t.utcoffset()),
             "hourly",
             zone,
         )
-        _buckets(newest_first, policy.keep_daily, lambda t: t.date(), "daily", zone)
-        _buckets(newest_first, policy.keep_weekly, lambda t: t.isocalendar()[:2], "weekly", zone)
-        _buckets(newest_first, policy.keep_monthly, lambda t: (t.year, t.month), "monthly", zone)
+        _buckets(trusted, policy.keep_daily, lambda t: t.date(), "daily", zone)
+        _buckets(trusted, policy.keep_weekly, lambda t: t.isocalendar()[:2], "weekly", zone)
+        _buckets(trusted, policy.keep_monthly, lambda t: (t.year, t.month), "monthly", zone)
         if policy.upload_enabled:
             for decision in newest_first:
                 if decision.record.uploaded_at is None and decision.record.path.exists():

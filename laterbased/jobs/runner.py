@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from laterbased.backups import (
-    GLOBALS_NAME,
+    GLOBALS_KEY,
     BackupRecord,
     Catalogue,
     CatalogueBusy,
@@ -112,19 +112,26 @@ def finish_job(state: State, run: JobRun, result: str, detail: str | None = None
 def refresh_backup_state(state: State, catalogue: Catalogue, upload_enabled: bool) -> None:
     """Rebuild ``state.backups`` counts from the catalogue (blocking: use a thread)."""
     records = catalogue.list_backups()
+    now = datetime.now(UTC)
     by_database: dict[str, list[BackupRecord]] = {}
     for record in records:
-        by_database.setdefault(record.database, []).append(record)
+        # By series: the globals are not the database called "(globals)".
+        by_database.setdefault(record.series, []).append(record)
     for database, group in by_database.items():
         summary = state.backup(database)
         good = [r for r in group if r.good]
         summary.local_count = len(good)
-        if good:
-            newest = good[-1]
-            summary.last_success = max(summary.last_success or 0.0, newest.fresh_as_of.timestamp())
+        # A backup dated in the future (a clock that ran fast) is never the freshest: it
+        # would hide every failure until that date.
+        trusted = [r for r in group if not r.from_the_future(now)]
+        trusted_good = [r for r in trusted if r.good]
+        if trusted_good:
+            newest = trusted_good[-1]
+            fresh = min(newest.fresh_as_of, now).timestamp()
+            summary.last_success = max(summary.last_success or 0.0, fresh)
             summary.last_size = newest.size
             summary.last_file = str(newest.path)
-        newest_any = group[-1]
+        newest_any = (trusted or group)[-1]
         summary.verify_failed = (
             (newest_any.verify_detail or "verify failed") if newest_any.verified is False else None
         )
@@ -192,10 +199,10 @@ def intended_databases(state: State, requested: Sequence[str] | None) -> list[st
     globals when ``backup.dump_globals``. Empty when nothing is known yet."""
     config = state.config
     names = list(requested or config.backup.databases) or sorted(
-        name for name in state.backups if name != GLOBALS_NAME
+        name for name in state.backups if name != GLOBALS_KEY
     )
     if names and config.backup.dump_globals:
-        names.append(GLOBALS_NAME)
+        names.append(GLOBALS_KEY)
     return names
 
 
@@ -214,24 +221,29 @@ def record_outcomes(
     for outcome in outcomes:
         if outcome.database == "*":
             continue
-        summary = state.backup(outcome.database)
+        # Its key, not its name: a failed dump of a database called "(globals)" must not be
+        # overwritten by the globals' success that follows in the same run.
+        summary = state.backup(outcome.key)
         if outcome.result in {"success", "unchanged"} and outcome.record is not None:
             summary.last_success = now
             summary.last_size = outcome.record.size
             summary.last_file = str(outcome.record.path)
             summary.last_error = None
+            summary.last_run_failed = False
         elif outcome.result == "failed":
             summary.last_failure = now
             summary.last_error = outcome.detail
+            summary.last_run_failed = True
     run_failure = next((o for o in outcomes if o.database == "*" and o.result == "failed"), None)
     if run_failure is None:
         return
-    reached = {o.database for o in outcomes}
+    reached = {o.key for o in outcomes}
     for database in intended_databases(state, requested):
         if database not in reached:
             summary = state.backup(database)
             summary.last_failure = now
             summary.last_error = run_failure.detail
+            summary.last_run_failed = True
 
 
 def describe_failures(failed: Sequence[DumpOutcome]) -> str | None:
@@ -424,8 +436,10 @@ async def run_optimize_job(state: State) -> dict[str, Any]:
 def catch_up_reference(catalogue: Catalogue) -> datetime:
     """The time of the stalest database's newest backup (epoch when there is none)."""
     newest: dict[str, datetime] = {}
+    now = datetime.now(UTC)
     for record in catalogue.list_backups():
-        if record.database == GLOBALS_NAME or not record.good:
+        # One dated in the future would put the catch-up off until that date.
+        if record.is_globals or not record.good or record.from_the_future(now):
             continue
         previous = newest.get(record.database)
         if previous is None or record.fresh_as_of > previous:

@@ -245,9 +245,10 @@ def _update_pending(state: State, records: Sequence[BackupRecord], done: set[str
     by_database: dict[str, list[BackupRecord]] = {}
     for record in records:
         if record.good:
-            by_database.setdefault(record.database, [])
+            # By series: the globals are not the database called "(globals)".
+            by_database.setdefault(record.series, [])
             if record.uploaded_at is None and record.file not in done:
-                by_database[record.database].append(record)
+                by_database[record.series].append(record)
     for database, waiting in by_database.items():
         summary = state.backup(database)
         summary.pending_upload = len(waiting)

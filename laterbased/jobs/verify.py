@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from laterbased import proc
-from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.backups import BackupRecord, Catalogue
 from laterbased.config import Config
 from laterbased.errors import LaterbasedError
 from laterbased.pg.binaries import dump_bindir, newest_bindir_at_least
@@ -96,7 +96,7 @@ async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> li
     records = await asyncio.to_thread(catalogue.list_backups)
     newest: dict[str, BackupRecord] = {}
     for record in records:
-        if record.database != GLOBALS_NAME and record.path.exists():
+        if not record.is_globals and record.path.exists():
             newest[record.database] = record  # list is oldest first
     results: list[dict[str, Any]] = []
     for database, record in sorted(newest.items()):

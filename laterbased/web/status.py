@@ -83,7 +83,8 @@ def status_document(state: State, now: float) -> dict[str, Any]:
         },
         "backups": [
             {
-                "database": summary.database,
+                "database": summary.label,
+                "globals": summary.is_globals,
                 "last_success": summary.last_success,
                 "last_size": summary.last_size,
                 "local_count": summary.local_count,
