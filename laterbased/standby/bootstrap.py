@@ -9,9 +9,15 @@ and, should the process die too hard for that, at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import json
 import logging
 import os
 import re
+import shutil
+import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +26,14 @@ from subprocess import DEVNULL
 from laterbased.errors import JobFailed
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.features import BASEBACKUP_SLOT, VERIFY_BACKUP, supports
-from laterbased.proc import RunAs, child_environment, finish_uncancellable, run
+from laterbased.proc import (
+    RunAs,
+    child_environment,
+    finish_uncancellable,
+    pid_alive,
+    process_facts,
+    run,
+)
 from laterbased.state import StandbyState
 from laterbased.units import format_size
 
@@ -29,6 +42,11 @@ from . import configure, safety
 logger = logging.getLogger(__name__)
 
 INNER_STAGING = ".laterbased-staging"
+# Written into the data directory before a clone's entries are moved into it one by one:
+# the names being moved, so an interrupted move is undone without touching anything else.
+MOVING_LIST = ".laterbased-moving"
+# An entry copied across mounts waits under this prefix until it is complete.
+INCOMING_PREFIX = ".laterbased-incoming-"
 PROGRESS_LOG_EVERY = 30.0
 TERM_GRACE = 5.0
 # "  123456/654321 kB (18%), 0/1 tablespace" (the line may be cut short or padded)
@@ -45,34 +63,140 @@ class BootstrapPlan:
     run_as: RunAs | None
 
 
+def is_mount_point(path: Path) -> bool:
+    """True when ``path`` is a mount point, including a bind mount or a container volume
+    on the same file system as its parent: ``os.path.ismount`` compares device numbers
+    and misses those (Docker's vfs driver, ``mount --bind``), so the kernel's mount table
+    (``/proc/self/mountinfo``) decides as well."""
+    if os.path.ismount(path):
+        return True
+    real = os.path.realpath(path)
+    try:
+        table = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        logger.warning("cannot read /proc/self/mountinfo (%s); trusting os.path.ismount", exc)
+        return False
+    for line in table.splitlines():
+        fields = line.split(" ")
+        # Field 5 is the mount point, with space, tab, newline and backslash as octal escapes.
+        if len(fields) > 4 and _MOUNTINFO_ESCAPE.sub(_unescape, fields[4]) == real:
+            return True
+    return False
+
+
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return chr(int(match.group(1), 8))
+
+
 def staging_for(data_dir: Path) -> Path:
     """Sibling of the data directory, or inside it when it is a mount point (a rename
     across file systems is not atomic, and a mount point cannot be replaced)."""
-    if data_dir.is_dir() and os.path.ismount(data_dir):
+    if data_dir.is_dir() and is_mount_point(data_dir):
         return data_dir / INNER_STAGING
     return data_dir.with_name(f".{data_dir.name}.laterbased-staging")
 
 
 def clean_leftovers(data_dir: Path) -> None:
-    """Remove what an interrupted bootstrap left: the sibling staging directory, or a
-    half-finished move out of an inner one. Blocking: call via ``asyncio.to_thread``."""
+    """Remove what an interrupted bootstrap left, and only that: the staging directory
+    (beside or inside the data directory), and the entries a half-finished move into the
+    data directory placed there, as its list (:data:`MOVING_LIST`) names them. Whatever
+    else is in the directory (``lost+found`` of a file system, the operator's files) is
+    never touched. Blocking: call via ``asyncio.to_thread``."""
     sibling = data_dir.with_name(f".{data_dir.name}.laterbased-staging")
+    inner = data_dir / INNER_STAGING
+    for staging in (sibling, inner):
+        stop_leftover_basebackup(staging)
     if sibling.exists() or sibling.is_symlink():
         logger.warning("removing staging directory of an interrupted bootstrap: %s", sibling)
         safety.remove_tree(sibling)
-    inner = data_dir / INNER_STAGING
-    if inner.exists():
-        complete = (data_dir / "global" / "pg_control").is_file()
-        if complete:
-            safety.remove_tree(inner)
-        else:
-            logger.warning(
-                "removing an interrupted bootstrap inside %s (marker %s present)",
-                data_dir,
-                INNER_STAGING,
-            )
-            for entry in os.listdir(data_dir):
-                safety.remove_tree(data_dir / entry)
+    if inner.exists() or inner.is_symlink():
+        logger.warning("removing staging directory of an interrupted bootstrap: %s", inner)
+        safety.remove_tree(inner)
+    listing = data_dir / MOVING_LIST
+    if not (listing.exists() or listing.is_symlink()):
+        return
+    names = _read_moving_list(listing)
+    if (data_dir / "global" / "pg_control").is_file() and not (
+        data_dir / (INCOMING_PREFIX + "global")
+    ).exists():
+        # ``global`` moves last, so the move had finished: only the list was left.
+        listing.unlink()
+        safety.fsync_dir(data_dir)
+        return
+    logger.warning(
+        "removing an interrupted move of a fresh clone into %s: %s",
+        data_dir,
+        " ".join(sorted(names)),
+    )
+    for name in names:
+        for candidate in (data_dir / name, data_dir / (INCOMING_PREFIX + name)):
+            if candidate.exists() or candidate.is_symlink():
+                safety.remove_tree(candidate)
+    listing.unlink()
+    safety.fsync_dir(data_dir)
+
+
+def stop_leftover_basebackup(staging: Path) -> None:
+    """Kill a ``pg_basebackup`` an earlier, killed laterbased left writing into ``staging``
+    (it runs in its own session and outlives the daemon), or it would write into the next
+    clone's staging directory. Ours means: the program is ``pg_basebackup``, it runs as the
+    staging directory's owner (we made it for the run-as user), and its ``-D`` is exactly
+    this staging path. Anything else is left alone."""
+    try:
+        info = staging.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        return
+    target = str(staging)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        facts = process_facts(int(entry.name))
+        if facts is None or facts.program != "pg_basebackup":
+            continue
+        if not facts.uids or any(uid != info.st_uid for uid in facts.uids):
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-D" not in argv or argv.index(b"-D") + 1 >= len(argv):
+            continue
+        if argv[argv.index(b"-D") + 1].decode(errors="replace") != target:
+            continue
+        logger.warning(
+            "killing leftover pg_basebackup pid=%s of an interrupted bootstrap into %s",
+            facts.pid,
+            staging,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(facts.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while pid_alive(facts.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # in a thread (clean_leftovers' contract); SIGKILL is quick
+
+
+def _read_moving_list(listing: Path) -> list[str]:
+    """The entry names in a move list; anything that is not a plain name is ignored."""
+    try:
+        names = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("unreadable %s (%s); removing only the list", listing, exc)
+        return []
+    if not isinstance(names, list):
+        return []
+    return [
+        name
+        for name in names
+        if isinstance(name, str)
+        and name not in ("", ".", "..", "lost+found", MOVING_LIST)
+        and "/" not in name
+        and "\0" not in name
+    ]
 
 
 class _Progress:
@@ -245,7 +369,7 @@ def write_file(path: Path, text: str, run_as: RunAs | None) -> None:
 
 
 def prepare_staging(staging: Path, run_as: RunAs | None) -> None:
-    if staging.exists():
+    if staging.exists() or staging.is_symlink():
         safety.remove_tree(staging)
     staging.mkdir(mode=0o700)
     if run_as is not None:
@@ -253,24 +377,80 @@ def prepare_staging(staging: Path, run_as: RunAs | None) -> None:
 
 
 def publish(staging: Path, data_dir: Path, run_as: RunAs | None) -> None:
-    """Put the finished clone at ``data_dir``: one rename, or (inner staging in a mount
-    point) entries moved up with ``global`` last, so the directory counts as a cluster only
-    once complete."""
+    """Put the finished clone at ``data_dir``: one rename of the sibling staging directory,
+    or, when ``data_dir`` cannot be replaced (a mount point: inner staging, or one the
+    detection missed, where ``rmdir`` says EBUSY or ``rename`` EXDEV), its entries moved
+    in one by one with ``global`` last, so the directory counts as a cluster only once
+    complete."""
     if staging.parent == data_dir:
-        # The mount point becomes the data directory itself: postgres's user, 0700.
-        if run_as is not None:
-            os.chown(data_dir, run_as.uid, run_as.gid)
-        os.chmod(data_dir, 0o700)
-        entries = sorted(os.listdir(staging), key=lambda name: name == "global")
-        for entry in entries:
-            os.rename(staging / entry, data_dir / entry)
-        os.rmdir(staging)
-        safety.fsync_dir(data_dir)
+        move_entries_into(staging, data_dir, run_as)
         return
-    if data_dir.exists():
-        os.rmdir(data_dir)  # empty (checked by the caller); rename cannot replace it on all FS
-    os.rename(staging, data_dir)
+    try:
+        if data_dir.exists():
+            os.rmdir(data_dir)  # empty (checked by the caller); rename cannot replace it
+        os.rename(staging, data_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EXDEV):
+            raise
+        logger.warning(
+            "bootstrap: %s cannot be replaced (%s: a mount point?); moving the clone's "
+            "entries into it instead",
+            data_dir,
+            exc.strerror,
+        )
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        move_entries_into(staging, data_dir, run_as)
+        return
     safety.fsync_dir(data_dir.parent)
+
+
+def move_entries_into(staging: Path, data_dir: Path, run_as: RunAs | None) -> None:
+    """Move every entry of ``staging`` into ``data_dir`` (which stays where it is, e.g. a
+    mount point), ``global`` last. The names are written to :data:`MOVING_LIST` first, so
+    an interrupted move is undone by :func:`clean_leftovers` without touching anything
+    else in the directory. Across mounts (EXDEV) an entry is copied under a temporary
+    name, given to ``run_as`` and renamed into place, so it appears whole or not at all."""
+    # The mount point becomes the data directory itself: postgres's user, 0700.
+    if run_as is not None:
+        os.chown(data_dir, run_as.uid, run_as.gid)
+    os.chmod(data_dir, 0o700)
+    names = sorted(os.listdir(staging), key=lambda name: name == "global")
+    listing = data_dir / MOVING_LIST
+    fd = os.open(listing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(names).encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    safety.fsync_dir(data_dir)
+    for name in names:
+        try:
+            os.rename(staging / name, data_dir / name)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_entry(staging / name, data_dir, name, run_as)
+    safety.remove_tree(staging)
+    safety.fsync_dir(data_dir)
+    listing.unlink()
+    safety.fsync_dir(data_dir)
+
+
+def _copy_entry(source: Path, data_dir: Path, name: str, run_as: RunAs | None) -> None:
+    incoming = data_dir / (INCOMING_PREFIX + name)
+    if incoming.exists() or incoming.is_symlink():
+        safety.remove_tree(incoming)
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, incoming, symlinks=True)
+    else:
+        shutil.copy2(source, incoming, follow_symlinks=False)
+    if run_as is not None:
+        # Copies made as root belong to root; postgres must own every file.
+        for root, dirs, files in os.walk(incoming):
+            for entry in (root, *(os.path.join(root, item) for item in (*dirs, *files))):
+                os.lchown(entry, run_as.uid, run_as.gid)
+    os.rename(incoming, data_dir / name)
+    safety.remove_tree(source)
 
 
 async def bootstrap(plan: BootstrapPlan, state: StandbyState) -> None:
@@ -294,7 +474,7 @@ async def bootstrap(plan: BootstrapPlan, state: StandbyState) -> None:
         published = True
     finally:
         if not published:
-            cleanup = asyncio.ensure_future(asyncio.to_thread(_remove_quietly, staging))
+            cleanup = asyncio.ensure_future(asyncio.to_thread(_clean_quietly, plan.data_dir))
             await finish_uncancellable(cleanup)
     logger.info(
         "bootstrap finished data_dir=%s size=%s copy_seconds=%.1f total_seconds=%.1f",
@@ -305,9 +485,9 @@ async def bootstrap(plan: BootstrapPlan, state: StandbyState) -> None:
     )
 
 
-def _remove_quietly(path: Path) -> None:
+def _clean_quietly(data_dir: Path) -> None:
     try:
-        if path.exists():
-            safety.remove_tree(path)
+        clean_leftovers(data_dir)
     except OSError as exc:
-        logger.warning("could not remove staging %s (removed at next start): %s", path, exc)
+        logger.warning("could not remove an interrupted bootstrap in %s (removed at next "
+                       "start): %s", data_dir, exc)
