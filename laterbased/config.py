@@ -122,6 +122,9 @@ class BackupConfig:
     databases: tuple[str, ...] = ()
     format: Literal["custom", "plain-gzip"] = "custom"
     source: Literal["primary", "standby"] = "primary"
+    # With source standby: how long a run waits for the standby to accept connections (it
+    # starts with the daemon, and the catch-up run fires at once) before using the primary.
+    standby_wait: float = field(default=300.0, metadata=DURATION)
     bin_dir: Path | None = None
     dump_globals: bool = False
     skip_unchanged: bool = True
@@ -758,6 +761,8 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
         problem("primary.connect_timeout", "must be greater than 0")
     if config.monitor.interval <= 0:
         problem("monitor.interval", "must be greater than 0")
+    if config.backup.standby_wait < 0:
+        problem("backup.standby_wait", "must be 0 or more")
     if config.backup.retention_days < 0:
         problem("backup.retention_days", "must be 0 or more")
     if config.backup.min_keep < 1:

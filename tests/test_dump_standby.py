@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
-from pgserver import PgServer
+from daemon_process import DaemonProcess, write_config
+from pgserver import PgServer, free_port
 from streaming_standby import StreamingStandby
 from test_backup_support import make_config
+from waiting import wait_for
 
 from laterbased.backups import Catalogue
 from laterbased.config import Config
@@ -169,7 +173,7 @@ async def test_cancelled_standby_dump_resumes_replay(
     finally:
         await lock.execute("ROLLBACK")
         await lock.close()
-    assert list((backup_dir / ".partial").glob("*.dump")) == []
+    assert list((backup_dir / ".partial").glob("*.backup")) == []
 
 
 async def test_lock_replayed_before_the_pause_does_not_block_the_dump_for_hours(
@@ -252,3 +256,76 @@ async def test_row_counts_for_the_drill_come_from_the_standbys_snapshot(
         primary.sql('SELECT count(*) FROM "SM_Project"', DB)
     )
     assert not replay_paused(standby)
+
+
+async def test_standby_that_never_accepts_connections_falls_back_to_the_primary_and_says_so(
+    primary: PgServer, standby: StreamingStandby, backup_dir: Path, caplog: Any
+) -> None:
+    config = standby_config(primary, standby, backup_dir)
+    nobody = free_port()  # nothing listens here: a standby that has not started (yet)
+    config = dataclasses.replace(
+        config,
+        standby=dataclasses.replace(config.standby, port=nobody),
+        backup=dataclasses.replace(config.backup, standby_wait=1.5),
+    )
+    caplog.set_level("INFO", logger="laterbased.jobs.dump")
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-standby-fallback")
+    assert [o.result for o in outcomes] == ["success"], outcomes
+    record = outcomes[0].record
+    assert record is not None and record.source == "primary"
+    assert f"waiting up to 2s for the standby 127.0.0.1:{nobody}" in caplog.text
+    assert f"the standby 127.0.0.1:{nobody} is not accepting connections after" in caplog.text
+    assert "dumping from the primary instead run=dump-standby-fallback" in caplog.text
+    assert "source=primary" in caplog.text
+
+
+async def test_daemon_with_source_standby_waits_for_its_standby_at_start_and_dumps_from_it(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    server = make_primary()
+    server.create_database(DB)
+    server.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', DB)
+    backups = state_dir / "backups"
+    config = {
+        "primary": {
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.superuser_password,
+        },
+        "standby": {"port": free_port()},
+        "monitor": {"interval": "1s"},
+        # Catch-up fires at start, before the standby has even been cloned; the schedule
+        # itself would fire next only in a year.
+        "backup": {
+            "source": "standby",
+            "databases": [DB],
+            "directory": str(backups),
+            "schedule": "0 0 1 1 *",
+        },
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "state_dir": str(state_dir),
+    }
+    daemon = await DaemonProcess.start(
+        write_config(state_dir / "laterbased.yaml", config), config["http"]["port"]
+    )
+    try:
+        records = await wait_for(
+            lambda: Catalogue(backups).list_backups(DB),
+            "the catch-up backup",
+            timeout=180,
+            log=lambda: daemon.log,
+        )
+        assert records[0].source == "standby", daemon.log
+        assert "dump source: waiting up to 300s for the standby" in daemon.log
+        assert "dump source: the standby accepts connections after" in daemon.log
+        assert "dump run failed" not in daemon.log and "dump failed" not in daemon.log
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.url}/metrics") as response:
+                metrics = await response.text()
+        assert 'laterbased_job_runs_total{kind="dump",result="failed"} 0.0' in metrics
+        assert 'laterbased_job_runs_total{kind="dump",result="success"} 1.0' in metrics
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(60) == 0, daemon.log
+    finally:
+        await daemon.stop()

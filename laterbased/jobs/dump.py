@@ -153,6 +153,61 @@ def source_server(config: Config) -> Server:
     )
 
 
+STANDBY_WAIT_POLL = 1.0
+
+
+async def standby_or_primary(config: Config, server: Server, run_id: str) -> Server:
+    """``server`` when it is the primary or a standby that accepts connections; else, after
+    waiting up to ``backup.standby_wait`` for the standby (it starts with the daemon, and
+    the catch-up run fires at once), the primary, with a warning saying so.
+
+    A refused login or TLS setting is not waited for: time does not fix it.
+    """
+    if server.role != "standby":
+        return server
+    started = time.monotonic()
+    deadline = started + config.backup.standby_wait
+    announced = False
+    while True:
+        try:
+            conn = await server.connect()
+        except PgUnavailable as exc:
+            reason = str(exc)
+            if exc.reason in {"auth", "ssl"} or time.monotonic() >= deadline:
+                break
+            if not announced:
+                logger.info(
+                    "dump source: waiting up to %.0fs for the standby %s:%s to accept "
+                    "connections run=%s: %s",
+                    config.backup.standby_wait,
+                    server.host,
+                    server.port,
+                    run_id,
+                    reason,
+                )
+                announced = True
+            await asyncio.sleep(max(0.0, min(STANDBY_WAIT_POLL, deadline - time.monotonic())))
+            continue
+        await conn.close()
+        if announced:
+            logger.info(
+                "dump source: the standby accepts connections after %.1fs run=%s",
+                time.monotonic() - started,
+                run_id,
+            )
+        return server
+    logger.warning(
+        "dump source: the standby %s:%s is not accepting connections after %.0fs (%s); "
+        "dumping from the primary instead run=%s",
+        server.host,
+        server.port,
+        time.monotonic() - started,
+        reason,
+        run_id,
+    )
+    return primary_server(config)
+
+
 @dataclass
 class DumpOutcome:
     """What happened to one database in one run."""
@@ -334,6 +389,7 @@ class Dumper:
 
     async def __aenter__(self) -> Dumper:
         await asyncio.to_thread(self.catalogue.prepare)
+        self.server = await standby_or_primary(self.config, self.server, self.run_id)
         if self.server.password is not None:
             self.passfile = self.catalogue.partial / f"pgpass-{secrets.token_hex(4)}"
             line = passfile_line(
