@@ -68,13 +68,17 @@ async def test_dump_restores_into_new_utf8_database_with_same_rows_and_bytes(
     assert record is not None
     # The file lives under the encoded name; the manifest keeps the real one.
     assert record.path.parent == backup_dir / encode_name(resolve_db)
-    assert record.path.name.endswith(".dump")
+    assert record.path.name.endswith(".backup")
     assert stat.S_IMODE(record.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(record.path.parent.stat().st_mode) == 0o700
     listed = Catalogue(backup_dir).list_backups(resolve_db)
     assert [r.database for r in listed] == [resolve_db]
     assert listed[0].size == record.path.stat().st_size
     assert listed[0].pg_dump_version and "PostgreSQL" in listed[0].pg_dump_version
+    # pg_dump of the server's own major, also with a newer one installed beside it: Resolve's
+    # own Restore (pg_restore 13 on Resolve 18-20) may not read a newer pg_dump's archive.
+    major = primary.bindir.parent.name
+    assert f"(PostgreSQL) {major}." in listed[0].pg_dump_version, listed[0].pg_dump_version
     assert not list((backup_dir / ".partial").iterdir()), "nothing left in .partial"
 
     target = "restored ü " + os.urandom(3).hex()

@@ -201,6 +201,12 @@ async def test_bootstrap_from_empty_dir_streams_rows_with_active_slot_and_no_pas
         # The standby listens where we said, not where the primary does.
         assert await standby.query(primary, "SHOW listen_addresses") == "127.0.0.1"
         assert await standby.query(primary, "SELECT pg_is_in_recovery()") is True
+        # The standby runs the primary's own major, also with newer majors installed beside.
+        assert st.pid is not None
+        assert os.readlink(f"/proc/{st.pid}/exe").startswith(f"{primary.bindir.parent}/"), (
+            f"a PostgreSQL {primary.bindir.parent.name} primary got a standby on "
+            f"{os.readlink(f'/proc/{st.pid}/exe')}"
+        )
         pid = st.pid
     assert pid is not None and not pid_alive(pid)
     assert standby.state.standby.phase == "stopped"
