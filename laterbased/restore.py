@@ -181,13 +181,23 @@ def format_of(path: Path) -> str:
     return "custom"
 
 
-def choose(records: list[BackupRecord], at: datetime | None) -> BackupRecord | None:
-    """The newest good backup, or the newest one started at or before ``at``."""
+def choose(
+    records: list[BackupRecord], at: datetime | None, now: datetime | None = None
+) -> BackupRecord | None:
+    """The newest good backup, or the newest one started at or before ``at``.
+
+    "Newest" never means one dated in the future (started more than ``FUTURE_TOLERANCE``
+    after ``now``: made while the clock ran fast): its date says nothing about its content,
+    so ``--latest`` takes the newest one with a believable date (``--file`` restores the
+    other on purpose)."""
     usable = [
         r for r in records if r.format in ("custom", "plain-gzip") and r.verified is not False
     ]
     if at is not None:
         usable = [r for r in usable if r.started <= at]
+    else:
+        moment = now or datetime.now(UTC)
+        usable = [r for r in usable if not r.from_the_future(moment)]
     return max(usable, key=lambda r: r.started, default=None)
 
 
@@ -263,8 +273,22 @@ class Restorer:
             await self._verify(record.path, record.sha256, record.size)
             return record.path, record.format, f"local {record.path}"
         if not self.config.upload.enabled:
-            raise JobFailed(self._none_found("locally (no rclone remote configured)"))
+            raise JobFailed(
+                self._none_found("locally (no rclone remote configured)")
+                + self._future_hint(records)
+            )
         return await self._download(request.database)
+
+    def _future_hint(self, records: list[BackupRecord]) -> str:
+        now = datetime.now(UTC)
+        future = [r for r in records if r.from_the_future(now)]
+        if self.request.at is not None or not future:
+            return ""
+        return (
+            f"; {len(future)} backup(s) are dated in the future (made while the clock ran "
+            f"fast, or the clock is wrong now), never taken as the latest: restore one on "
+            f"purpose with --file {future[-1].path}"
+        )
 
     def _local_records(self, database: str) -> list[BackupRecord]:
         return [r for r in self.catalogue.list_backups(database) if r.path.exists()]

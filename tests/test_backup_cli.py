@@ -10,10 +10,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer, free_port
+from test_backup_catalogue import publish
 from test_backup_support import make_config
 
 from laterbased.backups import Catalogue
@@ -185,3 +187,34 @@ async def test_verify_marks_good_and_damaged_backups(
     [record] = Catalogue(workdir / "backups").list_backups()
     assert record.verified is False and "checksum mismatch" in (record.verify_detail or "")
     assert state.job("verify").runs == {"success": 1, "failed": 1}
+
+
+def test_backups_list_escapes_names_that_would_break_the_table_and_flags_future_dates(
+    primary: PgServer, workdir: Path
+) -> None:
+    env = environment(primary, workdir, free_port(), None)
+    catalogue = Catalogue(workdir / "backups")
+    now = datetime.now(UTC)
+    broken = "Grade\nFAKE  2020-01-01 00:00:00 UTC"  # a line break in a database name
+    publish(catalogue, broken, now - timedelta(hours=3), b"1")
+    publish(catalogue, "(globals)", now - timedelta(hours=2), b"2")
+    publish(catalogue, DB, now + timedelta(days=2), b"3")  # the clock ran two days fast
+    publish(catalogue, DB, now - timedelta(hours=1), b"4")
+
+    table = cli(env, "backups", "list")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 1 + 4 + 1, "header, one line per backup, total: " + table.stdout
+    assert any(line.startswith("'Grade\\nFAKE  2020-01-01 00:00:00 UTC' ") for line in lines)
+    # A database called "(globals)" is not shown like the globals' row would be.
+    assert any(line.startswith("'(globals)' ") for line in lines), lines
+    own = [line for line in lines if line.startswith(DB)]
+    future = [line for line in own if "dated in the future" in line]
+    assert len(own) == 2 and len(future) == 1, lines
+    assert "newest" not in future[0], "never the newest"
+    assert "newest" in next(line for line in own if line not in future), lines
+
+    listed = cli(env, "backups", "list", "--json")
+    rows = json.loads(listed.stdout)
+    assert [row["database"] for row in rows if row["future"]] == [DB]
+    assert broken in [row["database"] for row in rows]

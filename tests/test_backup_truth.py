@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,7 @@ from laterbased.jobs.runner import run_backup_chain
 from laterbased.state import State
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def quoted(name: str) -> str:
@@ -130,3 +134,15 @@ async def test_a_backup_dated_in_the_future_does_not_hide_a_failed_run_from_heal
     finally:
         await daemon.stop()
 
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "laterbased", "backups", "list", "--config", str(config_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(database)]
+    assert "dated in the future" in row, listed.stdout

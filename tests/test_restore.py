@@ -101,6 +101,28 @@ async def test_restore_latest_local_backup_into_a_quoted_name(
     assert counts(server, older) == (str(ROWS), "4000")
 
 
+async def test_latest_never_picks_a_backup_dated_in_the_future(
+    server: PgServer, tmp_path: Path
+) -> None:
+    config = config_for(server, tmp_path)
+    catalogue = Catalogue(config.backup_directory)
+    real = publish_real_backup(
+        server, catalogue, SOURCE, started=datetime.now(UTC) - timedelta(hours=1)
+    )
+    server.sql("INSERT INTO \"SM_Project\" (name) VALUES ('clock ran fast')", database=SOURCE)
+    # Made while the clock ran two days fast.
+    publish_real_backup(server, catalogue, SOURCE, started=datetime.now(UTC) + timedelta(days=2))
+    target = 'clock "Proj"'
+    await restore(config, RestoreRequest(target_db=target, database=SOURCE))
+    assert counts(server, target) == (str(ROWS), "4000"), "the newest backup with a true date"
+
+    # Alone, it is still not taken as the latest: the refusal says how to have it anyway.
+    catalogue.delete(real)
+    with pytest.raises(JobFailed, match=r"dated in the future .* --file "):
+        await restore(config, RestoreRequest(target_db="never made", database=SOURCE))
+    assert not database_exists(server, "never made")
+
+
 async def test_existing_target_is_refused_and_replace_keeps_the_old_one_aside(
     server: PgServer, tmp_path: Path
 ) -> None:

@@ -251,6 +251,24 @@ async def test_remote_retention_deletes_old_uploads_after_a_good_run(
     assert old.path.exists(), "remote retention never touches local backups"
 
 
+async def test_remote_retention_keeps_the_newest_real_upload_beside_one_dated_in_the_future(
+    primary: PgServer, project_db: str, work: Path
+) -> None:
+    catalogue = Catalogue(work / "backups")
+    now = datetime.now(UTC)
+    real = publish_real_backup(primary, catalogue, project_db, started=now - timedelta(days=10))
+    # Made while the clock ran two days fast: by its date the newest upload.
+    ahead = publish_real_backup(primary, catalogue, project_db, started=now + timedelta(days=2))
+    dest = work / "offsite"
+    config = with_upload(
+        primary, work / "backups", local_remote_env(dest, LATERBASED_UPLOAD_RETENTION_DAYS="3")
+    )
+    result = await upload_pending(config, State(config=config), catalogue, "future")
+    assert result.result == "success", result.detail
+    assert result.deleted_remote == [], "the newest real upload is not expired"
+    assert remote_copy(dest, real).exists() and remote_copy(dest, ahead).exists()
+
+
 def test_daemon_refuses_to_start_when_rclone_is_missing(work: Path) -> None:
     env = {
         "PATH": os.environ["PATH"],

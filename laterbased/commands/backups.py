@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from laterbased.backups import Catalogue
+from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
 from laterbased.jobs.prune import RetentionPolicy, decide
@@ -20,6 +20,24 @@ from laterbased.state import State
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
+
+# Said of a backup that started after now (beyond FUTURE_TOLERANCE): made while the clock ran
+# fast, or the clock is wrong now. Never the newest, never restore --latest.
+DATED_IN_THE_FUTURE = "dated in the future: check the clock"
+
+
+def shown_name(record: BackupRecord) -> str:
+    """The DATABASE cell: the real name, or its Python-quoted spelling when printing it as
+    is would mislead (a line break or control character breaks the table; the name of the
+    globals' row, ``(globals)``, or leading/trailing spaces would pass for another)."""
+    if record.is_globals:
+        return GLOBALS_NAME
+    name = record.database
+    if not name.isprintable() or name != name.strip() or name == GLOBALS_NAME or not name:
+        return repr(name)
+    if name[0] in "'\"":
+        return repr(name)  # else the quoted spelling of another name could pass for it
+    return name
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -36,7 +54,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="show each backup: database, time, size, uploaded, verified, kept by which rule",
         description="Show every local backup laterbased made, oldest first, with the "
         "retention rule that keeps it (newest, min_keep, age, hourly/daily/weekly/monthly, "
-        "not-uploaded) or 'delete' when the next prune will remove it.",
+        "not-uploaded) or 'delete' when the next prune will remove it. NOTE says 'dated "
+        "in the future' for a backup made while the clock ran fast (never the newest). A "
+        "name with a line break or other control character is shown quoted.",
     )
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     listing.add_argument("--database", default=None, help="only this database (its real name)")
@@ -71,12 +91,21 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     catalogue = Catalogue(config.backup_directory)
     records = catalogue.list_backups()
     policy = RetentionPolicy.from_config(config.backup, config.upload.enabled)
-    decisions = decide(records, policy, datetime.now(UTC), config.zone)
+    now = datetime.now(UTC)
+    decisions = decide(records, policy, now, config.zone)
     if args.database is not None:
-        decisions = [d for d in decisions if d.record.database == args.database]
+        # The database of that name; the globals are not a database, even one called so.
+        decisions = [d for d in decisions if d.record.series == args.database]
     if args.json:
         rows = [
-            d.record.to_json() | {"path": str(d.record.path), "kept_by": d.rules, "keep": d.keep}
+            d.record.to_json()
+            | {
+                "path": str(d.record.path),
+                "kept_by": d.rules,
+                "keep": d.keep,
+                "globals": d.record.is_globals,
+                "future": d.record.from_the_future(now),
+            }
             for d in decisions
         ]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -93,19 +122,20 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
             print(f"no backups in {config.backup_directory}")
         return EXIT_OK
     zone = config.zone
-    header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY")
+    header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY", "NOTE")
     rows_text: list[tuple[str, ...]] = []
     for decision in decisions:
         record = decision.record
         verified = {None: "-", True: "ok", False: "FAILED"}[record.verified]
         rows_text.append(
             (
-                record.database,
+                shown_name(record),
                 record.started.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
                 format_size(record.size),
                 "yes" if record.uploaded_at else "no",
                 verified,
                 decision.describe(),
+                DATED_IN_THE_FUTURE if record.from_the_future(now) else "",
             )
         )
     widths = [max(len(row[i]) for row in [header, *rows_text]) for i in range(len(header))]

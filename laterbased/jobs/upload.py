@@ -33,7 +33,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from laterbased.backups import MANIFEST_SUFFIX, BackupRecord, Catalogue, manifest_name
+from laterbased.backups import (
+    FUTURE_TOLERANCE,
+    MANIFEST_SUFFIX,
+    BackupRecord,
+    Catalogue,
+    manifest_name,
+)
 from laterbased.config import Config
 from laterbased.errors import ToolMissing
 from laterbased.rclone import VERIFY_HASHES, Rclone, RcloneFailed, RemoteEntry, find_rclone
@@ -284,8 +290,12 @@ def remote_expired(
     expired: list[RemoteEntry] = []
     for group in ours.values():
         group.sort(key=lambda pair: pair[0])
-        for stamp, entry in group[:-1]:  # the newest of each folder always stays
-            if stamp < cutoff:
+        # The newest of each folder always stays, and so does the newest with a believable
+        # date: one dated in the future (a clock that ran fast) must not let it expire.
+        believable = [entry for stamp, entry in group if stamp <= now + FUTURE_TOLERANCE]
+        keep = {id(group[-1][1])} | ({id(believable[-1])} if believable else set())
+        for stamp, entry in group:
+            if id(entry) not in keep and stamp < cutoff:
                 expired.append(entry)
     return expired
 
