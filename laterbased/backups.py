@@ -2,7 +2,7 @@
 
 Layout under the backup directory::
 
-    <root>/<db>/<db>-<UTC yyyymmddTHHMMSSZ>.dump      pg_dump -Fc (format: custom)
+    <root>/<db>/<db>-<UTC yyyymmddTHHMMSSZ>.backup    pg_dump -Fc (format: custom)
     <root>/<db>/<db>-<...>.sql.gz                       format: plain-gzip
     <root>/<db>/<db>-<...>.json                         the manifest of that backup
     <root>/@globals/globals-<...>.sql                   pg_dumpall --globals-only (optional)
@@ -11,7 +11,10 @@ Layout under the backup directory::
 
 ``<db>`` is the database name percent-encoded (every byte outside ``[A-Za-z0-9_.-]`` becomes
 ``%XX``, and so does a leading ``.``), so any name PostgreSQL accepts is a safe file name;
-the real name is kept in the manifest. A backup exists only once its manifest exists: the
+the real name is kept in the manifest. Custom archives end in ``.backup``, the extension
+Resolve's Project Manager "Restore" dialog offers; earlier versions wrote ``.dump``, and
+those backups are listed, verified, pruned and restored like the others (their manifest
+names the file). A backup exists only once its manifest exists: the
 data file and the manifest are written and fsynced in ``.partial/`` first, then renamed
 into place data-first, manifest last, and the directory is fsynced.
 
@@ -37,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import read_regular_file
 from .errors import JobFailed
 from .lockfile import HeldLock, LockBusy, take_lock
 from .state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the globals' series key
@@ -57,7 +59,9 @@ GLOBALS_NAME = GLOBALS_LABEL
 # A backup that started later than now plus this (a clock that ran fast, a restored system
 # image) is "from the future": listed and kept, never the newest, never --latest.
 FUTURE_TOLERANCE = timedelta(minutes=5)
-SUFFIXES = {"custom": ".dump", "plain-gzip": ".sql.gz", "globals": ".sql"}
+SUFFIXES = {"custom": ".backup", "plain-gzip": ".sql.gz", "globals": ".sql"}
+# Custom archives written before they were named like Resolve's own backups.
+LEGACY_SUFFIXES = (".dump",)
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -123,6 +127,12 @@ class BackupRecord:
     source: str  # primary | standby
     server_version: str | None = None
     pg_dump_version: str | None = None
+    # False when pg_dump was newer than the server's major (none of the server's major was
+    # installed): Resolve's own Restore runs the pg_restore of its server's major, which
+    # need not read a newer archive. None: not known (a manifest of an older laterbased).
+    resolve_restore_readable: bool | None = None
+    # Why, with both majors ("pg_dump 15 archive of a PostgreSQL 13 server; ...").
+    resolve_restore_detail: str | None = None
     fingerprint: str | None = None
     # The last time a skip-unchanged run found the database identical to this backup.
     confirmed_at: datetime | None = None
@@ -189,6 +199,8 @@ class BackupRecord:
             "source": self.source,
             "server_version": self.server_version,
             "pg_dump_version": self.pg_dump_version,
+            "resolve_restore_readable": self.resolve_restore_readable,
+            "resolve_restore_detail": self.resolve_restore_detail,
             "fingerprint": self.fingerprint,
             "confirmed_at": _iso(self.confirmed_at),
             "uploaded_to": self.uploaded_to,
@@ -225,6 +237,8 @@ class BackupRecord:
             source=str(data.get("source") or "primary"),
             server_version=data.get("server_version"),
             pg_dump_version=data.get("pg_dump_version"),
+            resolve_restore_readable=data.get("resolve_restore_readable"),
+            resolve_restore_detail=data.get("resolve_restore_detail"),
             fingerprint=data.get("fingerprint"),
             confirmed_at=_parse_iso(data.get("confirmed_at")),
             uploaded_to=data.get("uploaded_to"),
@@ -246,8 +260,8 @@ def _parse_counts(value: Any) -> dict[str, int] | None:
 
 
 def manifest_name(file: str) -> str:
-    """``db-20261126T130000Z.dump`` → ``db-20261126T130000Z.json``."""
-    for suffix in sorted(SUFFIXES.values(), key=len, reverse=True):
+    """``db-20261126T130000Z.backup`` (or an older ``.dump``) → ``db-20261126T130000Z.json``."""
+    for suffix in sorted((*SUFFIXES.values(), *LEGACY_SUFFIXES), key=len, reverse=True):
         if file.endswith(suffix):
             return file[: -len(suffix)] + MANIFEST_SUFFIX
     return file + MANIFEST_SUFFIX
@@ -501,13 +515,11 @@ class Catalogue:
 
     def read_manifest(self, manifest: Path) -> BackupRecord | None:
         try:
-            # A FIFO named like a manifest would block the reading job for ever, and JSON
-            # nested thousands deep raises RecursionError: neither is a manifest of ours.
-            data = json.loads(read_regular_file(manifest)[0])
+            data = json.loads(manifest.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return BackupRecord.from_json(data, manifest.parent)
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.debug("not a backup manifest %s: %s", manifest, exc)
             return None
 

@@ -33,7 +33,10 @@ from laterbased.pg.binaries import (
     SERVER_TOOLS,
     find_bindir,
     major_from_version_num,
+    major_key,
+    newer_pg_dump_fix,
     newest_bindir_at_least,
+    probe_bindir,
 )
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.features import (
@@ -320,20 +323,26 @@ async def check_binaries(facts: Facts) -> list[CheckResult]:
             )
             results.append(ok("pg_dump", f"pg_dump {major} in {bindir}"))
         except ToolMissing as exact:
-            if config.backup.bin_dir is not None:
-                results.append(fail("pg_dump", str(exact)))
-                return results
+            configured = config.backup.bin_dir
             try:
-                bindir, found = await asyncio.to_thread(newest_bindir_at_least, major)
+                if configured is not None:
+                    # A configured newer pg_dump is used (dump_bindir), an older one refused.
+                    found = await asyncio.to_thread(probe_bindir, configured, DUMP_TOOLS)
+                    if found is None or major_key(found) < major_key(major):
+                        raise exact
+                    bindir = configured
+                else:
+                    bindir, found = await asyncio.to_thread(newest_bindir_at_least, major)
             except ToolMissing as exc:
                 results.append(fail("pg_dump", str(exc)))
             else:
                 results.append(
                     warn(
                         "pg_dump",
-                        f"no pg_dump {major}; pg_dump {found} from {bindir} will be used: its "
-                        f"archives may not restore with PostgreSQL {major}'s own pg_restore",
-                        f"apt-get install postgresql-client-{major} (apt.postgresql.org)",
+                        f"no pg_dump {major} {'set' if configured else 'installed'}; "
+                        f"pg_dump {found} from {bindir} will be used: its backups are not "
+                        f"readable by Resolve's own restore (pg_restore {major})",
+                        newer_pg_dump_fix(major),
                     )
                 )
     return results

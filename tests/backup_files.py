@@ -21,9 +21,11 @@ def publish_real_backup(
     database: str = "postgres",
     fmt: str = "custom",
     started: datetime | None = None,
+    name: str | None = None,
 ) -> BackupRecord:
+    """``name``: the data file's name (default: what the catalogue names it today)."""
     started = started or datetime.now(UTC)
-    name = catalogue.file_name(database, fmt, started)
+    name = name or catalogue.file_name(database, fmt, started)
     partial = catalogue.new_partial(name)
     dump = partial.with_name(partial.name + ".raw")
     subprocess.run(

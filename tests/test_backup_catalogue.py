@@ -79,7 +79,7 @@ def test_publish_places_file_and_manifest_private_and_lists_real_name(tmp_path: 
     catalogue = Catalogue(tmp_path / "backups")
     record = publish(catalogue, "Proj ü/1", T0, b"PGDMP data")
     directory = tmp_path / "backups" / "Proj%20%C3%BC%2F1"
-    assert record.path == directory / "Proj%20%C3%BC%2F1-20261126T130005Z.dump"
+    assert record.path == directory / "Proj%20%C3%BC%2F1-20261126T130005Z.backup"
     manifest = json.loads(record.manifest_path.read_text())
     assert manifest["database"] == "Proj ü/1"
     assert manifest["size"] == 10 and manifest["started"] == "2026-11-26T13:00:05Z"
@@ -98,8 +98,32 @@ def test_two_backups_in_the_same_second_get_distinct_names(tmp_path: Path) -> No
     catalogue = Catalogue(tmp_path)
     first = publish(catalogue, "db", T0, b"1")
     second = publish(catalogue, "db", T0, b"2")
-    assert first.file != second.file and second.file.endswith("-2.dump")
+    assert first.file != second.file and second.file.endswith("-2.backup")
     assert len(catalogue.list_backups("db")) == 2
+
+
+def test_custom_archives_are_named_backup_and_older_dump_files_keep_their_manifest(
+    tmp_path: Path,
+) -> None:
+    catalogue = Catalogue(tmp_path)
+    # What an earlier version wrote: <db>-<stamp>.dump with <db>-<stamp>.json.
+    old_name = "db-20261126T130005Z.dump"
+    partial = catalogue.new_partial(old_name)
+    partial.write_bytes(b"old")
+    old = catalogue.publish(partial, BackupRecord(
+        database="db", file=old_name, directory=catalogue.database_dir("db"), format="custom",
+        size=3, sha256="ab" * 32, started=T0, finished=T0, source="primary",
+    ))
+    assert old.manifest_path == tmp_path / "db" / "db-20261126T130005Z.json"
+    # A new backup in the same second is a .backup (what Resolve's Restore dialog offers)
+    # and must not take the old one's manifest name.
+    new = publish(catalogue, "db", T0, b"new")
+    assert new.file == "db-20261126T130005Z-2.backup"
+    assert new.manifest_path.name == "db-20261126T130005Z-2.json"
+    assert sorted(r.file for r in catalogue.list_backups("db")) == sorted([old_name, new.file])
+    assert catalogue.foreign_files() == []
+    catalogue.delete(old)
+    assert not old.path.exists() and not old.manifest_path.exists()
 
 
 def test_marks_are_written_to_the_manifest(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ async def test_demo_streams_backs_up_and_cleans_up_after_ctrl_c() -> None:
             assert match, banner
             primary_port = int(match.group(1))
             assert port_open(primary_port)
-            backups = list((workdir / "backups").rglob("*.dump"))
+            backups = list((workdir / "backups").rglob("*.backup"))
             assert backups, "no backup file published"
         finally:
             if proc.returncode is None:

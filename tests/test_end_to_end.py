@@ -182,7 +182,7 @@ async def test_the_whole_story(resolve_primary: PgServer, workdir: Path) -> None
                 async with session.get(f"{url}/healthz") as response:
                     if response.status != 200:
                         return False
-                return any(offsite.rglob("*.dump")) and any(offsite.rglob("*.json"))
+                return any(offsite.rglob("*.backup")) and any(offsite.rglob("*.json"))
 
             await wait_for(healthy_with_upload, 120, "healthy + a backup uploaded",
                            lambda: daemon.log)

@@ -20,6 +20,7 @@ from laterbased.pg.binaries import (
     major_from_version_num,
     major_from_version_string,
     newest_bindir_at_least,
+    reading_bindir,
     tool_version,
 )
 from laterbased.pg.connect import PgUnavailable, connect, connect_primary
@@ -141,6 +142,66 @@ def test_dump_bindir_prefers_the_servers_major_over_a_newer_one(tmp_path: Path) 
                        pg_config=None) == tmp_path / "13" / "bin"
     assert dump_bindir("9.5", search_roots=(tmp_path,), probe=probe,
                        pg_config=None) == tmp_path / "15" / "bin"
+
+
+def test_dump_bindir_takes_a_configured_newer_pg_dump_with_the_fix_but_refuses_an_older(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe = fake_probe({"/opt/pg15/bin": "15", "/opt/pg9.5/bin": "9.5"})
+    found = dump_bindir("13", Path("/opt/pg15/bin"), search_roots=(tmp_path,), probe=probe,
+                        pg_config=None)
+    assert found == Path("/opt/pg15/bin")
+    assert "not readable by Resolve's own restore" in caplog.text
+    assert "postgresql-client-13" in caplog.text and "backup.bin_dir" in caplog.text
+    with pytest.raises(ToolMissing, match="PostgreSQL 9.5, need 13"):
+        dump_bindir("13", Path("/opt/pg9.5/bin"), search_roots=(tmp_path,), probe=probe,
+                    pg_config=None)
+
+
+def installed_under(root: Path, *majors: str) -> Callable[[Path, Sequence[str]], str | None]:
+    for major in majors:
+        (root / major / "bin").mkdir(parents=True)
+    return fake_probe({str(root / m / "bin"): m for m in majors})
+
+
+def test_reading_bindir_takes_the_servers_major_not_the_newest(tmp_path: Path) -> None:
+    probe = installed_under(tmp_path, "13", "15", "17")
+    assert reading_bindir("13", search_roots=(tmp_path,), probe=probe, pg_config=None) == (
+        tmp_path / "13" / "bin", "13")
+
+
+def test_reading_bindir_falls_back_to_the_nearest_newer_major_and_says_which(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe = installed_under(tmp_path, "15", "16", "17")
+    found = reading_bindir("13", search_roots=(tmp_path,), probe=probe, pg_config=None)
+    assert found == (tmp_path / "15" / "bin", "15")
+    assert "PostgreSQL 15's" in caplog.text and "postgresql-client-13" in caplog.text
+    with pytest.raises(ToolMissing, match="PostgreSQL 18 programs"):
+        reading_bindir("18", search_roots=(tmp_path,), probe=probe, pg_config=None)
+
+
+def test_reading_bindir_prefers_the_servers_major_over_a_configured_other_one(
+    tmp_path: Path,
+) -> None:
+    probe = installed_under(tmp_path, "13", "15")
+    configured = tmp_path / "15" / "bin"
+    assert reading_bindir("13", configured, search_roots=(tmp_path,), probe=probe,
+                          pg_config=None) == (tmp_path / "13" / "bin", "13")
+    assert reading_bindir("15", configured, search_roots=(tmp_path,), probe=probe,
+                          pg_config=None) == (configured, "15")
+    # Without 13 installed elsewhere, the configured newer one is the nearest.
+    (tmp_path / "other" / "17" / "bin").mkdir(parents=True)
+    both = fake_probe({str(configured): "15", str(tmp_path / "other" / "17" / "bin"): "17"})
+    assert reading_bindir("13", configured, search_roots=(tmp_path / "other",), probe=both,
+                          pg_config=None) == (configured, "15")
+
+
+def test_reading_bindir_refuses_a_configured_dir_without_the_programs(tmp_path: Path) -> None:
+    probe = installed_under(tmp_path, "13")
+    with pytest.raises(ToolMissing, match=r"backup.bin_dir=/nowhere: pg_restore, psql there"):
+        reading_bindir("13", Path("/nowhere"), search_roots=(tmp_path,), probe=probe,
+                       pg_config=None)
 
 
 def test_find_bindir_with_real_binaries(pg_bindir: Path) -> None:

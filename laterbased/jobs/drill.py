@@ -2,10 +2,10 @@
 
 Never on the Resolve primary and never on our standby: the drill ``initdb``s a temporary
 cluster in ``<state_dir>/drill-<random>/`` with the PostgreSQL programs of the backup's
-server major (a newer major when that one is not installed), as the standby's run-as user
-when we are root. The server listens on a unix socket in that 0700 directory only
-(``listen_addresses=''``, ``trust`` for local connections: only that user and root can
-reach the socket) with ``fsync=off``. The backup is restored with ``pg_restore -j2
+server major (the nearest newer major, with a warning, when that one is not installed), as
+the standby's run-as user when we are root. The server listens on a unix socket in that
+0700 directory only (``listen_addresses=''``, ``trust`` for local connections: only that
+user and root can reach the socket) with ``fsync=off``. The backup is restored with ``pg_restore -j2
 --no-owner --no-acl --exit-on-error`` into a UTF8 database created from ``template0``,
 every table is counted exactly (``jobs/rowcounts.py``) and the counts are compared with the
 ones recorded at dump time in the same snapshot as the dump. Whatever happens, including
@@ -31,8 +31,8 @@ import asyncpg
 from laterbased import proc
 from laterbased.backups import BackupRecord
 from laterbased.config import Config
-from laterbased.errors import LaterbasedError, ToolMissing
-from laterbased.pg.binaries import find_bindir, newest_bindir_at_least
+from laterbased.errors import LaterbasedError
+from laterbased.pg.binaries import reading_bindir
 from laterbased.standby.layout import ensure_reachable
 
 from .rowcounts import compare_counts, count_rows
@@ -95,15 +95,12 @@ def drill_root(config: Config) -> Path:
 
 
 def server_bindir(major: str, configured: Path | None) -> Path:
-    """Server programs of ``major``, else the newest newer major (pg_restore reads older
-    archives); blocking."""
-    try:
-        return find_bindir(major, configured, tools=DRILL_TOOLS, config_key="standby.bin_dir")
-    except ToolMissing:
-        if configured is not None:
-            raise
-    path, found = newest_bindir_at_least(major, tools=DRILL_TOOLS, config_key="standby.bin_dir")
-    logger.info("restore drill: no PostgreSQL %s server installed; using %s", major, found)
+    """Server programs of ``major``, the backup's server's (Resolve restores with that
+    major's pg_restore), else the nearest newer major with a warning (pg_restore reads
+    older archives); blocking."""
+    path, _found = reading_bindir(
+        major, configured, tools=DRILL_TOOLS, config_key="standby.bin_dir"
+    )
     return path
 
 

@@ -43,7 +43,14 @@ from laterbased.backups import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogu
 from laterbased.config import Config
 from laterbased.errors import JobFailed, LaterbasedError
 from laterbased.pg import sql
-from laterbased.pg.binaries import dump_bindir, major_from_version_num, tool_version
+from laterbased.pg.binaries import (
+    dump_bindir,
+    major_from_version_num,
+    major_from_version_string,
+    major_key,
+    newer_pg_dump_fix,
+    tool_version,
+)
 from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
@@ -242,6 +249,26 @@ class DumpTools:
     server_version: str
     pg_dump_version: str
     extra: dict[str, str] = field(default_factory=dict)
+    server_major: str | None = None
+    pg_dump_major: str | None = None
+
+    @property
+    def resolve_restore_readable(self) -> bool | None:
+        """False when pg_dump is newer than the server: Resolve's own Restore runs the
+        server's major's pg_restore, which need not read a newer archive."""
+        if self.server_major is None or self.pg_dump_major is None:
+            return None
+        return major_key(self.pg_dump_major) <= major_key(self.server_major)
+
+    @property
+    def resolve_restore_detail(self) -> str | None:
+        if self.resolve_restore_readable is not False:
+            return None
+        return (
+            f"pg_dump {self.pg_dump_major} archive of a PostgreSQL {self.server_major} server: "
+            f"not readable by Resolve's own restore (pg_restore {self.server_major}). Fix: "
+            f"{newer_pg_dump_fix(str(self.server_major))}"
+        )
 
 
 async def discover_databases(server: Server) -> list[str]:
@@ -315,7 +342,13 @@ async def select_tools(config: Config, server: Server) -> DumpTools:
     major = major_from_version_num(version_num)
     bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
     version = await asyncio.to_thread(tool_version, bindir / "pg_dump")
-    return DumpTools(bindir=bindir, server_version=server_version, pg_dump_version=version)
+    return DumpTools(
+        bindir=bindir,
+        server_version=server_version,
+        pg_dump_version=version,
+        server_major=major,
+        pg_dump_major=major_from_version_string(version),
+    )
 
 
 def hash_file(path: Path) -> tuple[int, str]:
@@ -671,6 +704,8 @@ class Dumper:
                 source=self.server.role,
                 server_version=tools.server_version,
                 pg_dump_version=tools.pg_dump_version,
+                resolve_restore_readable=tools.resolve_restore_readable,
+                resolve_restore_detail=tools.resolve_restore_detail,
                 fingerprint=fingerprint,
                 row_counts=row_counts,
             )

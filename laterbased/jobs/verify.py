@@ -1,7 +1,10 @@
 """The verify job: is the newest backup of each database readable and intact?
 
 Checks, cheapest first: the file's sha256 still matches its manifest; a custom-format
-archive lists with ``pg_restore --list`` (its table of contents is complete); a plain-gzip
+archive lists with ``pg_restore --list`` of the backup's server major, the one Resolve's own
+Restore runs (the nearest newer major, with a warning, when that one is not installed; the
+pg_dump's major when a newer pg_dump wrote it; the detail names the major used), so its
+table of contents is complete; a plain-gzip
 file decompresses to the end (gzip's own CRC). The result goes into the manifest
 (``verified``, ``verified_at``, ``verify_detail``).
 
@@ -18,18 +21,27 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+from pathlib import Path
 from typing import Any
 
 from laterbased import proc
 from laterbased.backups import BackupRecord, Catalogue
 from laterbased.config import Config
-from laterbased.errors import LaterbasedError
-from laterbased.pg.binaries import dump_bindir, newest_bindir_at_least
+from laterbased.errors import LaterbasedError, ToolMissing
+from laterbased.pg.binaries import (
+    major_from_version_string,
+    major_key,
+    newest_bindir_at_least,
+    probe_bindir,
+    reading_bindir,
+)
 
 from .drill import DrillResult, restore_drill
 from .dump import HASH_CHUNK, hash_file
 
 logger = logging.getLogger(__name__)
+
+VERIFY_TOOLS = ("pg_restore",)
 
 
 def server_major(version: str | None) -> str | None:
@@ -44,6 +56,22 @@ def server_major(version: str | None) -> str | None:
     if first >= 10 or len(parts) < 2:
         return str(first)
     return f"{first}.{parts[1]}"
+
+
+def reading_major(record: BackupRecord) -> str | None:
+    """The major whose pg_restore reads ``record``: its server's, the one Resolve's own
+    Restore runs. Unless a newer pg_dump wrote it (none of the server's major was installed;
+    the manifest says Resolve cannot read it): an older pg_restore need not restore such an
+    archive (``pg_restore`` 13 ``--no-owner`` stops at pg_dump 15's ``CREATE SCHEMA public``),
+    so that pg_dump's major, or a good backup would be condemned for what Resolve cannot do."""
+    major = server_major(record.server_version)
+    if major is None or not record.pg_dump_version:
+        return major
+    try:
+        written = major_from_version_string(record.pg_dump_version)
+    except ValueError:
+        return major
+    return written if major_key(written) > major_key(major) else major
 
 
 def _gunzip_to_end(record: BackupRecord) -> None:
@@ -64,15 +92,16 @@ async def check_backup(config: Config, record: BackupRecord, run_id: str) -> tup
         return True, "sha256 ok, gzip stream complete"
     if record.format != "custom":
         return True, "sha256 ok"
-    major = server_major(record.server_version)
+    major = reading_major(record)
     if major is not None:
-        bindir = await asyncio.to_thread(dump_bindir, major, config.backup.bin_dir)
-    elif config.backup.bin_dir is not None:
-        bindir = config.backup.bin_dir
+        # The server's major, as Resolve's own Restore reads it (not the newest installed).
+        bindir, reader = await asyncio.to_thread(
+            reading_bindir, major, config.backup.bin_dir, tools=VERIFY_TOOLS
+        )
     else:
         # A manifest without the server's version (not one of ours, or very old): any
         # pg_restore reads archives of its own major and older, so take the newest.
-        bindir, _ = await asyncio.to_thread(newest_bindir_at_least, "9.0")
+        bindir, reader = await asyncio.to_thread(_newest_reader, config.backup.bin_dir)
     completed = await proc.run(
         [str(bindir / "pg_restore"), "--list", str(record.path)],
         capture_stdout=True,
@@ -82,13 +111,31 @@ async def check_backup(config: Config, record: BackupRecord, run_id: str) -> tup
     )
     if completed.returncode != 0:
         tail = " | ".join(completed.stderr_tail[-3:]) or "no message"
-        return False, f"pg_restore --list exited with status {completed.returncode}: {tail}"
+        return (
+            False,
+            f"pg_restore --list (pg_restore {reader}) exited with status "
+            f"{completed.returncode}: {tail}",
+        )
     entries = sum(
         1
         for line in completed.stdout.decode("utf-8", errors="replace").splitlines()
         if line and not line.startswith(";")
     )
-    return True, f"sha256 ok, pg_restore --list ok ({entries} entries)"
+    detail = f"sha256 ok, pg_restore --list ok (pg_restore {reader}, {entries} entries)"
+    if record.resolve_restore_readable is False:
+        detail += (
+            "; a pg_dump newer than its server wrote it: not readable by Resolve's own restore"
+        )
+    return True, detail
+
+
+def _newest_reader(configured: Path | None) -> tuple[Path, str]:
+    if configured is not None:
+        found = probe_bindir(configured, VERIFY_TOOLS)
+        if found is None:
+            raise ToolMissing(f"backup.bin_dir={configured}: no usable pg_restore there")
+        return configured, found
+    return newest_bindir_at_least("9.0", tools=VERIFY_TOOLS)
 
 
 async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> list[dict[str, Any]]:
@@ -165,7 +212,7 @@ async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> li
 
 
 async def _drill(config: Config, record: BackupRecord, run_id: str) -> DrillResult:
-    major = server_major(record.server_version)
+    major = reading_major(record)
     if major is None:
         return DrillResult(False, "restore drill: manifest has no server version", False)
     logger.info(

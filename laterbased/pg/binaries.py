@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEARCH_ROOTS: tuple[Path, ...] = (Path("/usr/lib/postgresql"),)
 SERVER_TOOLS: tuple[str, ...] = ("postgres", "pg_basebackup", "pg_ctl")
 DUMP_TOOLS: tuple[str, ...] = ("pg_dump", "pg_restore")
+# What reading a backup needs: pg_restore for custom archives, psql for plain SQL.
+READ_TOOLS: tuple[str, ...] = ("pg_restore", "psql")
 _VERSION_TIMEOUT = 15.0
 
 # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", "pg_dump (PostgreSQL) 9.5.24",
@@ -194,6 +196,27 @@ def newest_bindir_at_least(
     refused. Callers should prefer the exact major (:func:`dump_bindir`).
     """
     wanted = major_key(major)
+    candidates, looked = _installed(tools, search_roots, pg_config, probe, pg_config_lookup)
+    usable = [(major_key(m), path, m) for path, m in candidates.items() if major_key(m) >= wanted]
+    if not usable:
+        raise ToolMissing(
+            f"no {', '.join(tools)} of PostgreSQL {major} or newer found (an older one cannot "
+            f"dump this server). Looked at: {'; '.join(looked) or 'nothing found'}. Fix: "
+            f"apt-get install {_package_hint(major, tools)} or set {config_key}"
+        )
+    _key, path, found_major = max(usable)
+    return path, found_major
+
+
+def _installed(
+    tools: Sequence[str],
+    search_roots: Sequence[Path],
+    pg_config: str | None,
+    probe: Probe,
+    pg_config_lookup: PgConfigLookup,
+) -> tuple[dict[Path, str], list[str]]:
+    """Every directory under the search roots (and pg_config's) holding usable ``tools``,
+    with its major; and a description of each place looked at."""
     candidates: dict[Path, str] = {}
     looked: list[str] = []
     for root in search_roots:
@@ -215,15 +238,7 @@ def newest_bindir_at_least(
             looked.append(f"{pg_config} --bindir → {reported} ({found or 'unusable'})")
             if found is not None:
                 candidates[reported] = found
-    usable = [(major_key(m), path, m) for path, m in candidates.items() if major_key(m) >= wanted]
-    if not usable:
-        raise ToolMissing(
-            f"no {', '.join(tools)} of PostgreSQL {major} or newer found (an older one cannot "
-            f"dump this server). Looked at: {'; '.join(looked) or 'nothing found'}. Fix: "
-            f"apt-get install {_package_hint(major, tools)} or set {config_key}"
-        )
-    _key, path, found_major = max(usable)
-    return path, found_major
+    return candidates, looked
 
 
 def dump_bindir(
@@ -238,7 +253,9 @@ def dump_bindir(
 ) -> Path:
     """pg_dump/pg_restore for a server of ``server_major``: the same major when installed
     (Resolve's bundled restore may not read a newer archive format), else the newest newer
-    one with a warning. A configured directory must be exactly that major.
+    one with a warning. A configured directory of a newer major is used with that warning
+    (it is what the operator asked for; pg_dump reads older servers); an older or unusable
+    one is an error.
     """
     try:
         return find_bindir(
@@ -253,7 +270,11 @@ def dump_bindir(
         )
     except ToolMissing:
         if configured is not None:
-            raise
+            found = probe(configured, DUMP_TOOLS)
+            if found is None or major_key(found) < major_key(server_major):
+                raise
+            _warn_newer_pg_dump(server_major, found, configured, config_key)
+            return configured
     path, found_major = newest_bindir_at_least(
         server_major,
         search_roots=search_roots,
@@ -263,13 +284,90 @@ def dump_bindir(
         probe=probe,
         pg_config_lookup=pg_config_lookup,
     )
-    logger.warning(
-        "no pg_dump %s installed; using pg_dump %s from %s. Its archives may not restore "
-        "with PostgreSQL %s's own pg_restore: apt-get install %s to match the server",
-        server_major,
-        found_major,
-        path,
-        server_major,
-        _package_hint(server_major, DUMP_TOOLS),
-    )
+    _warn_newer_pg_dump(server_major, found_major, path, config_key)
     return path
+
+
+def newer_pg_dump_fix(server_major: str, config_key: str = "backup.bin_dir") -> str:
+    """How to dump a ``server_major`` server with its own pg_dump again."""
+    return (
+        f"apt-get install {_package_hint(server_major, DUMP_TOOLS)} (apt.postgresql.org for "
+        f"older majors) and set {config_key} to its bin directory "
+        f"(/usr/lib/postgresql/{server_major}/bin) or leave {config_key} unset"
+    )
+
+
+def _warn_newer_pg_dump(server_major: str, found: str, bindir: Path, config_key: str) -> None:
+    logger.warning(
+        "dumping the PostgreSQL %s server with pg_dump %s from %s: its backups are not "
+        "readable by Resolve's own restore (it runs pg_restore %s). Fix: %s",
+        server_major,
+        found,
+        bindir,
+        server_major,
+        newer_pg_dump_fix(server_major, config_key),
+    )
+
+
+def reading_bindir(
+    major: str,
+    configured: Path | None = None,
+    *,
+    tools: Sequence[str] = READ_TOOLS,
+    config_key: str = "backup.bin_dir",
+    search_roots: Sequence[Path] = DEFAULT_SEARCH_ROOTS,
+    pg_config: str | None = "pg_config",
+    probe: Probe = probe_bindir,
+    pg_config_lookup: PgConfigLookup = pg_config_bindir,
+) -> tuple[Path, str]:
+    """``tools`` to read (list, restore) a backup of a PostgreSQL ``major`` server, and
+    their major: that major's, as Resolve's own restore reads it (its bundled pg_restore is
+    the server's major), not the newest installed. When that major is not installed, the
+    nearest newer one (pg_restore reads older archives) with a warning naming it.
+
+    ``configured`` is taken when it is that major; when it is another major, ``major`` is
+    looked for in the usual places first and ``configured`` is one of the newer candidates.
+    A configured directory without usable ``tools`` is an error (an explicit setting that
+    is wrong is not routed around silently).
+    """
+    configured_major: str | None = None
+    if configured is not None:
+        configured_major = probe(configured, tools)
+        if configured_major is None:
+            raise ToolMissing(
+                f"{config_key}={configured}: {', '.join(tools)} there missing or not "
+                f"executable; point {config_key} at a PostgreSQL bin directory or remove it"
+            )
+        if configured_major == major:
+            return configured, major
+    try:
+        exact = find_bindir(
+            major,
+            search_roots=search_roots,
+            pg_config=pg_config,
+            tools=tools,
+            config_key=config_key,
+            probe=probe,
+            pg_config_lookup=pg_config_lookup,
+        )
+    except ToolMissing as missing:
+        candidates, _looked = _installed(tools, search_roots, pg_config, probe, pg_config_lookup)
+        if configured is not None and configured_major is not None:
+            candidates[configured] = configured_major
+        wanted = major_key(major)
+        newer = [(major_key(m), p, m) for p, m in candidates.items() if major_key(m) > wanted]
+        if not newer:
+            raise ToolMissing(f"{missing} (and no newer PostgreSQL's either)") from None
+        _key, path, found = min(newer, key=lambda item: (item[0], str(item[1])))
+        logger.warning(
+            "no %s of PostgreSQL %s installed; reading its backup with PostgreSQL %s's from %s "
+            "(Resolve's own restore runs pg_restore %s): apt-get install %s",
+            "/".join(tools),
+            major,
+            found,
+            path,
+            major,
+            _package_hint(major, tools),
+        )
+        return path, found
+    return exact, major
