@@ -941,7 +941,17 @@ def parse_args() -> argparse.Namespace:
                         "once started; kept to compare a second freeze")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write every raw figure to this JSON file")
+    parser.add_argument("--pg-major", type=int, default=None,
+                        help="PostgreSQL major of the primary and of every raw tool, e.g. 13 "
+                        "(what Resolve 18-20 ship); default: the newest installed")
     options = parser.parse_args()
+    if options.pg_major is not None:
+        bindir = Path(f"/usr/lib/postgresql/{options.pg_major}/bin")
+        if not (bindir / "initdb").exists():
+            parser.error(f"PostgreSQL {options.pg_major} is not installed ({bindir})")
+        # The harness (laterbased.localcluster.find_pg_bindir) and so every server and raw
+        # tool of the run follow this; the daemon picks the primary's major by itself.
+        os.environ["LATERBASED_TEST_PG_BINDIR"] = str(bindir)
     default_scales = "10" if options.quick else "10,100"
     options.scales = sorted({int(s) for s in (options.scales or default_scales).split(",") if s})
     # Dumps at scale 10 take about a second: more rounds cost little and steady the ratio.

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import read_regular_file
 from .errors import JobFailed
 from .lockfile import HeldLock, LockBusy, take_lock
 from .state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the globals' series key
@@ -515,11 +516,13 @@ class Catalogue:
 
     def read_manifest(self, manifest: Path) -> BackupRecord | None:
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+            # A FIFO named like a manifest would block the reading job for ever, and JSON
+            # nested thousands deep raises RecursionError: neither is a manifest of ours.
+            data = json.loads(read_regular_file(manifest)[0])
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return BackupRecord.from_json(data, manifest.parent)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             logger.debug("not a backup manifest %s: %s", manifest, exc)
             return None
 

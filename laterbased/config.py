@@ -770,6 +770,16 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
     for tier in ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
         if getattr(config.backup, tier) < 0:
             problem(f"backup.{tier}", "must be 0 or more")
+    for database in config.backup.databases:
+        # PostgreSQL has no such database name; a NUL is also how state keys the globals
+        # (state.GLOBALS_KEY), which a configured name must never collide with.
+        if not database:
+            problem("backup.databases", "an empty name (PostgreSQL has no such database)")
+        elif "\0" in database:
+            problem(
+                "backup.databases",
+                f"{database!r} contains a NUL character, which no PostgreSQL name can hold",
+            )
     if config.upload.retries < 0:
         problem("upload.retries", "must be 0 or more")
     if not _SLOT_NAME.match(config.standby.slot_name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -348,3 +349,27 @@ async def test_scheduled_runs_go_on_failing_after_a_crash_instead_of_being_skipp
     assert dump.skipped_overlap == 0, "a crashed run left the job marked as running"
     assert dump.last_run is not None and "line break" in (dump.last_run.detail or "")
     assert state.backup(small_db).last_error, "health sees the failure per database"
+
+
+async def test_a_planted_manifest_nested_thousands_deep_or_a_fifo_is_ignored_not_a_failure(
+    primary: PgServer, small_db: str, backup_dir: Path
+) -> None:
+    config = make_config(primary, backup_dir, databases=(small_db,), skip_unchanged=True)
+    catalogue = Catalogue(backup_dir)
+    first = await run_backup_chain(State(config=config), trigger="test")
+    assert first.result == "success", first.to_json()
+    directory = catalogue.database_dir(small_db)
+    (directory / "deep.json").write_text("[" * 30_000 + "]" * 30_000)
+    fifo = directory / "fifo.json"
+    os.mkfifo(fifo)
+    state = State(config=config)
+    try:
+        # Bounded: before the fix a reader blocked on the FIFO for ever.
+        chain = await asyncio.wait_for(run_backup_chain(state, trigger="test"), 60)
+    finally:
+        # Release a reader still blocked on the FIFO (ENXIO: nobody is reading it).
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert chain.result == "success", chain.to_json()
+    assert state.job("dump").running is None
+    assert len(catalogue.list_backups(small_db)) == 1

@@ -366,6 +366,17 @@ def test_user_with_a_line_break_is_a_config_error() -> None:
     assert any(p.startswith("primary.user: contains a line break") for p in problems(exc))
 
 
+def test_database_names_no_postgresql_database_can_have_are_config_errors(
+    tmp_path: Path,
+) -> None:
+    path = write_yaml(tmp_path, 'backup:\n  databases: ["Films", "", "\\0globals"]\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, MINIMAL)
+    found = [p for p in problems(exc) if p.startswith("backup.databases")]
+    assert len(found) == 2, problems(exc)
+    assert "an empty name" in found[0] and "contains a NUL character" in found[1], found
+
+
 def test_config_or_secret_file_that_is_a_fifo_is_a_clear_error_not_a_hang(
     tmp_path: Path,
 ) -> None:
