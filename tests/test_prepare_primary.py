@@ -108,7 +108,9 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
     found = statuses(report)
     assert found["role"] == "changed"
     assert found["slot"] == "changed"
-    assert found["backup access"] == "changed", [s for s in report.steps if s.name == "backup access"]
+    assert found["backup access"] == "changed", [
+        step for step in report.steps if step.name == "backup access"
+    ]
     assert found["max_slot_wal_keep_size"] == "changed"
     assert found["replication connection"] == "ok"
     assert fresh.sql("SHOW max_slot_wal_keep_size") == "10GB"
