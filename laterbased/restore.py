@@ -41,8 +41,14 @@ from laterbased.backups import (
 from laterbased.config import Config
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.jobs.dump import hash_file
+from laterbased.jobs.verify import reading_major
 from laterbased.pg import sql
-from laterbased.pg.binaries import DUMP_TOOLS, major_from_version_num, newest_bindir_at_least
+from laterbased.pg.binaries import (
+    READ_TOOLS,
+    major_from_version_num,
+    newest_bindir_at_least,
+    reading_bindir,
+)
 from laterbased.pg.connect import connect
 from laterbased.pg.passfile import passfile_line, write_passfile
 
@@ -241,8 +247,8 @@ class Restorer:
         self.workdir = self.catalogue.partial / f"restore-{secrets.token_hex(4)}"
         await asyncio.to_thread(self.workdir.mkdir, 0o700)
         try:
-            path, kind, source = await self._fetch()
-            result = await self._restore(path, kind, source, version_num, locale)
+            path, kind, source, dumped_from = await self._fetch()
+            result = await self._restore(path, kind, source, version_num, locale, dumped_from)
         finally:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         seconds = asyncio.get_running_loop().time() - started
@@ -260,8 +266,9 @@ class Restorer:
 
     # --- which backup -------------------------------------------------------------------
 
-    async def _fetch(self) -> tuple[Path, str, str]:
-        """Local path, format and a description of the verified backup to restore."""
+    async def _fetch(self) -> tuple[Path, str, str, BackupRecord | None]:
+        """Local path, format and a description of the verified backup to restore, and its
+        manifest (None when there is none)."""
         request = self.request
         if request.file is not None:
             return await self._from_file(request.file)
@@ -271,7 +278,7 @@ class Restorer:
         record = choose(records, request.at)
         if record is not None:
             await self._verify(record.path, record.sha256, record.size)
-            return record.path, record.format, f"local {record.path}"
+            return record.path, record.format, f"local {record.path}", record
         if not self.config.upload.enabled:
             raise JobFailed(
                 self._none_found("locally (no rclone remote configured)")
@@ -298,16 +305,16 @@ class Restorer:
         when = f" started at or before {request.at.isoformat()}" if request.at else ""
         return f"no backup of database {request.database!r}{when} found {where}"
 
-    async def _from_file(self, path: Path) -> tuple[Path, str, str]:
+    async def _from_file(self, path: Path) -> tuple[Path, str, str, BackupRecord | None]:
         if not await asyncio.to_thread(path.is_file):
             raise JobFailed(f"--file {path}: no such file")
         manifest = path.parent / manifest_name(path.name)
         record = await asyncio.to_thread(self.catalogue.read_manifest, manifest)
         if record is not None and record.file == path.name:
             await self._verify(path, record.sha256, record.size)
-            return path, record.format, f"file {path} (sha256 verified)"
+            return path, record.format, f"file {path} (sha256 verified)", record
         logger.warning("restore: %s has no manifest; its checksum cannot be verified", path)
-        return path, format_of(path), f"file {path} (no manifest: not verified)"
+        return path, format_of(path), f"file {path} (no manifest: not verified)", None
 
     async def _verify(self, path: Path, sha256: str, size: int) -> None:
         actual_size, actual = await asyncio.to_thread(hash_file, path)
@@ -319,7 +326,7 @@ class Restorer:
             )
         logger.info("restore: sha256 verified file=%s size=%s", path, actual_size)
 
-    async def _download(self, database: str) -> tuple[Path, str, str]:
+    async def _download(self, database: str) -> tuple[Path, str, str, BackupRecord | None]:
         from laterbased.rclone import Rclone, RcloneFailed
 
         assert self.workdir is not None  # noqa: S101 - set by run()
@@ -342,7 +349,7 @@ class Restorer:
         logger.info("restore: downloading %s/%s size=%s", folder, record.file, record.size)
         await rclone.call("copyto", f"{folder}/{record.file}", str(local))
         await self._verify(local, record.sha256, record.size)
-        return local, record.format, f"{folder}/{record.file}"
+        return local, record.format, f"{folder}/{record.file}", record
 
     # --- into the server ------------------------------------------------------------------
 
@@ -358,7 +365,13 @@ class Restorer:
         return str(row["datcollate"]), str(row["datctype"])
 
     async def _restore(
-        self, path: Path, kind: str, source: str, version_num: int, locale: tuple[str, str]
+        self,
+        path: Path,
+        kind: str,
+        source: str,
+        version_num: int,
+        locale: tuple[str, str],
+        dumped_from: BackupRecord | None,
     ) -> RestoreResult:
         request = self.request
         timeout = self.config.primary.connect_timeout
@@ -388,7 +401,7 @@ class Restorer:
         try:
             if encoding != "UTF8":
                 raise RefuseToRun(f"the server created {work_name} as {encoding}, not UTF8")
-            await self._load(path, kind, work_name, version_num)
+            await self._load(path, kind, work_name, version_num, dumped_from)
             tables = await self._count_tables(work_name)
             moved = await self._swap(work_name)
         except BaseException:
@@ -396,9 +409,31 @@ class Restorer:
             raise
         return RestoreResult(request.target_db, source, moved, 0.0, tables)
 
-    async def _load(self, path: Path, kind: str, database: str, version_num: int) -> None:
-        bindir, _major = await asyncio.to_thread(
-            newest_bindir_at_least, major_from_version_num(version_num), tools=DUMP_TOOLS
+    async def _load(
+        self,
+        path: Path,
+        kind: str,
+        database: str,
+        version_num: int,
+        dumped_from: BackupRecord | None,
+    ) -> None:
+        source_major = reading_major(dumped_from) if dumped_from is not None else None
+        if source_major is not None:
+            # The pg_restore/psql of the backup's server major, as Resolve's own Restore would
+            # read it, not the newest (see reading_major for a backup a newer pg_dump wrote).
+            bindir, reader = await asyncio.to_thread(
+                reading_bindir, source_major, self.config.backup.bin_dir, tools=READ_TOOLS
+            )
+        else:
+            # No manifest: the newest reads archives of every older major.
+            bindir, reader = await asyncio.to_thread(
+                newest_bindir_at_least, major_from_version_num(version_num), tools=READ_TOOLS
+            )
+        logger.info(
+            "restore: reading the backup with PostgreSQL %s's %s (dumped from %s)",
+            reader,
+            "pg_restore" if kind == "custom" else "psql",
+            (dumped_from and dumped_from.server_version) or "an unknown server version",
         )
         assert self.workdir is not None  # noqa: S101
         passfile = self.workdir / "pgpass"

@@ -21,6 +21,10 @@ from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
 
+# Said of a backup written by a pg_dump newer than its server (manifest field
+# resolve_restore_readable: false): Resolve's Project Manager restores with the server's
+# major's pg_restore.
+NOT_READABLE_BY_RESOLVE = "not readable by Resolve's own restore"
 # Said of a backup that started after now (beyond FUTURE_TOLERANCE): made while the clock ran
 # fast, or the clock is wrong now. Never the newest, never restore --latest.
 DATED_IN_THE_FUTURE = "dated in the future: check the clock"
@@ -54,9 +58,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="show each backup: database, time, size, uploaded, verified, kept by which rule",
         description="Show every local backup laterbased made, oldest first, with the "
         "retention rule that keeps it (newest, min_keep, age, hourly/daily/weekly/monthly, "
-        "not-uploaded) or 'delete' when the next prune will remove it. NOTE says 'dated "
-        "in the future' for a backup made while the clock ran fast (never the newest). A "
-        "name with a line break or other control character is shown quoted.",
+        "not-uploaded) or 'delete' when the next prune will remove it. NOTE says when a "
+        "backup is not readable by Resolve's own restore (written by a pg_dump newer than "
+        "its server: no pg_dump of the server's major was installed), with the fix, and "
+        "'dated in the future' for a backup made while the clock ran fast (never the "
+        "newest). A name with a line break or other control character is shown quoted.",
     )
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     listing.add_argument("--database", default=None, help="only this database (its real name)")
@@ -124,9 +130,17 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     zone = config.zone
     header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY", "NOTE")
     rows_text: list[tuple[str, ...]] = []
+    fixes: list[str] = []
     for decision in decisions:
         record = decision.record
         verified = {None: "-", True: "ok", False: "FAILED"}[record.verified]
+        note = ""
+        if record.from_the_future(now):
+            note = DATED_IN_THE_FUTURE
+        if record.resolve_restore_readable is False:
+            note = ", ".join(filter(None, (note, NOT_READABLE_BY_RESOLVE)))
+            if record.resolve_restore_detail and record.resolve_restore_detail not in fixes:
+                fixes.append(record.resolve_restore_detail)
         rows_text.append(
             (
                 shown_name(record),
@@ -135,7 +149,7 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
                 "yes" if record.uploaded_at else "no",
                 verified,
                 decision.describe(),
-                DATED_IN_THE_FUTURE if record.from_the_future(now) else "",
+                note,
             )
         )
     widths = [max(len(row[i]) for row in [header, *rows_text]) for i in range(len(header))]
@@ -144,6 +158,8 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     print(f"{len(decisions)} backup(s) in {config.backup_directory}")
+    for fix in fixes:
+        print(fix)
     return EXIT_OK
 
 
