@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from .backups import FUTURE_TOLERANCE
 from .config import Config
 from .schedule.cron import period_of
 from .state import BackupSummary, SlotState, State
@@ -292,6 +293,15 @@ def check_backup(summary: BackupSummary, state: State, now: float) -> Check:
             return Check(name, "warning", f"first backup failed{error}")
         return Check(name, "ok", "no backup yet")
     age = now - summary.last_success
+    if -age > FUTURE_TOLERANCE.total_seconds():
+        # Recorded while the clock ran fast (or it was set back since): such an age proves
+        # nothing, and trusting it would put "stale" off by the clock's error.
+        return Check(
+            name,
+            "warning",
+            f"last good backup is dated {format_duration(-age)} in the future: was the "
+            f"clock wrong? The next good run clears this{error if failed else ''}",
+        )
     if age > stale_after:
         return Check(
             name,

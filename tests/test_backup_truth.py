@@ -30,6 +30,7 @@ from waiting import wait_for
 from laterbased import health
 from laterbased.backups import GLOBALS_NAME, Catalogue
 from laterbased.jobs.runner import run_backup_chain
+from laterbased.jobs.verify import verify_newest
 from laterbased.state import State
 
 pytestmark = pytest.mark.slow
@@ -146,3 +147,18 @@ async def test_a_backup_dated_in_the_future_does_not_hide_a_failed_run_from_heal
     assert listed.returncode == 0, listed.stderr
     [row] = [line for line in listed.stdout.splitlines() if line.startswith(database)]
     assert "dated in the future" in row, listed.stdout
+
+
+async def test_verify_checks_the_newest_real_backup_not_one_dated_in_the_future(
+    primary: PgServer, state_dir: Path
+) -> None:
+    backup_dir = state_dir / "backups"
+    catalogue = Catalogue(backup_dir)
+    now = datetime.now(UTC)
+    real = publish_real_backup(primary, catalogue, "postgres", started=now - timedelta(hours=1))
+    ahead = publish_real_backup(primary, catalogue, "postgres", started=now + timedelta(days=2))
+    results = await verify_newest(make_config(primary, backup_dir), catalogue, "verify-future")
+    assert [(r["database"], r["ok"]) for r in results] == [("postgres", True)], results
+    by_file = {r.file: r for r in catalogue.list_backups()}
+    assert by_file[real.file].verified is True, "the newest real backup is the one checked"
+    assert by_file[ahead.file].verified is None

@@ -115,6 +115,17 @@ def test_failed_globals_dump_is_judged_like_a_database() -> None:
     assert checks_by_name(state)["globals"].severity == "warning"
 
 
+def test_a_success_recorded_while_the_clock_ran_fast_is_no_proof_of_freshness() -> None:
+    state = backup_state(databases=("Films",))
+    # A run stamped a day ahead, then the clock was set right: no run since.
+    state.backup("Films").last_success = NOW + 86400
+    check = checks_by_name(state)["backup:Films"]
+    assert check.severity == "warning", check
+    assert "in the future" in check.reason, check
+    state.backup("Films").last_success = NOW + 60  # within the tolerance: an ordinary step
+    assert checks_by_name(state)["backup:Films"].ok
+
+
 def test_first_run_failing_before_any_database_is_known_fails_a_backup_check() -> None:
     state = backup_state()
     assert "backup" not in checks_by_name(state), "no run yet: nothing to say"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +142,16 @@ def _newest_reader(configured: Path | None) -> tuple[Path, str]:
 async def verify_newest(config: Config, catalogue: Catalogue, run_id: str) -> list[dict[str, Any]]:
     """Check the newest backup of every database; record the verdict in its manifest."""
     records = await asyncio.to_thread(catalogue.list_backups)
+    now = datetime.now(UTC)
     newest: dict[str, BackupRecord] = {}
-    for record in records:
-        if not record.is_globals and record.path.exists():
-            newest[record.database] = record  # list is oldest first
+    for record in records:  # oldest first
+        if record.is_globals or not record.path.exists():
+            continue
+        # One dated in the future (the clock ran fast) is not the newest while one with a
+        # believable date exists: else the real newest would never be checked.
+        current = newest.get(record.database)
+        if current is None or not record.from_the_future(now) or current.from_the_future(now):
+            newest[record.database] = record
     results: list[dict[str, Any]] = []
     for database, record in sorted(newest.items()):
         try:
