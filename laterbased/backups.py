@@ -41,8 +41,9 @@ from typing import Any
 
 from . import __version__
 from .config import read_regular_file
-from .errors import JobFailed
+from .errors import JobFailed, UnsafePath
 from .lockfile import HeldLock, LockBusy, take_lock
+from .proc import process_facts
 from .state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the globals' series key
 from .state import GLOBALS_LABEL
 
@@ -276,10 +277,27 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _make_private_dir(path: Path) -> None:
+def _make_private_dir(path: Path, *, may_be_link: bool = False) -> None:
+    """Create ``path`` (0700) if absent, and make it 0700. Unless ``may_be_link`` (the root
+    the operator configured), it must be a real directory: a symbolic link planted there
+    would have us chmod, fill and empty someone else's directory (:class:`UnsafePath`)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        os.chmod(path, 0o700)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if may_be_link else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise UnsafePath(
+            f"{path} is a symbolic link or not a directory; laterbased never follows one "
+            f"there (it would write into, empty and chmod its target). Remove it (rm {path}) "
+            "and let laterbased create the directory"
+        ) from None
+    try:
+        with contextlib.suppress(PermissionError):
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def _write_file_synced(path: Path, data: bytes) -> None:
@@ -321,7 +339,7 @@ class Catalogue:
 
     def prepare(self) -> None:
         """Create the root and ``.partial/`` (mode 0700)."""
-        _make_private_dir(self.root)
+        _make_private_dir(self.root, may_be_link=True)
         _make_private_dir(self.partial)
 
     def new_partial(self, final_name: str) -> Path:
@@ -365,13 +383,22 @@ class Catalogue:
     def clean_partial(self) -> int:
         """Remove leftovers of interrupted runs; kill a pg_dump still writing into them.
 
-        A daemon killed with SIGKILL leaves its pg_dump running (it has its own session);
-        a process whose stdout is a file in ``.partial/`` can only be ours.
+        A daemon killed with SIGKILL leaves its pg_dump running (it has its own session).
+        Killed only when provably ours: the program is pg_dump or pg_dumpall, it runs as
+        we do, and its stdout is a file in our (real, never a link) ``.partial/``. Any other
+        process with a file open there is named in the log and left alone.
         Returns how many entries were removed.
         """
         if not self.partial.is_dir():
             return 0
+        self.prepare()  # refuses a symbolic link before anything is killed or deleted
         for pid in writers_into(self.partial):
+            why = _why_not_our_dump(pid, self.partial)
+            if why is not None:
+                logger.warning(
+                    "not killing pid=%s with a file open in %s: %s", pid, self.partial, why
+                )
+                continue
             logger.warning("killing leftover pg_dump pid=%s writing into %s", pid, self.partial)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -561,6 +588,25 @@ class CatalogueBusy(JobFailed):
 
 # A held :meth:`Catalogue.lock`; release it (or let the process end).
 CatalogueLock = HeldLock
+
+
+def _why_not_our_dump(pid: int, partial: Path) -> str | None:
+    """None when ``pid`` is a pg_dump (or pg_dumpall) we started into ``partial``: run by
+    our user, its stdout a file directly in ``partial``; else why it is not."""
+    facts = process_facts(pid)
+    if facts is None:
+        return "its /proc entry cannot be read"
+    if facts.program not in ("pg_dump", "pg_dumpall"):
+        return f"its program is {facts.exe}, not pg_dump"
+    if not facts.uids or any(uid != os.geteuid() for uid in facts.uids):
+        return "it runs as another user"
+    try:
+        stdout = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return "its stdout cannot be read"
+    if os.path.dirname(stdout) != os.path.realpath(partial):
+        return f"its stdout is {stdout}, not a file in {partial}"
+    return None
 
 
 def writers_into(directory: Path) -> list[int]:

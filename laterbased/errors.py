@@ -42,6 +42,12 @@ class RefuseToRun(LaterbasedError):
     exit_code = EXIT_REFUSE
 
 
+class UnsafePath(RefuseToRun):
+    """A path laterbased would write into, delete in or chmod (``<backup_dir>/.partial``,
+    a database's backup directory, ``<state_dir>/standby-run``) is a symbolic link or not a
+    directory: following it would act on someone else's files. Never followed."""
+
+
 class ToolMissing(RefuseToRun):
     """A required external program (pg_basebackup, pg_dump, rclone…) was not found."""
 

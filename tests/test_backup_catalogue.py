@@ -149,12 +149,15 @@ def test_a_file_without_manifest_is_not_a_backup_and_is_foreign(tmp_path: Path) 
     assert set(catalogue.foreign_files()) == {stray, record.directory / "broken.json"}
 
 
-def test_clean_partial_removes_leftovers_and_kills_a_writer(tmp_path: Path) -> None:
+def test_clean_partial_removes_leftovers_but_never_kills_a_program_that_is_not_pg_dump(
+    tmp_path: Path,
+) -> None:
     catalogue = Catalogue(tmp_path)
     catalogue.prepare()
     leftover = catalogue.new_partial("db-x.dump")
     leftover.write_bytes(b"half a dump")
-    # A stand-in for an orphaned pg_dump: a process whose stdout is a file in .partial.
+    # A process whose stdout is a file in .partial, but not a pg_dump: not provably ours.
+    # (A real leftover pg_dump is killed: test_faults_ownership.py.)
     with open(catalogue.partial / "writer.out", "wb") as out:
         writer = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(60)"], stdout=out
@@ -162,7 +165,7 @@ def test_clean_partial_removes_leftovers_and_kills_a_writer(tmp_path: Path) -> N
     try:
         assert writers_into(catalogue.partial) == [writer.pid]
         assert catalogue.clean_partial() == 2
-        assert writer.wait(10) == -9
+        assert writer.poll() is None
         assert list(catalogue.partial.iterdir()) == []
     finally:
         if writer.poll() is None:

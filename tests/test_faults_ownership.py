@@ -3,20 +3,30 @@ own, and never follows a planted symbolic link (issue 14, items 4, 7, 8, 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
-from daemon_process import DaemonProcess, write_config
+from daemon_process import DaemonProcess, minimal_config, write_config
 from pgserver import PgServer
+from test_backup_support import make_config
 from test_standby_daemon import daemon_config
 from test_standby_supervisor import running_standby
 from waiting import wait_for
 
+from laterbased.backups import Catalogue, writers_into
+from laterbased.errors import UnsafePath
+from laterbased.jobs.dump import run_dumps
+from laterbased.pg.binaries import find_bindir
 from laterbased.proc import pid_alive, process_facts, read_postmaster_pid
 from laterbased.standby import bootstrap
 
@@ -167,3 +177,125 @@ async def test_an_interrupted_move_into_a_mount_point_removes_only_what_it_moved
             assert not (data_dir / bootstrap.MOVING_LIST).exists()
             assert (data_dir / "standby.signal").exists()
             await standby.stop()
+
+
+@contextlib.contextmanager
+def victim_with_an_open_file() -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """Someone else's directory (mode 0755) with a file a running ``sleep`` holds open."""
+    victim = Path(tempfile.mkdtemp(prefix="laterbased-victim-"))
+    victim.chmod(0o755)
+    with open(victim / "precious.log", "wb") as out:
+        sleeper = subprocess.Popen(["sleep", "300"], stdout=out)
+    try:
+        yield victim, sleeper
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        shutil.rmtree(victim, ignore_errors=True)
+
+
+async def test_a_symlinked_partial_dir_is_refused_and_its_target_and_processes_are_untouched(
+    primary: PgServer, state_dir: Path
+) -> None:
+    backup_dir = state_dir / "backups"
+    backup_dir.mkdir()
+    with victim_with_an_open_file() as (victim, sleeper):
+        (backup_dir / ".partial").symlink_to(victim)
+        config = minimal_config(
+            state_dir,
+            primary={"host": primary.host, "port": primary.port, "user": primary.superuser,
+                     "password": primary.superuser_password},
+            backup={"enabled": True, "directory": str(backup_dir), "databases": ["postgres"]},
+        )
+        config_path = write_config(state_dir / "laterbased.yaml", config)
+        daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+        try:
+            assert await daemon.wait_exit(timeout=60) == 3
+        finally:
+            await daemon.stop()
+        assert f"{backup_dir / '.partial'} is a symbolic link" in daemon.log
+        assert sleeper.poll() is None, "a foreign process was killed"
+        assert (victim / "precious.log").exists()
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+
+
+async def test_clean_partial_kills_our_leftover_pg_dump_but_no_other_program(
+    primary: PgServer, pg_major: int, tmp_path: Path
+) -> None:
+    catalogue = Catalogue(tmp_path / "backups")
+    catalogue.prepare()
+    primary.sql("CREATE TABLE IF NOT EXISTS held_by_a_lock (id int)")
+    bindir = find_bindir(str(pg_major), None)
+    # A pg_dump that stays at work: it waits for a lock an open transaction holds.
+    locker = await asyncpg.connect(
+        host=primary.host, port=primary.port, user=primary.superuser,
+        password=primary.superuser_password, database="postgres",
+    )
+    try:
+        await locker.execute("BEGIN; LOCK TABLE held_by_a_lock IN ACCESS EXCLUSIVE MODE")
+        with open(catalogue.new_partial("postgres-x.backup"), "wb") as out:
+            dump = subprocess.Popen(
+                [str(bindir / "pg_dump"), "--format=custom", "--no-password",
+                 f"--dbname=host={primary.host} port={primary.port} dbname=postgres "
+                 f"user={primary.superuser}"],
+                stdout=out, env={**os.environ, "PGPASSWORD": primary.superuser_password},
+            )
+        with open(catalogue.partial / "not-a-dump.out", "wb") as out:
+            other = subprocess.Popen(["sleep", "300"], stdout=out)
+        try:
+            await wait_for(lambda: {dump.pid, other.pid} <= set(writers_into(catalogue.partial)),
+                           "both processes have their file open")
+            await wait_for(
+                lambda: "held_by_a_lock" in primary.sql(
+                    "SELECT string_agg(query, ' ') FROM pg_stat_activity WHERE wait_event_type"
+                    " = 'Lock'") or dump.poll() is not None,
+                "pg_dump waiting for the lock",
+            )
+            assert dump.poll() is None
+            assert catalogue.clean_partial() == 2
+            assert await asyncio.to_thread(dump.wait, 10) == -signal.SIGKILL
+            assert other.poll() is None, "a process that is not our pg_dump was killed"
+            assert list(catalogue.partial.iterdir()) == []
+        finally:
+            for process in (dump, other):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+    finally:
+        await locker.close()
+
+
+async def test_a_symlinked_runtime_dir_in_the_state_dir_is_refused_and_its_target_untouched(
+    primary: PgServer,
+) -> None:
+    async with running_standby(primary, start=False) as standby:
+        with victim_with_an_open_file() as (victim, _sleeper):
+            (standby.config.state_dir / "standby-run").symlink_to(victim)
+            before = victim.stat()
+            standby.start()
+            assert standby.task is not None
+            with pytest.raises(UnsafePath, match="standby-run is a symbolic link"):
+                await asyncio.wait_for(standby.task, 30)
+            after = victim.stat()
+            assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)
+
+
+async def test_a_link_planted_while_the_daemon_runs_fails_the_dump_run_and_is_not_followed(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    backup_dir = tmp_path / "backups"
+    catalogue = Catalogue(backup_dir)
+    held = catalogue.claim()  # the daemon took the directory at its start
+    try:
+        config = make_config(primary, backup_dir, databases=("postgres",), skip_unchanged=False)
+        with victim_with_an_open_file() as (victim, sleeper):
+            catalogue.partial.rmdir()
+            catalogue.partial.symlink_to(victim)
+            outcomes = await run_dumps(config, catalogue, "dump-planted-link")
+            assert [(o.database, o.result) for o in outcomes] == [("*", "failed")]
+            assert f"{catalogue.partial} is a symbolic link" in outcomes[0].detail
+            assert sorted(p.name for p in victim.iterdir()) == ["precious.log"]
+            assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+            assert sleeper.poll() is None
+    finally:
+        held.release()

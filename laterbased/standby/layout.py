@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from laterbased.config import Config
-from laterbased.errors import RefuseToRun
+from laterbased.errors import RefuseToRun, UnsafePath
 from laterbased.proc import RunAs
 
 logger = logging.getLogger(__name__)
@@ -81,9 +82,23 @@ def prepare_directories(layout: Layout, state_dir: Path, run_as: RunAs | None) -
     state_dir = state_dir.absolute()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     layout.runtime_dir.mkdir(exist_ok=True, mode=0o700)
-    os.chmod(layout.runtime_dir, 0o700)
-    if run_as is not None:
-        os.chown(layout.runtime_dir, run_as.uid, run_as.gid)
+    try:
+        # Never through a symbolic link: chmod/chown would hand its target to run_as.
+        fd = os.open(layout.runtime_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise UnsafePath(
+            f"{layout.runtime_dir} is a symbolic link or not a directory; laterbased never "
+            f"follows one there (it would chmod and chown its target). Remove it (rm "
+            f"{layout.runtime_dir}) and start laterbased again"
+        ) from None
+    try:
+        os.fchmod(fd, 0o700)
+        if run_as is not None:
+            os.fchown(fd, run_as.uid, run_as.gid)
+    finally:
+        os.close(fd)
     ensure_reachable(layout.runtime_dir, run_as, fix_up_to=state_dir)
     layout.data_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     ensure_reachable(layout.data_dir.parent, run_as, fix_up_to=state_dir)
