@@ -136,6 +136,9 @@ class BackupRecord:
     # Why, with both majors ("pg_dump 15 archive of a PostgreSQL 13 server; ...").
     resolve_restore_detail: str | None = None
     fingerprint: str | None = None
+    # The primary cluster's system identifier the dump was taken from (pg/identity.py):
+    # a backup of another cluster never joins this series unnoticed. None: older manifest.
+    system_identifier: str | None = None
     # The last time a skip-unchanged run found the database identical to this backup.
     confirmed_at: datetime | None = None
     uploaded_to: str | None = None
@@ -204,6 +207,7 @@ class BackupRecord:
             "resolve_restore_readable": self.resolve_restore_readable,
             "resolve_restore_detail": self.resolve_restore_detail,
             "fingerprint": self.fingerprint,
+            "system_identifier": self.system_identifier,
             "confirmed_at": _iso(self.confirmed_at),
             "uploaded_to": self.uploaded_to,
             "uploaded_at": _iso(self.uploaded_at),
@@ -242,6 +246,7 @@ class BackupRecord:
             resolve_restore_readable=data.get("resolve_restore_readable"),
             resolve_restore_detail=data.get("resolve_restore_detail"),
             fingerprint=data.get("fingerprint"),
+            system_identifier=_optional_text(data.get("system_identifier")),
             confirmed_at=_parse_iso(data.get("confirmed_at")),
             uploaded_to=data.get("uploaded_to"),
             uploaded_at=_parse_iso(data.get("uploaded_at")),
@@ -253,6 +258,10 @@ class BackupRecord:
             laterbased_version=str(data.get("laterbased_version") or "?"),
             extra=dict(data.get("extra") or {}),
         )
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _parse_counts(value: Any) -> dict[str, int] | None:

@@ -67,6 +67,18 @@ def check_primary(state: State, now: float) -> Check:
         )
     if not primary.reachable:
         return Check("primary", "critical", f"unreachable: {primary.last_error or 'unknown'}")
+    if state.primary_is_stranger:
+        config = state.config
+        return Check(
+            "primary",
+            "critical",
+            f"a different cluster answers at {config.primary.host}:{config.primary.port}: "
+            f"system identifier {primary.system_identifier}, accepted "
+            f"{state.accepted_system_identifier} ({state.accepted_how or '?'}); no backups "
+            "of it and no replication slot on it. A new primary: laterbased accept-primary "
+            f"--system-identifier {primary.system_identifier}. The real one lost: the "
+            "standby and the backups hold its last state",
+        )
     if primary.last_ok is not None and now - primary.last_ok > _poll_grace(state.config):
         return Check(
             "primary",
@@ -90,6 +102,16 @@ def check_standby(state: State, now: float) -> Check:
     if standby.running:
         if standby.phase == "promoted":
             return Check("standby", "ok", "promoted: this server is now a primary")
+        accepted = state.accepted_system_identifier
+        if standby.system_identifier and accepted and standby.system_identifier != accepted:
+            return Check(
+                "standby",
+                "critical",
+                f"the standby data directory holds cluster {standby.system_identifier}, not "
+                f"the accepted primary {accepted}: it cannot follow it. Set "
+                "standby.reclone_on_mismatch: true to have it moved aside (never deleted) "
+                "and cloned afresh, or stop laterbased, move standby.data_dir aside, start it",
+            )
         return Check("standby", "ok", f"running pid {standby.pid}")
     if standby.phase in _STANDBY_COMING_UP:
         return Check("standby", "warning", f"{standby.phase}{detail}")

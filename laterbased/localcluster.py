@@ -168,7 +168,7 @@ class PgServer:
     def _init(self) -> None:
         self.base_dir.chmod(0o755)
         self._chown(self.base_dir)
-        self.socket_dir.mkdir(mode=0o755)
+        self.socket_dir.mkdir(mode=0o755, exist_ok=True)
         self._chown(self.socket_dir)
         pwfile = self.base_dir / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -291,6 +291,27 @@ class PgServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def fail_over_in_place(self) -> None:
+        """A failover of the same cluster as a client sees it: the server at this address
+        comes back on a new timeline with the same system identifier (stopped, started as
+        a standby of nobody, promoted)."""
+        self.stop()
+        marker = self.data_dir / "standby.signal"
+        marker.touch()
+        self._chown(marker)
+        self.start()
+        self.run_server_tool("pg_ctl", "promote", "-w", "-D", str(self.data_dir))
+
+    def replace_by_new_cluster(self) -> Path:
+        """Stop this server and ``initdb`` a new cluster in its place: same port, same
+        roles and passwords, another system identifier (a reinstalled server). The old
+        data directory is kept beside it; returns where."""
+        self.stop()
+        old = self.base_dir / f"data.replaced-{os.urandom(3).hex()}"
+        os.rename(self.data_dir, old)
+        self._init()
+        return old
 
     def reload(self) -> None:
         self.run_server_tool("pg_ctl", "reload", "-D", str(self.data_dir))

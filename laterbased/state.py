@@ -42,6 +42,8 @@ class StandbyState:
     bootstrap_bytes_done: int = 0
     bootstrap_bytes_total: int | None = None
     promoted_at: float | None = None
+    # The system identifier in the data directory postgres runs on (pg/identity.py).
+    system_identifier: str | None = None
 
     @property
     def running(self) -> bool:
@@ -189,6 +191,16 @@ class State:
     notifications_sent: Counter[str] = field(default_factory=Counter)
     notifications_failed: Counter[str] = field(default_factory=Counter)
     ready: bool = False
+    # The primary cluster laterbased accepted (pg/identity.py, persisted in the state dir)
+    # and why; health compares it with primary.system_identifier.
+    accepted_system_identifier: str | None = None
+    accepted_how: str | None = None
+
+    @property
+    def primary_is_stranger(self) -> bool:
+        """The primary last seen is another cluster than the one laterbased accepted."""
+        observed, accepted = self.primary.system_identifier, self.accepted_system_identifier
+        return observed is not None and accepted is not None and observed != accepted
 
     def job(self, name: str) -> JobStatus:
         return self.jobs.setdefault(name, JobStatus())

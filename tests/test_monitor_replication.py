@@ -76,6 +76,8 @@ def monitor_config(primary: PgServer, standby_port: int, **monitor: object) -> C
         ),
         monitor=MonitorConfig(**settings),  # type: ignore[arg-type]
         backup=BackupConfig(enabled=False),
+        # A private state_dir: the monitor records the primary's identity there.
+        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-replication-")),
         timezone="UTC",
     )
 

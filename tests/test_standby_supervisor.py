@@ -31,6 +31,7 @@ from laterbased.config import (
 )
 from laterbased.daemon import WorkerContext
 from laterbased.errors import RefuseToRun
+from laterbased.pg import identity
 from laterbased.proc import pid_alive, pids_with_cwd_under
 from laterbased.standby import safety, supervisor
 from laterbased.standby.promote import PromoteRefused, promote_in_daemon
@@ -40,6 +41,7 @@ from laterbased.state import State
 pytestmark = pytest.mark.slow
 
 DEADLINE = 60.0
+SYSID = "SELECT system_identifier FROM pg_control_system()"
 
 
 def standby_config(
@@ -330,6 +332,9 @@ async def test_data_dir_of_another_cluster_is_refused_with_the_sysid(
     other_sysid = other.sql("SELECT system_identifier FROM pg_control_system()")
     async with running_standby(primary, start=False) as standby:
         data_dir = standby.data_dir
+        # laterbased knows its primary: the data directory is the stranger here (without
+        # that record, the data directory would be trusted over the primary).
+        identity.save_accepted(standby.config.state_dir, primary.sql(SYSID), "test")
         other.stop()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(other.data_dir, data_dir, symlinks=True)
@@ -356,6 +361,7 @@ async def test_reclone_on_mismatch_moves_the_old_dir_aside_and_streams(
     primary.sql("CREATE TABLE sb_reclone (v text)")
     async with running_standby(primary, start=False, reclone_on_mismatch=True) as standby:
         data_dir = standby.data_dir
+        identity.save_accepted(standby.config.state_dir, primary.sql(SYSID), "test")
         other.stop()
         shutil.copytree(other.data_dir, data_dir, symlinks=True)
         if other.os_user is not None:

@@ -14,5 +14,6 @@ COMMAND_MODULES: list[str] = [
     "backups",
     "restore",
     "promote",
+    "accept_primary",
     "pgadmin",
 ]

@@ -42,7 +42,7 @@ from laterbased import proc
 from laterbased.backups import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.config import Config
 from laterbased.errors import JobFailed, LaterbasedError
-from laterbased.pg import sql
+from laterbased.pg import identity, sql
 from laterbased.pg.binaries import (
     dump_bindir,
     major_from_version_num,
@@ -251,6 +251,8 @@ class DumpTools:
     extra: dict[str, str] = field(default_factory=dict)
     server_major: str | None = None
     pg_dump_major: str | None = None
+    # The cluster dumped (pg/identity.py): checked against the accepted one per database.
+    system_identifier: str | None = None
 
     @property
     def resolve_restore_readable(self) -> bool | None:
@@ -337,6 +339,7 @@ async def select_tools(config: Config, server: Server) -> DumpTools:
     try:
         version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
         server_version = str(await conn.fetchval(SERVER_VERSION))
+        system_identifier = await check_server_identity(config, server, conn, version_num)
     finally:
         await conn.close()
     major = major_from_version_num(version_num)
@@ -348,7 +351,29 @@ async def select_tools(config: Config, server: Server) -> DumpTools:
         pg_dump_version=version,
         server_major=major,
         pg_dump_major=major_from_version_string(version),
+        system_identifier=system_identifier,
     )
+
+
+async def check_server_identity(
+    config: Config, server: Server, conn: Any, version_num: int
+) -> str | None:
+    """The system identifier of the server behind ``conn``; StrangerPrimary (a
+    PgUnavailable) when it is another cluster than the accepted one: a dump of it must
+    not join the existing series, where retention would later prune the real backups."""
+    observed = await identity.read_system_identifier(
+        conn,
+        version_num=version_num,
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        sslmode=server.sslmode,
+        timeout=config.monitor.query_timeout,
+    )
+    what = "the primary's address" if server.role == "primary" else "the standby"
+    await identity.check_identity(config, observed, f"{server.host}:{server.port}", what)
+    return observed
 
 
 def hash_file(path: Path) -> tuple[int, str]:
@@ -626,9 +651,20 @@ class Dumper:
             return None
         return SnapshotCounter(conn, snapshot, self.run_id, database)
 
+    async def _same_cluster(self) -> str | None:
+        """Check again, right before each database: the server may have been replaced
+        since the run began."""
+        conn = await self.server.connect()
+        try:
+            version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+            return await check_server_identity(self.config, self.server, conn, version_num)
+        finally:
+            await conn.close()
+
     async def _dump_once(
         self, database: str, fmt: str, tools: DumpTools, fingerprint: str | None
     ) -> BackupRecord:
+        system_identifier = await self._same_cluster()
         started = datetime.now(UTC)
         name = self.catalogue.file_name(database, fmt, started)
         partial = self.catalogue.new_partial(name)
@@ -707,6 +743,7 @@ class Dumper:
                 resolve_restore_readable=tools.resolve_restore_readable,
                 resolve_restore_detail=tools.resolve_restore_detail,
                 fingerprint=fingerprint,
+                system_identifier=system_identifier,
                 row_counts=row_counts,
             )
             await asyncio.to_thread(self.catalogue.publish, partial, record)
@@ -754,6 +791,7 @@ class Dumper:
                 source=self.server.role,
                 server_version=tools.server_version,
                 pg_dump_version=tools.pg_dump_version,
+                system_identifier=tools.system_identifier,
             )
             await asyncio.to_thread(self.catalogue.publish, partial, record)
         except (DumpFailed, OSError, TimeoutError) as exc:

@@ -19,6 +19,7 @@ import asyncpg
 
 from laterbased import health
 from laterbased.config import Config
+from laterbased.pg import identity
 from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.state import LocalServerState, PrimaryState, State
 from laterbased.units import format_duration, format_size
@@ -51,6 +52,10 @@ class _Target:
     version_num: int = 0
     failures: int = 0
     retry_at: float = 0.0
+    # IDENTIFY_SYSTEM's answer when pg_control_system() gives none (9.5): asked once per
+    # connection (a replaced server breaks the connection), not at every poll.
+    replication_identifier: str | None = None
+    replication_identifier_asked: bool = False
 
     def close(self) -> None:
         # terminate() is synchronous: safe in finally blocks and during cancellation.
@@ -58,6 +63,8 @@ class _Target:
             with contextlib.suppress(Exception):
                 self.conn.terminate()
         self.conn = None
+        self.replication_identifier = None
+        self.replication_identifier_asked = False
 
     def failed(self, interval: float) -> float:
         self.close()
@@ -183,8 +190,20 @@ class Monitor:
             logger.debug("primary poll failed; next try in %.1fs: %s", delay, exc)
             return
         target.succeeded()
+        if facts.system_identifier is None:
+            if not target.replication_identifier_asked:
+                target.replication_identifier_asked = True
+                target.replication_identifier = await identity.primary_over_replication(
+                    config, timeout
+                )
+            facts.system_identifier = target.replication_identifier
         self.clock.observe(time.time(), parse_lsn(facts.current_lsn or "0/0"))
         self.state.primary = facts
+        # Which cluster this is, against the one we accepted (first contact accepts one).
+        verdict = await asyncio.to_thread(identity.settle, config, facts.system_identifier)
+        if verdict.accepted is not None:
+            self.state.accepted_system_identifier = verdict.accepted.system_identifier
+            self.state.accepted_how = verdict.accepted.how
 
     async def _poll_local(self) -> None:
         target, config = self.local, self.config
@@ -265,6 +284,26 @@ class Monitor:
             elif primary.reachable is False:
                 logger.error("primary unreachable host=%s error=%s", where, primary.last_error)
                 state.record_event("error", f"primary {where} unreachable: {primary.last_error}")
+        stranger = state.primary_is_stranger
+        identities = (primary.system_identifier, state.accepted_system_identifier)
+        if primary.reachable and self._changed("stranger", identities if stranger else None):
+            if stranger:
+                assert primary.system_identifier is not None  # noqa: S101 - stranger
+                message = identity.mismatch_message(
+                    where,
+                    primary.system_identifier,
+                    state.accepted_system_identifier or "?",
+                    state.accepted_how or "?",
+                    "the primary's address",
+                )
+                logger.critical("%s", message)
+                state.record_event("critical", message)
+            else:
+                logger.info(
+                    "primary %s is the accepted cluster again system_identifier=%s",
+                    where,
+                    primary.system_identifier,
+                )
         if primary.reachable and self._changed("primary_in_recovery", primary.in_recovery):
             if primary.in_recovery:
                 logger.warning("primary %s is in recovery: it is a standby, not a primary", where)

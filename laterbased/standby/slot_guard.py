@@ -19,6 +19,7 @@ import asyncpg
 
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun
+from laterbased.pg import identity, sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.state import State
@@ -42,6 +43,8 @@ class SlotGuard:
         slot = primary.slot
         if not primary.reachable or primary.in_recovery or slot is None or slot.exists:
             return False
+        if state.primary_is_stranger:
+            return False  # another cluster at the primary's address: not ours to touch
         if slot.name != config.standby.slot_name:
             return False  # facts from before a reload that renamed the slot
         # Facts gathered before our last attempt cannot tell whether it worked.
@@ -89,7 +92,13 @@ async def _create_slot(config: Config) -> bool:
         primary, application_name=f"{config.standby.application_name}_supervisor"
     )
     try:
-        async with asyncio.timeout(primary.connect_timeout + config.monitor.query_timeout):
+        async with asyncio.timeout(primary.connect_timeout + 2 * config.monitor.query_timeout):
+            # This connection may reach another server than the monitor's last poll did.
+            version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+            observed = await identity.read_primary_identifier(
+                conn, config, version_num, config.monitor.query_timeout
+            )
+            await identity.check_identity(config, observed, identity.primary_address(config))
             return await ensure_physical_slot(conn, config.standby.slot_name)
     except TimeoutError:
         conn.terminate()  # close() would wait for the answer that never comes

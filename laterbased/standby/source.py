@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from laterbased.config import Config
-from laterbased.pg import sql
+from laterbased.pg import identity, sql
 from laterbased.pg.binaries import major_from_version_num
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.passfile import passfile_line, write_passfile
@@ -31,9 +31,11 @@ class PrimaryFacts:
 
 
 async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
-    """Connect to the primary, read version and system identifier, and (first of all
-    replication business) make sure our physical slot exists. Raises PgUnavailable when
-    the primary cannot be reached, RefuseToRun when the slot name is taken by another kind.
+    """Connect to the primary, read version and system identifier, check that it is the
+    accepted cluster (pg/identity.py), and (first of all replication business) make sure our
+    physical slot exists. Raises PgUnavailable when the primary cannot be reached,
+    StrangerPrimary (a PgUnavailable) when another cluster answers there (no slot created),
+    RefuseToRun when the slot name is taken by another kind.
     """
     primary = config.primary
     conn = await connect_primary(
@@ -51,10 +53,16 @@ async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
                     sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
                 except asyncpg.InsufficientPrivilegeError:
                     logger.warning(
-                        "user %s may not call pg_control_system() on the primary; the "
-                        "standby's system identifier cannot be checked",
+                        "user %s may not call pg_control_system() on the primary; asking "
+                        "IDENTIFY_SYSTEM instead",
                         primary.user,
                     )
+            if sysid is None:  # 9.5 has no pg_control_system()
+                sysid = await identity.primary_over_replication(
+                    config, config.monitor.query_timeout
+                )
+            # Before any slot: never reserve WAL on (or clone) a stranger.
+            await identity.check_identity(config, sysid, identity.primary_address(config))
             if ensure_slot:
                 await ensure_physical_slot(conn, config.standby.slot_name)
     except TimeoutError:

@@ -20,6 +20,7 @@ import asyncpg
 from laterbased.config import Config
 from laterbased.daemon import WorkerContext
 from laterbased.errors import JobFailed, RefuseToRun
+from laterbased.pg import identity
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable
 from laterbased.proc import (
@@ -77,6 +78,7 @@ class StandbySupervisor:
         self.major = ""
         self.bindir = Path()
         self.slot_guard = SlotGuard()
+        self._told_other_cluster = False
 
     # --- the worker -----------------------------------------------------------------------
 
@@ -90,8 +92,11 @@ class StandbySupervisor:
                 prepare_directories, self.layout, self.config.state_dir, self.run_as
             )
             await asyncio.to_thread(bootstrap.clean_leftovers, self.layout.data_dir)
-            if await self._ensure_cluster():
-                await self._supervise()
+            # Back to the data directory's checks when it turned out to hold another
+            # cluster than the accepted primary (accept-primary while it ran).
+            while await self._ensure_cluster():
+                if not await self._supervise():
+                    break
         except RefuseToRun as exc:
             st.phase = "failed"
             st.message = str(exc)
@@ -262,7 +267,10 @@ class StandbySupervisor:
         )
         return configure.server_argv(self.bindir / "postgres", data_dir, overrides)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self) -> bool:
+        """Run postgres, restarting it when it dies; False when the daemon stops, True when
+        the data directory must be checked again (it holds another cluster than the
+        accepted primary and standby.reclone_on_mismatch allows a fresh clone)."""
         st = self.state
         # The first restart after a healthy run is immediate (a kill -9 costs only crash
         # recovery); only a crash loop backs off: 0, 1, 2, 4 … restart_backoff_max seconds.
@@ -270,6 +278,8 @@ class StandbySupervisor:
         while True:
             started = time.monotonic()
             reason, description = await self._run_once()
+            if reason == "reclone":
+                return True
             ran = time.monotonic() - started
             if ran > RESTART_RESET_AFTER:
                 delay = 0.0
@@ -288,7 +298,7 @@ class StandbySupervisor:
                 reason,
             )
             if await self.ctx.sleep(delay):
-                return
+                return False
             delay = min(max(delay * 2, RESTART_BASE_DELAY), self.config.standby.restart_backoff_max)
 
     async def _run_once(self) -> tuple[str, str]:
@@ -301,6 +311,9 @@ class StandbySupervisor:
         await self._kill_leftovers()
         argv = await asyncio.to_thread(self._argv)
         port = self.config.standby.port  # what _argv just used
+        self.state.system_identifier = await asyncio.to_thread(
+            identity.control_file_identifier, data_dir
+        )
         self.state.phase = "starting"
         self.state.message = "starting postgres"
         child = await spawn(
@@ -411,7 +424,12 @@ class StandbySupervisor:
                             )
                         continue
                     silent = 0
-                    await self._observe(answer)
+                    if await self._observe(answer):
+                        return "reclone", (
+                            f"stopped: its data directory holds cluster "
+                            f"{self.state.system_identifier}, not the accepted primary "
+                            f"{self.ctx.state.accepted_system_identifier}"
+                        )
             finally:
                 exit_task.cancel()
                 reload_task.cancel()
@@ -440,16 +458,19 @@ class StandbySupervisor:
         )
         return result.returncode
 
-    async def _observe(self, answer: int) -> None:
+    async def _observe(self, answer: int) -> bool:
+        """Follow what a liveness check showed; True when postgres must stop for a re-clone."""
         st = self.state
         promoted = await asyncio.to_thread(is_promoted, self.layout.data_dir, self.major)
         if promoted and st.role != "primary":
             mark_promoted(self.ctx.state, how="noticed: the standby marker is gone")
         if answer == 1:
             st.message = "postgres is starting (not accepting connections yet)"
-            return
+            return False
         if answer != 0:
-            return
+            return False
+        if st.role == "replica" and self._follows_another_cluster():
+            return self.config.standby.reclone_on_mismatch
         if st.role == "replica":
             # Someone dropped our slot on the primary while we stream: put it back.
             await self.slot_guard.check(self.ctx.state, self.config)
@@ -465,6 +486,36 @@ class StandbySupervisor:
                 st.port,
                 st.role,
             )
+        return False
+
+    def _follows_another_cluster(self) -> bool:
+        """The primary now answers as the accepted cluster (accept-primary), and our data
+        directory holds another one: it can never stream from it again. Told once."""
+        shared = self.ctx.state
+        accepted, ours = shared.accepted_system_identifier, self.state.system_identifier
+        if accepted is None or ours is None or ours == accepted:
+            self._told_other_cluster = False
+            return False
+        if shared.primary.system_identifier != accepted:
+            return False  # the primary is a stranger (or unknown): keep our copy as it is
+        if not self._told_other_cluster:
+            self._told_other_cluster = True
+            if self.config.standby.reclone_on_mismatch:
+                message = (
+                    f"the standby data directory holds cluster {ours}, not the accepted "
+                    f"primary {accepted}: stopping it to move it aside and clone afresh "
+                    "(standby.reclone_on_mismatch)"
+                )
+            else:
+                message = (
+                    f"the standby data directory holds cluster {ours}, not the accepted "
+                    f"primary {accepted}: it cannot follow it. Set "
+                    "standby.reclone_on_mismatch: true, or stop laterbased and move "
+                    f"{self.layout.data_dir} aside"
+                )
+            logger.warning("%s", message)
+            self.ctx.state.record_event("warning", message)
+        return True
 
     def _take_config(self, new: Config) -> Config:
         """Use ``new`` from now on (logging what only a restart applies); the old one."""
