@@ -185,6 +185,15 @@ class BackupRecord:
         name alone (a database may be called ``(globals)``)."""
         return GLOBALS_KEY if self.is_globals else self.database
 
+    def fresh_until(self, now: datetime) -> datetime:
+        """:attr:`fresh_as_of` as far as ``now`` can tell: a skip-unchanged confirmation
+        dated in the future (made while the clock ran fast) proves nothing, and nothing is
+        known to be fresh later than ``now``."""
+        confirmed = self.confirmed_at
+        if confirmed is not None and confirmed > now + FUTURE_TOLERANCE:
+            confirmed = None
+        return min(max(self.finished, confirmed or self.finished), now)
+
     def from_the_future(self, now: datetime) -> bool:
         """Started later than ``now`` (beyond :data:`FUTURE_TOLERANCE`): the clock was
         wrong when it was made, or is wrong now. Never the newest or freshest backup."""

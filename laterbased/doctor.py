@@ -558,7 +558,7 @@ async def check_newest_backup(facts: Facts) -> CheckResult | None:
     newest: dict[str, datetime] = {}
     for record in good:
         newest[record.database] = max(
-            newest.get(record.database, record.fresh_as_of), record.fresh_as_of
+            newest.get(record.database, record.fresh_until(now)), record.fresh_until(now)
         )
     limit = config.backup.stale_after
     if limit is None:

@@ -213,6 +213,20 @@ def test_a_backup_dated_in_the_future_does_not_put_off_the_catch_up(tmp_path: Pa
     assert catch_up_reference(catalogue) == real.finished
 
 
+def test_a_confirmation_dated_in_the_future_makes_no_backup_fresh(tmp_path: Path) -> None:
+    from laterbased.jobs.runner import catch_up_reference, refresh_backup_state
+
+    catalogue = Catalogue(tmp_path)
+    now = datetime.now(UTC)
+    record = publish(catalogue, "a", now - timedelta(days=3), b"1")
+    # Skip-unchanged confirmed it while the clock ran a year fast.
+    catalogue.mark_confirmed(record, now + timedelta(days=365))
+    assert catch_up_reference(catalogue) == record.finished
+    state = State(config=Config(backup=BackupConfig(directory=tmp_path)))
+    refresh_backup_state(state, catalogue, upload_enabled=False)
+    assert state.backups["a"].last_success == record.finished.timestamp()
+
+
 def test_globals_of_an_earlier_version_are_their_own_series_beside_a_database_so_named(
     tmp_path: Path,
 ) -> None:

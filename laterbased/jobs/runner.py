@@ -127,7 +127,7 @@ def refresh_backup_state(state: State, catalogue: Catalogue, upload_enabled: boo
         trusted_good = [r for r in trusted if r.good]
         if trusted_good:
             newest = trusted_good[-1]
-            fresh = min(newest.fresh_as_of, now).timestamp()
+            fresh = newest.fresh_until(now).timestamp()
             summary.last_success = max(summary.last_success or 0.0, fresh)
             summary.last_size = newest.size
             summary.last_file = str(newest.path)
@@ -442,8 +442,9 @@ def catch_up_reference(catalogue: Catalogue) -> datetime:
         if record.is_globals or not record.good or record.from_the_future(now):
             continue
         previous = newest.get(record.database)
-        if previous is None or record.fresh_as_of > previous:
-            newest[record.database] = record.fresh_as_of
+        fresh = record.fresh_until(now)
+        if previous is None or fresh > previous:
+            newest[record.database] = fresh
     if not newest:
         return datetime(1970, 1, 1, tzinfo=UTC)
     return min(newest.values())
