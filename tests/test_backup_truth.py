@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from backup_files import publish_real_backup
 from daemon_process import DaemonProcess, write_config
@@ -29,9 +30,11 @@ from waiting import wait_for
 
 from laterbased import health
 from laterbased.backups import GLOBALS_NAME, Catalogue
-from laterbased.jobs.runner import run_backup_chain
+from laterbased.config import HttpConfig, Secret
+from laterbased.http import HttpServer, build_app
+from laterbased.jobs.runner import add_backup_routes, run_backup_chain
 from laterbased.jobs.verify import verify_newest
-from laterbased.state import State
+from laterbased.state import GLOBALS_KEY, State
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +165,29 @@ async def test_verify_checks_the_newest_real_backup_not_one_dated_in_the_future(
     by_file = {r.file: r for r in catalogue.list_backups()}
     assert by_file[real.file].verified is True, "the newest real backup is the one checked"
     assert by_file[ahead.file].verified is None
+
+
+async def test_a_backup_request_for_a_name_with_a_nul_is_refused_not_filed_as_the_globals(
+    primary: PgServer, state_dir: Path
+) -> None:
+    config = make_config(
+        primary,
+        state_dir / "backups",
+        dump_globals=True,
+        http=HttpConfig(port=0, token=Secret("t0ken")),
+    )
+    state = State(config=config)
+    server = HttpServer(build_app(state, [add_backup_routes]), "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"http://127.0.0.1:{server.port}/api/backup",
+                json={"database": GLOBALS_KEY},
+                headers={"Authorization": "Bearer t0ken"},
+            ) as answer:
+                assert answer.status == 400, await answer.text()
+                assert (await answer.json())["error"] == "database must be a name"
+    finally:
+        await server.stop()
+    assert state.backups == {} and state.job("dump").last_run is None

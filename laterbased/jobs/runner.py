@@ -621,7 +621,8 @@ async def post_backup(request: web.Request) -> web.Response:
             return json_response({"error": "body must be a JSON object"}, status=400)
         database = (body or {}).get("database")
         if database is not None:
-            if not isinstance(database, str) or not database:
+            # No PostgreSQL name holds a NUL; one would also be filed under the globals' key.
+            if not isinstance(database, str) or not database or "\0" in database:
                 return json_response({"error": "database must be a name"}, status=400)
             databases = [database]
     result = await run_backup_chain(state, databases=databases, trigger="http")
