@@ -612,7 +612,9 @@ class ProcessFacts:
 
     pid: int
     uids: tuple[int, ...]  # real, effective, saved, file-system
-    exe: str  # the program's path; " (deleted)" removed (the package was upgraded)
+    # The program's path (" (deleted)" removed: the package was upgraded) and the working
+    # directory; "" when we may not look (another user's process, and we are not root).
+    exe: str
     cwd: str
 
     @property
@@ -621,14 +623,19 @@ class ProcessFacts:
 
 
 def process_facts(pid: int) -> ProcessFacts | None:
-    """The facts of ``pid``, or None when it is gone or we may not look at it."""
+    """The facts of ``pid``, or None when it is gone."""
     base = Path(f"/proc/{pid}")
     try:
         status = (base / "status").read_text(encoding="utf-8", errors="replace")
-        exe = os.readlink(base / "exe").removesuffix(" (deleted)")
-        cwd = os.readlink(base / "cwd")
     except OSError:
         return None
+    links: list[str] = []
+    for name in ("exe", "cwd"):
+        try:
+            links.append(os.readlink(base / name))
+        except OSError:
+            links.append("")
+    exe, cwd = links[0].removesuffix(" (deleted)"), links[1]
     uids: tuple[int, ...] = ()
     for line in status.splitlines():
         if line.startswith("Uid:"):

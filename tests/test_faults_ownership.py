@@ -299,3 +299,67 @@ async def test_a_link_planted_while_the_daemon_runs_fails_the_dump_run_and_is_no
             assert sleeper.poll() is None
     finally:
         held.release()
+
+
+async def test_a_stale_postmaster_pid_naming_another_live_process_is_removed_not_obeyed(
+    primary: PgServer,
+) -> None:
+    # After a crash or reboot the pid in postmaster.pid is reused: here by the primary's
+    # own postgres, then by an unrelated program, both of the same OS user (another user's
+    # process does not count for postgres). postgres itself refuses to start beside such a
+    # file ("lock file already exists"); neither process may be touched.
+    primary_postmaster = read_postmaster_pid(primary.data_dir)
+    assert primary_postmaster is not None
+    user = primary.os_user.pw_uid if primary.os_user is not None else None
+    with subprocess.Popen(["sleep", "300"], cwd="/", user=user) as stranger:
+        try:
+            async with running_standby(primary, restart_backoff_max=1.0) as standby:
+                await standby.wait_running()
+                for squatter in (primary_postmaster, stranger.pid):
+                    await standby.stop()
+                    pid_file = standby.data_dir / "postmaster.pid"
+                    assert not pid_file.exists()
+                    pid_file.write_text(f"{squatter}\n{standby.data_dir}\n")
+                    standby.ctx.stopping.clear()
+                    standby.start()
+                    await standby.wait_running()
+                    assert read_postmaster_pid(standby.data_dir) not in (None, squatter)
+                    assert pid_alive(squatter)
+                    assert sum(standby.state.standby.restarts.values()) == 0
+        finally:
+            stranger.kill()
+
+
+async def test_a_mount_point_that_appears_during_the_clone_gets_the_clone_moved_in(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    # The detection ran before the volume was mounted (or missed it): staging is beside
+    # the directory, which can then be neither removed (EBUSY) nor renamed into (EXDEV).
+    # The finished clone is moved in, not thrown away for another full pg_basebackup.
+    primary = make_primary()
+    checkpointer = int(
+        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    )
+    async with running_standby(primary, start=False, bootstrap_retry_max=1.0) as standby:
+        data_dir = standby.data_dir
+        data_dir.mkdir(parents=True)
+        staging = data_dir.with_name(f".{data_dir.name}.laterbased-staging")
+        os.kill(checkpointer, signal.SIGSTOP)
+        try:
+            standby.start()
+            await wait_for(
+                lambda: "waiting for checkpoint" in (standby.state.standby.message or ""),
+                "bootstrap waiting for the primary's checkpoint",
+            )
+            assert staging.is_dir()
+        finally:
+            os.kill(checkpointer, signal.SIGCONT)
+        with mounted(["--bind", str(data_dir)], data_dir):
+            await standby.wait_running()
+            assert not [e for e in standby.state.events if "bootstrap failed" in e.message]
+            assert not staging.exists()
+            assert (data_dir / "standby.signal").exists()
+            run_as = standby.config.standby.run_as or "postgres"
+            owners = {path.owner() for path in [data_dir, *data_dir.rglob("*")]}
+            assert owners == {run_as}
+            await standby.stop()

@@ -446,9 +446,10 @@ def _copy_entry(source: Path, data_dir: Path, name: str, run_as: RunAs | None) -
         shutil.copy2(source, incoming, follow_symlinks=False)
     if run_as is not None:
         # Copies made as root belong to root; postgres must own every file.
+        os.lchown(incoming, run_as.uid, run_as.gid)
         for root, dirs, files in os.walk(incoming):
-            for entry in (root, *(os.path.join(root, item) for item in (*dirs, *files))):
-                os.lchown(entry, run_as.uid, run_as.gid)
+            for item in (*dirs, *files):
+                os.lchown(os.path.join(root, item), run_as.uid, run_as.gid)
     os.rename(incoming, data_dir / name)
     safety.remove_tree(source)
 

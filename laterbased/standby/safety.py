@@ -17,6 +17,7 @@ from pathlib import Path
 
 from laterbased.errors import RefuseToRun
 from laterbased.proc import (
+    ProcessFacts,
     RunAs,
     pid_alive,
     pids_with_cwd_under,
@@ -103,7 +104,7 @@ def why_not_ours(pid: int, data_dir: Path, run_as: RunAs | None) -> str | None:
     run-as user, working in our data directory (what pg_ctl trusts, plus who and which
     program). Otherwise the reason, for the refusal message."""
     facts = process_facts(pid)
-    if facts is None:
+    if facts is None or not facts.exe or not facts.cwd:
         return "its /proc entry cannot be read"
     uid = run_as.uid if run_as is not None else os.geteuid()
     if not facts.uids or any(owner != uid for owner in facts.uids):
@@ -118,9 +119,24 @@ def why_not_ours(pid: int, data_dir: Path, run_as: RunAs | None) -> str | None:
 def postmaster_to_stop(data_dir: Path, run_as: RunAs | None) -> int | None:
     """The pid of a postmaster left running on ``data_dir`` that is ours to stop (one an
     earlier laterbased started and then died without stopping, e.g. SIGKILL or OOM), or
-    None when none runs. Any other live server there is refused (:class:`RefuseToRun`)."""
-    pid = live_postmaster(data_dir)
-    if pid is None:
+    None when none runs. Any other live server there is refused (:class:`RefuseToRun`).
+
+    A ``postmaster.pid`` whose pid now belongs to a process that provably does not run
+    on this directory (after a crash or reboot the number was reused, often by another
+    postgres of the same user: the primary's own) is stale: it is removed, as postgres
+    itself would refuse to start beside it ("lock file already exists") for ever.
+    """
+    pid = read_postmaster_pid(data_dir)
+    if pid is None or not pid_alive(pid):
+        return None  # no server; postgres replaces a file whose pid is gone by itself
+    facts = process_facts(pid)
+    uid = run_as.uid if run_as is not None else os.geteuid()
+    if facts is not None and (
+        (facts.cwd and facts.cwd != os.path.realpath(data_dir))
+        # A postmaster runs as its data directory's owner, the run-as user.
+        or (not facts.cwd and facts.uids and any(owner != uid for owner in facts.uids))
+    ):
+        _remove_stale_pid_file(data_dir, pid, facts)
         return None
     reason = why_not_ours(pid, data_dir, run_as)
     if reason is None:
@@ -131,6 +147,19 @@ def postmaster_to_stop(data_dir: Path, run_as: RunAs | None) -> int | None:
         f"on {data_dir} ({reason}); refusing to start a second one. Stop it first, e.g. "
         f"'runuser -u {user} -- pg_ctl stop -m fast -D {data_dir}', then start laterbased"
     )
+
+
+def _remove_stale_pid_file(data_dir: Path, pid: int, facts: ProcessFacts) -> None:
+    path = data_dir / "postmaster.pid"
+    logger.warning(
+        "removing stale %s: its pid %s now belongs to %s (working in %s), not to a server "
+        "of this directory",
+        path,
+        pid,
+        facts.exe or "a process of another user",
+        facts.cwd or "?",
+    )
+    path.unlink(missing_ok=True)
 
 
 def move_aside(data_dir: Path, reason: str) -> Path:
