@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from daemon_process import DaemonProcess, minimal_config, write_config
-from pgserver import PgServer
+from pgserver import PgServer, ensure_postgres_user, free_port
 from test_backup_support import make_config
 from test_standby_daemon import daemon_config
 from test_standby_supervisor import running_standby
@@ -25,9 +25,10 @@ from waiting import wait_for
 
 from laterbased.backups import Catalogue, writers_into
 from laterbased.errors import UnsafePath
+from laterbased.jobs.drill import DRILL_PREFIX, remove_leftovers
 from laterbased.jobs.dump import run_dumps
 from laterbased.pg.binaries import find_bindir
-from laterbased.proc import pid_alive, process_facts, read_postmaster_pid
+from laterbased.proc import pid_alive, pids_with_cwd_under, process_facts, read_postmaster_pid
 from laterbased.standby import bootstrap
 
 pytestmark = pytest.mark.slow
@@ -75,6 +76,13 @@ def mounted(argv: list[str], target: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", "-l", str(target)], check=False, timeout=30)
+
+
+def survived(process: subprocess.Popen[bytes]) -> bool:
+    """True when ``process`` was still alive: our SIGTERM, not an earlier SIGKILL, ends it
+    (a pending SIGKILL wins, so this does not depend on timing)."""
+    process.terminate()
+    return process.wait(10) == -signal.SIGTERM
 
 
 def basebackups_into(staging: Path) -> list[int]:
@@ -214,7 +222,7 @@ async def test_a_symlinked_partial_dir_is_refused_and_its_target_and_processes_a
         finally:
             await daemon.stop()
         assert f"{backup_dir / '.partial'} is a symbolic link" in daemon.log
-        assert sleeper.poll() is None, "a foreign process was killed"
+        assert survived(sleeper), "a foreign process was killed"
         assert (victim / "precious.log").exists()
         assert stat.S_IMODE(victim.stat().st_mode) == 0o755
 
@@ -254,7 +262,7 @@ async def test_clean_partial_kills_our_leftover_pg_dump_but_no_other_program(
             assert dump.poll() is None
             assert catalogue.clean_partial() == 2
             assert await asyncio.to_thread(dump.wait, 10) == -signal.SIGKILL
-            assert other.poll() is None, "a process that is not our pg_dump was killed"
+            assert survived(other), "a process that is not our pg_dump was killed"
             assert list(catalogue.partial.iterdir()) == []
         finally:
             for process in (dump, other):
@@ -296,7 +304,7 @@ async def test_a_link_planted_while_the_daemon_runs_fails_the_dump_run_and_is_no
             assert f"{catalogue.partial} is a symbolic link" in outcomes[0].detail
             assert sorted(p.name for p in victim.iterdir()) == ["precious.log"]
             assert stat.S_IMODE(victim.stat().st_mode) == 0o755
-            assert sleeper.poll() is None
+            assert survived(sleeper)
     finally:
         held.release()
 
@@ -363,3 +371,40 @@ async def test_a_mount_point_that_appears_during_the_clone_gets_the_clone_moved_
             owners = {path.owner() for path in [data_dir, *data_dir.rglob("*")]}
             assert owners == {run_as}
             await standby.stop()
+
+
+async def test_a_leftover_drill_cluster_is_killed_and_removed_but_a_shell_inside_is_not(
+    pg_bindir: Path, state_dir: Path
+) -> None:
+    user = ensure_postgres_user()
+    state_dir.chmod(0o711)  # the postgres user passes through, as _make_work_dir arranges
+    leftover = state_dir / f"{DRILL_PREFIX}killed"
+    leftover.mkdir()
+    os.chown(leftover, user.pw_uid, user.pw_gid)
+    data = leftover / "data"
+    subprocess.run([str(pg_bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "drill"],
+                   user=user.pw_uid, group=user.pw_gid, cwd="/", check=True,
+                   capture_output=True, timeout=120)
+    # What a daemon killed mid-drill leaves: a temporary cluster running unsupervised.
+    server = subprocess.Popen(
+        [str(pg_bindir / "postgres"), "-D", str(data), "-k", str(leftover),
+         "-p", str(free_port()), "-c", "listen_addresses="],
+        user=user.pw_uid, group=user.pw_gid, cwd="/",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    shell = subprocess.Popen(["sleep", "300"], cwd=data)
+    try:
+        await wait_for(lambda: len(pids_with_cwd_under(leftover)) >= 3,
+                       "the leftover cluster's postmaster and its helpers")
+        ours = [pid for pid in pids_with_cwd_under(leftover) if pid != shell.pid]
+        assert remove_leftovers(state_dir) == 1
+        assert await asyncio.to_thread(server.wait, 10) == -signal.SIGKILL
+        await wait_for(lambda: not any(pid_alive(pid) for pid in ours),
+                       "every process of the leftover cluster gone")
+        assert survived(shell), "a process that is not a postgres was killed"
+        assert not leftover.exists()
+    finally:
+        for process in (server, shell):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -120,8 +120,26 @@ def remove_leftovers(root: Path) -> int:
 
 def _kill_inside(directory: Path) -> None:
     # Backends run in their own sessions: after the postmaster is gone, only their working
-    # directory ties them to this cluster.
+    # directory ties them to this cluster. Only postgres processes of the directory's owner
+    # (the run-as user it was made for) are ours: an operator's shell looking inside stays.
+    try:
+        owner = directory.stat().st_uid
+    except OSError:
+        return
     for pid in proc.pids_with_cwd_under(directory):
+        facts = proc.process_facts(pid)
+        if facts is None:
+            continue
+        if facts.program not in ("postgres", "postmaster") or any(
+            uid != owner for uid in facts.uids
+        ):
+            logger.warning(
+                "restore drill: not killing pid=%s (%s) working in %s: not a postgres of ours",
+                pid,
+                facts.exe or "?",
+                directory,
+            )
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
