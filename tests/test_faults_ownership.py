@@ -408,3 +408,28 @@ async def test_a_leftover_drill_cluster_is_killed_and_removed_but_a_shell_inside
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+async def test_a_link_planted_as_one_databases_directory_fails_that_database_only(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    other = "ownership_other_db"
+    if not primary.sql(f"SELECT 1 FROM pg_database WHERE datname = '{other}'"):
+        primary.sql(f"CREATE DATABASE {other}")
+    backup_dir = tmp_path / "backups"
+    catalogue = Catalogue(backup_dir)
+    held = catalogue.claim()
+    try:
+        config = make_config(primary, backup_dir, databases=("postgres", other),
+                             skip_unchanged=False)
+        with victim_with_an_open_file() as (victim, sleeper):
+            catalogue.database_dir("postgres").symlink_to(victim)
+            outcomes = await run_dumps(config, catalogue, "dump-planted-db-link")
+            results = {o.database: o.result for o in outcomes}
+            assert results == {"postgres": "failed", other: "success"}, outcomes
+            assert "is a symbolic link" in outcomes[0].detail
+            assert sorted(p.name for p in victim.iterdir()) == ["precious.log"]
+            assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+            assert survived(sleeper)
+    finally:
+        held.release()

@@ -41,7 +41,7 @@ from typing import Any
 from laterbased import proc
 from laterbased.backups import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.config import Config
-from laterbased.errors import JobFailed, LaterbasedError
+from laterbased.errors import JobFailed, LaterbasedError, UnsafePath
 from laterbased.pg import identity, sql
 from laterbased.pg.binaries import (
     dump_bindir,
@@ -504,7 +504,8 @@ class Dumper:
         except asyncio.CancelledError:
             logger.warning("dump cancelled run=%s database=%r", self.run_id, database)
             raise
-        except (DumpFailed, PgUnavailable, OSError, TimeoutError) as exc:
+        # UnsafePath: a link planted as this database's directory fails this database only.
+        except (DumpFailed, PgUnavailable, OSError, TimeoutError, UnsafePath) as exc:
             detail = _describe_failure(exc, self.config.backup.timeout)
             logger.error("dump failed run=%s database=%r: %s", self.run_id, database, detail)
             return DumpOutcome(database, "failed", detail, None, time.monotonic() - started_clock)
