@@ -355,7 +355,11 @@ def read_regular_file(path: Path | str) -> tuple[str, int]:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if stat.S_ISCHR(mode) and os.path.samestat(info, os.stat(os.devnull)):
+            # /dev/null is the usual "no file here" (--config /dev/null): empty, never blocks.
+            return "", 0o600
         if not stat.S_ISREG(mode):
             kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
             raise NotARegularFile(f"is {kind}, not a regular file")

@@ -377,6 +377,15 @@ def test_database_names_no_postgresql_database_can_have_are_config_errors(
     assert "an empty name" in found[0] and "contains a NUL character" in found[1], found
 
 
+def test_dev_null_as_config_or_env_file_means_an_empty_one() -> None:
+    """``--config /dev/null`` is the usual way to say "no YAML": a character device, but
+    the empty file, not an error (the FIFO check must not refuse it)."""
+    result = cli(
+        "config", "validate", "--config", os.devnull, "--env-file", os.devnull, env=MINIMAL
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_config_or_secret_file_that_is_a_fifo_is_a_clear_error_not_a_hang(
     tmp_path: Path,
 ) -> None:
