@@ -104,7 +104,7 @@ async def test_a_bind_mounted_data_dir_on_the_same_file_system_is_cloned_once_in
     # pg_basebackup repeated for ever.
     async with running_standby(primary, start=False, bootstrap_retry_max=1.0) as standby:
         data_dir = standby.data_dir
-        data_dir.mkdir(parents=True)
+        data_dir.mkdir(parents=True, mode=0o700)  # a volume's root: root's, 0700
         with mounted(["--bind", str(data_dir)], data_dir):
             assert not os.path.ismount(data_dir)
             assert bootstrap.is_mount_point(data_dir)
@@ -433,3 +433,25 @@ async def test_a_link_planted_as_one_databases_directory_fails_that_database_onl
             assert survived(sleeper)
     finally:
         held.release()
+
+
+async def test_a_data_dir_that_is_a_symbolic_link_to_an_empty_directory_is_cloned_into_it(
+    primary: PgServer,
+) -> None:
+    # How operators put PGDATA on a bigger disk. A link cannot be replaced by a rename
+    # (rmdir says ENOTDIR): the clone used to fail and repeat for ever.
+    target = Path(tempfile.mkdtemp(prefix="laterbased-bigdisk-"))
+    try:
+        async with running_standby(primary, start=False, bootstrap_retry_max=1.0) as standby:
+            data_dir = standby.data_dir
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            data_dir.symlink_to(target)
+            standby.start()
+            await standby.wait_running()
+            assert not [e for e in standby.state.events if "bootstrap failed" in e.message]
+            assert data_dir.is_symlink()
+            assert (target / "standby.signal").exists()
+            assert not (target / bootstrap.INNER_STAGING).exists()
+            await standby.stop()
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

@@ -93,8 +93,9 @@ def _unescape(match: re.Match[str]) -> str:
 
 def staging_for(data_dir: Path) -> Path:
     """Sibling of the data directory, or inside it when it is a mount point (a rename
-    across file systems is not atomic, and a mount point cannot be replaced)."""
-    if data_dir.is_dir() and is_mount_point(data_dir):
+    across file systems is not atomic, and a mount point cannot be replaced) or a symbolic
+    link to the real place (an operator's way to put it on a bigger disk: the link stays)."""
+    if data_dir.is_dir() and (data_dir.is_symlink() or is_mount_point(data_dir)):
         return data_dir / INNER_STAGING
     return data_dir.with_name(f".{data_dir.name}.laterbased-staging")
 
@@ -371,6 +372,11 @@ def write_file(path: Path, text: str, run_as: RunAs | None) -> None:
 def prepare_staging(staging: Path, run_as: RunAs | None) -> None:
     if staging.exists() or staging.is_symlink():
         safety.remove_tree(staging)
+    if run_as is not None and staging.name == INNER_STAGING:
+        # Inner staging: the (empty) directory becomes the data directory anyway, and
+        # pg_basebackup, run as run_as, must get into it (a volume is often root's, 0700).
+        os.chown(staging.parent, run_as.uid, run_as.gid)
+        os.chmod(staging.parent, 0o700)
     staging.mkdir(mode=0o700)
     if run_as is not None:
         os.chown(staging, run_as.uid, run_as.gid)
