@@ -26,8 +26,8 @@ import asyncpg
 from laterbased import proc
 from laterbased.backups import Catalogue
 from laterbased.config import Config
-from laterbased.errors import ToolMissing
-from laterbased.pg import sql
+from laterbased.errors import RefuseToRun, ToolMissing
+from laterbased.pg import identity, sql
 from laterbased.pg.binaries import (
     DUMP_TOOLS,
     SERVER_TOOLS,
@@ -348,6 +348,33 @@ async def check_binaries(facts: Facts) -> list[CheckResult]:
     return results
 
 
+async def check_primary_identity(facts: Facts) -> CheckResult | None:
+    """The primary against the cluster laterbased accepted (read only: a check records
+    nothing; the daemon does at first contact)."""
+    if facts.system_identifier is None:
+        return None
+    try:
+        accepted = await asyncio.to_thread(identity.load_accepted, facts.config.state_dir)
+    except RefuseToRun as exc:
+        return fail("primary identity", str(exc))
+    observed = facts.system_identifier
+    if accepted is None:
+        return ok(
+            "primary identity",
+            f"system identifier {observed}; not recorded yet (laterbased records the cluster "
+            "it meets first)",
+        )
+    if accepted.system_identifier != observed:
+        return fail(
+            "primary identity",
+            f"another cluster answers at {identity.primary_address(facts.config)}: system "
+            f"identifier {observed}, accepted {accepted.system_identifier} ({accepted.how}); "
+            "no backups of it and no slot on it",
+            f"if it is the new primary: {identity.ACCEPT_COMMAND} {observed}",
+        )
+    return ok("primary identity", f"the accepted cluster ({observed})")
+
+
 async def check_standby_identity(facts: Facts) -> CheckResult | None:
     config = facts.config
     if not config.standby.enabled:
@@ -657,6 +684,7 @@ CHECKS: tuple[Check, ...] = (
     check_server_features,
     check_replication_privilege,
     check_pg_hba_replication,
+    check_primary_identity,
     check_wal_level,
     check_slot,
     check_binaries,

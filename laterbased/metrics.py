@@ -140,6 +140,14 @@ def replication_metrics(state: State) -> Iterator[Metric]:
         "server_version_num of the primary",
         primary.server_version_num,
     )
+    # Known only once both the accepted and the primary's system identifier are.
+    identities_known = primary.system_identifier is not None and state.accepted_system_identifier
+    yield _gauge_of(
+        "primary_is_another_cluster",
+        "1 when the primary's system identifier is not the accepted one (a fresh initdb or "
+        "another server at its address): no backups of it, no slot on it",
+        _flag(state.primary_is_stranger) if identities_known else None,
+    )
     yield _gauge_of(
         "primary_last_poll_success_timestamp_seconds",
         "Unix time of the last good primary poll",

@@ -27,10 +27,21 @@ from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
+from laterbased import health
 from laterbased.backups import BackupRecord
-from laterbased.config import BackupConfig, Config, HttpConfig, PrimaryConfig, StandbyConfig
+from laterbased.commands.accept_primary import accept_primary
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    HttpConfig,
+    PrimaryConfig,
+    Secret,
+    StandbyConfig,
+)
+from laterbased.doctor import run_checks
 from laterbased.errors import RefuseToRun
 from laterbased.pg import identity
+from laterbased.state import State
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +105,19 @@ async def healthz(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
         return response.status, await response.json()
 
 
+async def started(daemon: DaemonProcess) -> None:
+    await daemon.wait_http(timeout=60)
+    # The backup worker cleans .partial when it takes the backup directory: a run asked
+    # for before that loses its passfile there (fe_sendauth: no password supplied).
+    await daemon.wait_log("schedule started name=dump", timeout=60)
+
+
+async def backed_up(daemon: DaemonProcess) -> str:
+    """Run the backup chain through the API; its result (the steps when it failed)."""
+    chain = await back_up(daemon)
+    return "success" if chain["result"] == "success" else json.dumps(chain["steps"])
+
+
 async def back_up(daemon: DaemonProcess) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
@@ -113,6 +137,19 @@ def manifests(workdir: Path) -> list[dict[str, Any]]:
         if data.get("database") == LIBRARY:
             found.append(data)
     return found
+
+
+async def stranger_metric(daemon: DaemonProcess) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{daemon.url}/metrics") as response,
+    ):
+        text = await response.text()
+    return next(
+        line.split()[-1]
+        for line in text.splitlines()
+        if line.startswith("laterbased_primary_is_another_cluster ")
+    )
 
 
 def check(body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -140,8 +177,8 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
     standby_dir = workdir / "state" / "standby"
     daemon = await DaemonProcess.start(config_path, config["http"]["port"])
     try:
-        await daemon.wait_http(timeout=60)
-        assert (await back_up(daemon))["result"] == "success"
+        await started(daemon)
+        assert await backed_up(daemon) == "success"
         await wait_green(daemon)
         assert [m["system_identifier"] for m in manifests(workdir)] == [real_id]
         accepted = identity.load_accepted(workdir / "state")
@@ -156,12 +193,16 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         async def primary_critical() -> dict[str, Any] | None:
             status, body = await healthz(daemon)
             verdict = check(body, "primary")
-            return verdict if status == 503 and verdict["severity"] == "critical" else None
+            # Not "unreachable" while the new cluster is being made: the stranger itself.
+            named = stranger_id in verdict["reason"]
+            critical = status == 503 and verdict["severity"] == "critical"
+            return verdict if critical and named else None
 
         verdict = await wait_for(primary_critical, "primary critical", 60, interval=0.5,
                                  log=lambda: daemon.log)
         assert real_id in verdict["reason"] and stranger_id in verdict["reason"]
         assert "accept-primary" in verdict["reason"]
+        assert await stranger_metric(daemon) == "1.0"
 
         chain = await back_up(daemon)
         assert chain["result"] == "failed"
@@ -176,7 +217,7 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         daemon.send(signal.SIGTERM)
         assert await daemon.wait_exit(timeout=90) == 0
         daemon = await DaemonProcess.start(config_path, config["http"]["port"])
-        await daemon.wait_http(timeout=60)
+        await started(daemon)
         verdict = await wait_for(primary_critical, "primary critical after a restart", 60,
                                  interval=0.5, log=lambda: daemon.log)
         assert real_id in verdict["reason"] and stranger_id in verdict["reason"]
@@ -196,10 +237,11 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
             lambda: list(standby_dir.parent.glob("standby.mismatch-*")),
             "the old standby moved aside", 60, log=lambda: daemon.log,
         )
-        assert (await back_up(daemon))["result"] == "success"
+        assert await backed_up(daemon) == "success"
         await wait_green(daemon)
         assert identity.control_file_identifier(standby_dir) == stranger_id
         assert [m["system_identifier"] for m in manifests(workdir)] == [real_id, stranger_id]
+        assert await stranger_metric(daemon) == "0.0"
         daemon.send(signal.SIGTERM)
         assert await daemon.wait_exit(timeout=90) == 0
     finally:
@@ -216,8 +258,8 @@ async def test_a_failover_of_the_same_cluster_stays_green(
     config_path = write_config(workdir / "laterbased.yaml", config)
     daemon = await DaemonProcess.start(config_path, config["http"]["port"])
     try:
-        await daemon.wait_http(timeout=60)
-        assert (await back_up(daemon))["result"] == "success"
+        await started(daemon)
+        assert await backed_up(daemon) == "success"
         await wait_green(daemon)
 
         primary.fail_over_in_place()
@@ -225,7 +267,7 @@ async def test_a_failover_of_the_same_cluster_stays_green(
         assert primary.sql(SYSID) == cluster_id
         primary.sql("CREATE TABLE after_failover (v int)", LIBRARY)
 
-        assert (await back_up(daemon))["result"] == "success"
+        assert await backed_up(daemon) == "success"
         await wait_green(daemon)
         _, body = await healthz(daemon)
         assert check(body, "replication")["severity"] == "ok"
@@ -323,3 +365,60 @@ def test_a_damaged_identity_file_refuses_instead_of_accepting_anyone(tmp_path: P
     identity.identity_file(config.state_dir).write_text("{not json")
     with pytest.raises(RefuseToRun, match="accept-primary"):
         identity.settle(config, "111")
+
+
+def replication_config(primary: PgServer, state_dir: Path) -> Config:
+    return Config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret(primary.replication_password),
+        ),
+        standby=StandbyConfig(enabled=False),
+        backup=BackupConfig(enabled=False),
+        http=HttpConfig(enabled=False),
+        state_dir=state_dir,
+        timezone="UTC",
+    )
+
+
+async def test_accept_primary_writes_a_damaged_record_anew(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    config = replication_config(primary, tmp_path)
+    identity.identity_file(tmp_path).write_text("{damaged")
+    cluster_id = primary.sql(SYSID)
+    assert await accept_primary(config, None) == 1
+    assert await accept_primary(config, cluster_id) == 0
+    accepted = identity.load_accepted(tmp_path)
+    assert accepted is not None and accepted.system_identifier == cluster_id
+
+
+def test_a_standby_of_the_old_cluster_is_critical_after_a_new_primary_was_accepted(
+    tmp_path: Path,
+) -> None:
+    # accept-primary without standby.reclone_on_mismatch: the running standby can never
+    # follow the new primary, and /healthz says what to do instead of "running".
+    state = State(config=offline_config(tmp_path))
+    state.ready = True
+    state.standby.phase, state.standby.pid, state.standby.role = "running", 4321, "replica"
+    state.standby.system_identifier = "111"
+    state.accepted_system_identifier = "222"
+    state.primary.system_identifier = "222"
+    verdict = health.check_standby(state, 0.0)
+    assert verdict.severity == "critical"
+    assert "111" in verdict.reason and "222" in verdict.reason
+    assert "reclone_on_mismatch" in verdict.reason
+
+
+async def test_check_names_both_identifiers_when_another_cluster_answers(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    config = replication_config(primary, tmp_path)
+    identity.save_accepted(tmp_path, "7301234567890123456", "test")
+    results = await run_checks(config)
+    line = next(r for r in results if r.name == "primary identity")
+    assert line.status == "FAIL"
+    assert "7301234567890123456" in line.message and primary.sql(SYSID) in line.message
+    assert "accept-primary" in line.hint

@@ -16,7 +16,7 @@ from typing import Any
 
 from laterbased import cli
 from laterbased.config import Config
-from laterbased.errors import EXIT_FAILURE, EXIT_OK
+from laterbased.errors import EXIT_FAILURE, EXIT_OK, RefuseToRun
 from laterbased.pg import identity, sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 
@@ -95,7 +95,11 @@ async def accept_primary(config: Config, confirmed: str | None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    accepted = await asyncio.to_thread(identity.load_accepted, config.state_dir)
+    try:
+        accepted = await asyncio.to_thread(identity.load_accepted, config.state_dir)
+    except RefuseToRun as exc:  # a damaged record: this command is how to write it anew
+        print(f"laterbased: {exc}", file=sys.stderr)
+        accepted = None
     if accepted is not None and accepted.system_identifier == observed:
         print(f"the primary {where} is the accepted cluster already (system identifier "
               f"{observed}, {accepted.how})")
