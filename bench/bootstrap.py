@@ -29,12 +29,12 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import WorkerContext
-from laterbased.localcluster import PgServer, free_port
+from laterbased.core.daemon import WorkerContext
+from laterbased.core.state import State
+from laterbased.pg.localcluster import PgServer, free_port
 from laterbased.proc import resolve_run_as
 from laterbased.standby.layout import prepare_directories
 from laterbased.standby.supervisor import StandbySupervisor
-from laterbased.state import State
 
 
 def raw_basebackup(primary: PgServer) -> float:

@@ -29,14 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from laterbased.localcluster import PgServer
+from laterbased.pg.localcluster import PgServer
 
 CHILD = r"""
 import asyncio, json, resource, sys, time
 from pathlib import Path
 from laterbased.config import Config, PrimaryConfig, StandbyConfig, BackupConfig, HttpConfig, Secret
-from laterbased.jobs.runner import run_backup_chain
-from laterbased.state import State
+from laterbased.backup.runner import run_backup_chain
+from laterbased.core.state import State
 args = json.loads(sys.stdin.read())
 config = Config(
     primary=PrimaryConfig(host=args["host"], port=args["port"], user=args["user"],
@@ -186,7 +186,7 @@ def main() -> None:
             f"sizes: raw {(work / 'raw-0.dump').stat().st_size} B, "
             f"old {(work / 'old-0.sql.gz').stat().st_size} B, ours {ours[0]['size']} B"
         )
-        from laterbased.jobs.dump import hash_file
+        from laterbased.backup.dump import hash_file
 
         started = time.monotonic()
         hash_file(work / "raw-0.dump")

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from laterbased.backup.runner import run_backup_chain
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -36,12 +37,11 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import WorkerContext, configured_routes
-from laterbased.http import HttpServer, build_app
-from laterbased.jobs.runner import run_backup_chain
-from laterbased.localcluster import PgServer
+from laterbased.core.daemon import WorkerContext, configured_routes
+from laterbased.core.state import State
 from laterbased.monitor.worker import run_monitor
-from laterbased.state import State
+from laterbased.pg.localcluster import PgServer
+from laterbased.web.server import HttpServer, build_app
 
 CLIENT = r"""
 import http.client, json, sys, time

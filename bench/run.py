@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py            # full: pgbench scales 10 and 100 (~15-20 min)
     .venv/bin/python bench/run.py --quick    # scale 10 only, fewer repetitions (~5 min)
 
-Builds a throw-away primary (laterbased.localcluster, run as the postgres OS user when
+Builds a throw-away primary (laterbased.pg.localcluster, run as the postgres OS user when
 root), loads pgbench databases, and measures on this machine in one go:
 
 * scheduled dump (the daemon's backup chain, dump step) vs raw ``pg_dump -Fc`` and vs the
@@ -54,7 +54,7 @@ if str(BENCH_DIR) not in sys.path:
 import bootstrap as bootstrap_bench  # noqa: E402  (bench/bootstrap.py)
 import dump as dump_bench  # noqa: E402  (bench/dump.py)
 
-from laterbased.localcluster import PgServer, free_port  # noqa: E402
+from laterbased.pg.localcluster import PgServer, free_port  # noqa: E402
 
 TOKEN = "bench-token-" + os.urandom(8).hex()
 PROBE_GAP = 0.02  # seconds between two requests of one prober
@@ -949,7 +949,7 @@ def parse_args() -> argparse.Namespace:
         bindir = Path(f"/usr/lib/postgresql/{options.pg_major}/bin")
         if not (bindir / "initdb").exists():
             parser.error(f"PostgreSQL {options.pg_major} is not installed ({bindir})")
-        # The harness (laterbased.localcluster.find_pg_bindir) and so every server and raw
+        # The harness (laterbased.pg.localcluster.find_pg_bindir) and so every server and raw
         # tool of the run follow this; the daemon picks the primary's major by itself.
         os.environ["LATERBASED_TEST_PG_BINDIR"] = str(bindir)
     default_scales = "10" if options.quick else "10,100"

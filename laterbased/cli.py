@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
-from .commands import COMMAND_MODULES
-from .config import Config, config_as_dict, load_config, load_env_file
-from .errors import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, ConfigError, LaterbasedError
-from .logs import setup_logging
+from laterbased import __version__
+from laterbased.config import Config, config_as_dict, load_config, load_env_file
+from laterbased.errors import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, ConfigError, LaterbasedError
+from laterbased.logs import setup_logging
+from laterbased.ops import COMMAND_MODULES
 
 logger = logging.getLogger("laterbased")
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_config_show)
 
     for module_name in COMMAND_MODULES:
-        module = importlib.import_module(f"laterbased.commands.{module_name}")
+        module = importlib.import_module(f"laterbased.ops.{module_name}")
         module.register(sub, common)
     return parser
 
@@ -151,7 +151,7 @@ def configure_logging(args: argparse.Namespace, config: Config | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import run_daemon
+    from laterbased.core.daemon import run_daemon
 
     loader = config_loader(args)
     config = loader()

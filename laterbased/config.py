@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .errors import ConfigError
-from .schedule.cron import validate_expression
-from .units import parse_duration, parse_size
+from laterbased.errors import ConfigError
+from laterbased.schedule.cron import validate_expression
+from laterbased.units import parse_duration, parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -838,7 +838,7 @@ def _passfile_problem(value: str) -> str | None:
 
 def _check_upload(config: Config, raw: _Raw, env: Mapping[str, str]) -> None:
     """Remote names rclone would reject, and an upload target defined nowhere (rclone.py)."""
-    from .rclone import upload_config_problems
+    from laterbased.offsite.rclone import upload_config_problems
 
     legacy = raw.origin.get(("upload", "remotes")) == "RCLONE_REMOTE_<N>_*"
     for problem in upload_config_problems(config.upload, env, legacy=legacy):

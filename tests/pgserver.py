@@ -1,7 +1,7 @@
-"""The test harness's real PostgreSQL servers live in the package (``laterbased.localcluster``)
+"""The test harness's real PostgreSQL servers live in the package (``laterbased.pg.localcluster``)
 so that ``laterbased demo`` starts its throw-away primary with the very same code."""
 
-from laterbased.localcluster import (
+from laterbased.pg.localcluster import (
     NASTY_PASSWORD,
     REPLICATION_USER,
     SUPERUSER,

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from laterbased.rclone import packaged_rclone
+from laterbased.offsite.rclone import packaged_rclone
 
 ACCESS_KEY = "AKLATERBASEDTEST"
 SECRET_KEY = "sk-laterbased-Very-Secret-4711"

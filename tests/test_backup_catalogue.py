@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from laterbased.backups import (
+from laterbased.backup.catalogue import (
     GLOBALS_KEY,
     BackupRecord,
     Catalogue,
@@ -23,7 +23,7 @@ from laterbased.backups import (
     writers_into,
 )
 from laterbased.config import BackupConfig, Config
-from laterbased.state import State
+from laterbased.core.state import State
 
 T0 = datetime(2026, 11, 26, 13, 0, 5, tzinfo=UTC)
 
@@ -190,7 +190,7 @@ def test_publish_failure_leaves_nothing_outside_partial(tmp_path: Path) -> None:
 
 
 def test_catch_up_reference_is_the_stalest_database_newest_backup(tmp_path: Path) -> None:
-    from laterbased.jobs.runner import catch_up_reference
+    from laterbased.backup.runner import catch_up_reference
 
     catalogue = Catalogue(tmp_path)
     assert catch_up_reference(catalogue) == datetime(1970, 1, 1, tzinfo=UTC), "none: run now"
@@ -204,7 +204,7 @@ def test_catch_up_reference_is_the_stalest_database_newest_backup(tmp_path: Path
 
 
 def test_a_backup_dated_in_the_future_does_not_put_off_the_catch_up(tmp_path: Path) -> None:
-    from laterbased.jobs.runner import catch_up_reference
+    from laterbased.backup.runner import catch_up_reference
 
     catalogue = Catalogue(tmp_path)
     now = datetime.now(UTC)
@@ -215,7 +215,7 @@ def test_a_backup_dated_in_the_future_does_not_put_off_the_catch_up(tmp_path: Pa
 
 
 def test_a_confirmation_dated_in_the_future_makes_no_backup_fresh(tmp_path: Path) -> None:
-    from laterbased.jobs.runner import catch_up_reference, refresh_backup_state
+    from laterbased.backup.runner import catch_up_reference, refresh_backup_state
 
     catalogue = Catalogue(tmp_path)
     now = datetime.now(UTC)
@@ -231,7 +231,7 @@ def test_a_confirmation_dated_in_the_future_makes_no_backup_fresh(tmp_path: Path
 def test_globals_of_an_earlier_version_are_their_own_series_beside_a_database_so_named(
     tmp_path: Path,
 ) -> None:
-    from laterbased.jobs.runner import refresh_backup_state
+    from laterbased.backup.runner import refresh_backup_state
 
     catalogue = Catalogue(tmp_path)
     now = datetime.now(UTC)

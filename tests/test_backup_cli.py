@@ -18,9 +18,9 @@ from pgserver import PgServer, free_port
 from test_backup_catalogue import publish
 from test_backup_support import make_config
 
-from laterbased.backups import Catalogue
-from laterbased.jobs.runner import run_verify_job
-from laterbased.state import State
+from laterbased.backup.catalogue import Catalogue
+from laterbased.backup.runner import run_verify_job
+from laterbased.core.state import State
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ async def test_verify_marks_good_and_damaged_backups(
 ) -> None:
     config = make_config(primary, workdir / "backups", databases=(cli_db,))
     state = State(config=config)
-    from laterbased.jobs.runner import run_backup_chain
+    from laterbased.backup.runner import run_backup_chain
 
     assert (await run_backup_chain(state)).result == "success"
     outcome = await run_verify_job(state)

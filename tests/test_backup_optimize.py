@@ -12,8 +12,8 @@ from pgserver import PgServer
 from test_backup_support import make_config
 from waiting import wait_for
 
-from laterbased.jobs.runner import run_optimize_job
-from laterbased.state import State
+from laterbased.backup.runner import run_optimize_job
+from laterbased.core.state import State
 
 pytestmark = pytest.mark.slow
 DB = "optimize proj å"

@@ -21,12 +21,12 @@ import pytest_asyncio
 from pgserver import PgServer, free_port
 from test_backup_support import make_config
 
-from laterbased.backups import Catalogue, writers_into
+from laterbased.backup.catalogue import Catalogue, writers_into
+from laterbased.backup.runner import add_backup_routes, backup_worker, run_backup_chain
 from laterbased.config import HttpConfig, Secret
-from laterbased.daemon import WorkerContext
-from laterbased.http import HttpServer, build_app
-from laterbased.jobs.runner import add_backup_routes, backup_worker, run_backup_chain
-from laterbased.state import State
+from laterbased.core.daemon import WorkerContext
+from laterbased.core.state import State
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,7 +248,7 @@ async def test_daemon_killed_mid_dump_publishes_nothing_and_next_start_cleans_up
 async def test_worker_waits_for_a_backup_now_holding_the_directory_then_cleans_up(
     primary: PgServer, small_db: str, backup_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import laterbased.jobs.runner as runner
+    import laterbased.backup.runner as runner
 
     monkeypatch.setattr(runner, "CLAIM_RETRY_SECONDS", 0.1)
     config = make_config(primary, backup_dir, databases=(small_db,), catch_up=False)

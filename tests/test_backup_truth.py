@@ -28,13 +28,13 @@ from test_health_honesty import get_json, health_check, post, stop_daemon
 from test_standby_daemon import TOKEN
 from waiting import wait_for
 
-from laterbased import health
-from laterbased.backups import GLOBALS_NAME, Catalogue
+from laterbased.backup.catalogue import GLOBALS_NAME, Catalogue
+from laterbased.backup.runner import add_backup_routes, run_backup_chain
+from laterbased.backup.verify import verify_newest
 from laterbased.config import HttpConfig, Secret
-from laterbased.http import HttpServer, build_app
-from laterbased.jobs.runner import add_backup_routes, run_backup_chain
-from laterbased.jobs.verify import verify_newest
-from laterbased.state import GLOBALS_KEY, State
+from laterbased.core.state import GLOBALS_KEY, State
+from laterbased.health import verdicts as health
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

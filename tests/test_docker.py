@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -28,8 +27,9 @@ from laterbased.config import (
     load_config,
     parse_env_file,
 )
-from laterbased.http import HttpServer, build_app
-from laterbased.state import State
+from laterbased.core.state import State
+from laterbased.health import verdicts as health
+from laterbased.web.server import HttpServer, build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

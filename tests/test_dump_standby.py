@@ -26,9 +26,9 @@ from streaming_standby import StreamingStandby
 from test_backup_support import make_config
 from waiting import wait_for
 
-from laterbased.backups import Catalogue
+from laterbased.backup.catalogue import Catalogue
+from laterbased.backup.dump import run_dumps
 from laterbased.config import Config
-from laterbased.jobs.dump import run_dumps
 
 pytestmark = pytest.mark.slow
 DB = "standby quelle ß"
@@ -108,7 +108,7 @@ async def test_standby_dump_has_the_primarys_rows_and_replay_is_resumed(
     marker = "written on the primary " + os.urandom(4).hex()
     primary.sql(f"INSERT INTO \"SM_Project\" (\"ProjectName\") VALUES ('{marker}')", DB)
     await wait_replayed(primary, standby)
-    caplog.set_level("INFO", logger="laterbased.jobs.dump")
+    caplog.set_level("INFO", logger="laterbased.backup.dump")
     outcomes = await run_dumps(
         standby_config(primary, standby, backup_dir), Catalogue(backup_dir), "dump-standby-1"
     )
@@ -185,7 +185,7 @@ async def test_lock_replayed_before_the_pause_does_not_block_the_dump_for_hours(
     """Replay paused while the standby's startup process holds a lock replayed from the
     primary: the primary's release is never replayed, so pg_dump would wait on it until
     backup.timeout. The dump gives up on the lock quickly, resumes replay and retries."""
-    import laterbased.jobs.dump as dump_module
+    import laterbased.backup.dump as dump_module
 
     monkeypatch.setattr(dump_module, "STANDBY_LOCK_WAIT", 1.0)
     monkeypatch.setattr(dump_module, "STANDBY_RETRY_DELAY", 0.5)
@@ -218,7 +218,7 @@ async def test_lock_held_on_the_primary_throughout_fails_the_dump_clearly(
     backup_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import laterbased.jobs.dump as dump_module
+    import laterbased.backup.dump as dump_module
 
     monkeypatch.setattr(dump_module, "STANDBY_LOCK_WAIT", 0.5)
     monkeypatch.setattr(dump_module, "STANDBY_RETRY_DELAY", 0.2)
@@ -268,7 +268,7 @@ async def test_standby_that_never_accepts_connections_falls_back_to_the_primary_
         standby=dataclasses.replace(config.standby, port=nobody),
         backup=dataclasses.replace(config.backup, standby_wait=1.5),
     )
-    caplog.set_level("INFO", logger="laterbased.jobs.dump")
+    caplog.set_level("INFO", logger="laterbased.backup.dump")
     outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-standby-fallback")
     assert [o.result for o in outcomes] == ["success"], outcomes
     record = outcomes[0].record

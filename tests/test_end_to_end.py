@@ -31,8 +31,8 @@ import yaml
 from daemon_process import DaemonProcess, free_tcp_port
 from pgserver import NASTY_PASSWORD, PgServer
 
+from laterbased.ops.demo.sample_library import create_sample_library
 from laterbased.proc import pids_with_cwd_under
-from laterbased.sample_library import create_sample_library
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-import laterbased.http
+import laterbased.web.server
 from laterbased.config import load_config
-from laterbased.daemon import configured_routes
-from laterbased.http import HttpServer, build_app
-from laterbased.state import State
+from laterbased.core.daemon import configured_routes
+from laterbased.core.state import State
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ SILENT_CLIENTS = 300
 
 @pytest.fixture
 async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, int]]:
-    monkeypatch.setattr(laterbased.http, "IDLE_TIMEOUT", IDLE)
+    monkeypatch.setattr(laterbased.web.server, "IDLE_TIMEOUT", IDLE)
     config = load_config(None, {"PRIMARY_HOST": "127.0.0.1", "LATERBASED_HTTP_TOKEN": "t0ken"})
     state = State(config=config)
     state.ready = True
@@ -42,7 +42,7 @@ async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, in
 
 
 def test_production_idle_timeout_is_short() -> None:
-    assert 0 < laterbased.http.IDLE_TIMEOUT <= 30
+    assert 0 < laterbased.web.server.IDLE_TIMEOUT <= 30
 
 
 async def timed_healthz(session: aiohttp.ClientSession, url: str) -> float:

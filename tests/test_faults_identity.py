@@ -27,9 +27,7 @@ from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
-from laterbased import health
-from laterbased.backups import BackupRecord
-from laterbased.commands.accept_primary import accept_primary
+from laterbased.backup.catalogue import BackupRecord
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -38,10 +36,12 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.doctor import run_checks
+from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
+from laterbased.health import verdicts as health
+from laterbased.ops.accept_primary import accept_primary
+from laterbased.ops.check.checks import run_checks
 from laterbased.pg import identity
-from laterbased.state import State
 
 pytestmark = pytest.mark.slow
 

@@ -23,10 +23,10 @@ from test_standby_daemon import daemon_config
 from test_standby_supervisor import running_standby
 from waiting import wait_for
 
-from laterbased.backups import Catalogue, writers_into
+from laterbased.backup.catalogue import Catalogue, writers_into
+from laterbased.backup.drill import DRILL_PREFIX, remove_leftovers
+from laterbased.backup.dump import run_dumps
 from laterbased.errors import UnsafePath
-from laterbased.jobs.drill import DRILL_PREFIX, remove_leftovers
-from laterbased.jobs.dump import run_dumps
 from laterbased.pg.binaries import find_bindir
 from laterbased.proc import pid_alive, pids_with_cwd_under, process_facts, read_postmaster_pid
 from laterbased.standby import bootstrap

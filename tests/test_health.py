@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -16,7 +15,8 @@ from laterbased.config import (
     StandbyConfig,
     UploadConfig,
 )
-from laterbased.state import SlotState, State
+from laterbased.core.state import SlotState, State
+from laterbased.health import verdicts as health
 
 NOW = 1_800_000_000.0
 GB = 1024**3

@@ -9,8 +9,8 @@ import pytest
 from aiohttp import web
 
 from laterbased.config import load_config
-from laterbased.http import HttpServer, build_app
-from laterbased.state import State
+from laterbased.core.state import State
+from laterbased.web.server import HttpServer, build_app
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from laterbased.config import Config, PrimaryConfig, StandbyConfig
-from laterbased.daemon import configured_routes
-from laterbased.http import HttpServer, build_app
-from laterbased.state import SlotState, State
+from laterbased.core.daemon import configured_routes
+from laterbased.core.state import SlotState, State
+from laterbased.web.server import HttpServer, build_app
 
 
 def streaming_state() -> State:

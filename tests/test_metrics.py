@@ -6,8 +6,8 @@ import shutil
 import subprocess
 
 from laterbased.config import Config, PrimaryConfig
-from laterbased.metrics import build_registry, render
-from laterbased.state import SlotState, State
+from laterbased.core.state import SlotState, State
+from laterbased.health.metrics import build_registry, render
 
 
 def scrape(state: State) -> str:

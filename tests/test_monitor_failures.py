@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 from pgserver import PgServer
 
-from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -26,11 +25,12 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import Daemon, Worker
-from laterbased.http import HttpServer, build_app
+from laterbased.core.daemon import Daemon, Worker
+from laterbased.core.state import State
+from laterbased.health import verdicts as health
 from laterbased.monitor.worker import Monitor, run_monitor
 from laterbased.proc import pids_with_cwd_under
-from laterbased.state import State
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,6 @@ import pytest
 from pgserver import PgServer
 from streaming_standby import APPLICATION_NAME, StreamingStandby
 
-from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -30,10 +29,11 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import configured_routes
-from laterbased.http import HttpServer, build_app
+from laterbased.core.daemon import configured_routes
+from laterbased.core.state import State
+from laterbased.health import verdicts as health
 from laterbased.monitor.worker import Monitor
-from laterbased.state import State
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,6 @@ import pytest
 from aiohttp import web
 from waiting import wait_for
 
-from laterbased import health
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -27,10 +26,11 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import configured_workers
-from laterbased.health import Check
-from laterbased.notify import Notification, Tracker, job_checks, run_notify
-from laterbased.state import JobRun, State
+from laterbased.core.daemon import configured_workers
+from laterbased.core.state import JobRun, State
+from laterbased.health import verdicts as health
+from laterbased.health.notify import Notification, Tracker, job_checks, run_notify
+from laterbased.health.verdicts import Check
 
 POLL = 0.05
 
@@ -286,7 +286,7 @@ async def test_hook_command_gets_the_event_in_its_environment_and_no_secrets(
 async def test_failing_targets_are_logged_and_counted_and_never_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="laterbased.notify")
+    caplog.set_level(logging.INFO, logger="laterbased.health.notify")
     script = tmp_path / "broken-hook"
     script.write_text("#!/bin/sh\necho 'pager service says no' >&2\nexit 3\n")
     script.chmod(0o700)
@@ -313,7 +313,7 @@ async def test_failing_targets_are_logged_and_counted_and_never_fatal(
 async def test_unreachable_webhook_and_missing_hook_do_not_stop_the_watcher(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="laterbased.notify")
+    caplog.set_level(logging.INFO, logger="laterbased.health.notify")
     async with receiver() as recv:
         dead_url = recv.url
     state = make_state(

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from laterbased.config import load_config
-from laterbased.doctor import Facts, check_server_features
 from laterbased.monitor import queries
+from laterbased.ops.check.checks import Facts, check_server_features
 from laterbased.pg import sql
 from laterbased.pg.features import (
     BASEBACKUP_SLOT,

@@ -12,7 +12,7 @@ import pytest
 
 from laterbased import cli
 from laterbased.config import load_config
-from laterbased.pgadmin import servers_document
+from laterbased.ops.pgadmin.servers import servers_document
 
 PASSWORD = "se:cr\\et pw"
 PGADMIN_VENV = Path(os.environ.get("LATERBASED_TEST_PGADMIN_VENV", "/tmp/pgadmin-venv"))

@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from laterbased.commands.promote import _ask_daemon
 from laterbased.config import load_config
 from laterbased.errors import JobFailed
+from laterbased.ops.promote import _ask_daemon
 
 
 async def test_a_silent_daemon_is_an_error_not_a_reason_to_promote_directly() -> None:

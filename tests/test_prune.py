@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from laterbased.backups import GLOBALS_NAME, BackupRecord, Catalogue
-from laterbased.jobs.prune import RetentionPolicy, decide, prune
+from laterbased.backup.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
+from laterbased.backup.prune import RetentionPolicy, decide, prune
 
 NOW = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
 

@@ -27,7 +27,7 @@ from laterbased.config import (
     secrets_of,
 )
 from laterbased.errors import ConfigError, ToolMissing
-from laterbased.rclone import (
+from laterbased.offsite.rclone import (
     Rclone,
     RcloneFailed,
     config_env_name,

@@ -27,14 +27,14 @@ from pgserver import PgServer, free_port
 from test_backup_cli import cli, environment
 from test_backup_support import build_resolve_db, db_digest, make_config
 
-from laterbased.backups import Catalogue
+from laterbased.backup.catalogue import Catalogue
+from laterbased.backup.dump import run_dumps
+from laterbased.backup.prune import RetentionPolicy, prune
+from laterbased.backup.runner import run_verify_job
 from laterbased.config import Config
-from laterbased.doctor import Facts, check_binaries
-from laterbased.jobs.dump import run_dumps
-from laterbased.jobs.prune import RetentionPolicy, prune
-from laterbased.jobs.runner import run_verify_job
-from laterbased.restore import RestoreRequest, restore
-from laterbased.state import State
+from laterbased.core.state import State
+from laterbased.ops.check.checks import Facts, check_binaries
+from laterbased.ops.restore.steps import RestoreRequest, restore
 
 pytestmark = pytest.mark.slow
 

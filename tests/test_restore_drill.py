@@ -19,14 +19,14 @@ import pytest_asyncio
 from pgserver import PgServer
 from test_backup_support import make_config
 
-from laterbased import health
-from laterbased.backups import Catalogue
-from laterbased.jobs.drill import DRILL_PREFIX
-from laterbased.jobs.rowcounts import LARGE_OBJECTS
-from laterbased.jobs.runner import run_backup_chain, run_verify_job
+from laterbased.backup.catalogue import Catalogue
+from laterbased.backup.drill import DRILL_PREFIX
+from laterbased.backup.rowcounts import LARGE_OBJECTS
+from laterbased.backup.runner import run_backup_chain, run_verify_job
+from laterbased.core.state import State
+from laterbased.health import verdicts as health
+from laterbased.ops.demo.sample_library import create_sample_library
 from laterbased.proc import pids_with_cwd_under
-from laterbased.sample_library import create_sample_library
-from laterbased.state import State
 
 pytestmark = pytest.mark.slow
 DB = "Drill Bibliothek ü"
@@ -151,7 +151,7 @@ async def test_truncated_backup_passes_the_cheap_checks_but_fails_the_drill_and_
 
     # After a restart the manifest alone still makes health say so.
     fresh = drill_state(primary, state_dir)
-    from laterbased.jobs.runner import refresh_backup_state
+    from laterbased.backup.runner import refresh_backup_state
 
     refresh_backup_state(fresh, catalogue, False)
     assert verify_check(fresh).severity == "critical"
@@ -236,7 +236,7 @@ async def test_drill_that_cannot_run_fails_the_job_but_not_the_backup(
 def test_leftover_drill_directories_of_a_killed_daemon_are_removed_but_not_a_foreign_process(
     state_dir: Path,
 ) -> None:
-    from laterbased.jobs.drill import remove_leftovers
+    from laterbased.backup.drill import remove_leftovers
 
     leftover = state_dir / f"{DRILL_PREFIX}killed"
     (leftover / "data").mkdir(parents=True)

@@ -21,16 +21,16 @@ from pgserver import PgServer
 from test_backup_support import make_config
 from waiting import wait_for
 
-from laterbased import backups as backups_module
-from laterbased import rclone as rclone_module
-from laterbased.backups import Catalogue
+from laterbased.backup import catalogue as backups_module
+from laterbased.backup.catalogue import Catalogue
+from laterbased.backup.dump import run_dumps
+from laterbased.backup.prune import RetentionPolicy, prune
 from laterbased.config import Config, load_config
+from laterbased.core.state import State
 from laterbased.errors import JobFailed
-from laterbased.jobs.dump import run_dumps
-from laterbased.jobs.prune import RetentionPolicy, prune
-from laterbased.jobs.upload import upload_pending
-from laterbased.restore import Restorer, RestoreRequest, restore
-from laterbased.state import State
+from laterbased.offsite import rclone as rclone_module
+from laterbased.offsite.upload import upload_pending
+from laterbased.ops.restore.steps import Restorer, RestoreRequest, restore
 
 pytestmark = pytest.mark.slow
 

@@ -25,6 +25,7 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
+from laterbased.core.state import PrimaryState, SlotState, State
 from laterbased.monitor.worker import Monitor
 from laterbased.standby.promote import (
     PRIMARY_PROBE_TIMEOUT,
@@ -32,7 +33,6 @@ from laterbased.standby.promote import (
     promote_in_daemon,
 )
 from laterbased.standby.slot_guard import SlotGuard
-from laterbased.state import PrimaryState, SlotState, State
 
 pytestmark = pytest.mark.slow
 

@@ -22,15 +22,15 @@ from pgserver import PgServer, free_port
 from test_standby_daemon import TOKEN, daemon_config, run_cli, standby_sql
 from waiting import wait_for
 
-from laterbased import rclone as rclone_module
-from laterbased import restore as restore_module
-from laterbased.backups import Catalogue
+from laterbased.backup.catalogue import Catalogue
 from laterbased.config import load_config
+from laterbased.core.lockfile import STATE_LOCK_FILE, LockBusy, lock_state_dir, take_lock
 from laterbased.errors import EXIT_REFUSE, RefuseToRun
-from laterbased.lockfile import STATE_LOCK_FILE, LockBusy, lock_state_dir, take_lock
+from laterbased.offsite import rclone as rclone_module
+from laterbased.offsite.rclone import Rclone, RcloneFailed, RcloneLog
+from laterbased.ops.restore import steps as restore_module
+from laterbased.ops.restore.steps import RestoreProgress, RestoreRequest, restore
 from laterbased.proc import RepeatCollapser, resolve_run_as, run, spawn
-from laterbased.rclone import Rclone, RcloneFailed, RcloneLog
-from laterbased.restore import RestoreProgress, RestoreRequest, restore
 
 # --- 1. POST /api/promote: the same split-brain guard as `laterbased promote` -----------
 
@@ -211,7 +211,7 @@ async def test_rclone_stats_lines_are_debug_and_its_errors_warnings(
     with pytest.raises(RcloneFailed):
         await rclone.copyto(tmp_path / "missing.dump", rclone.target("db", "missing.dump"))
 
-    rclone_records = [r for r in caplog.records if r.name == "laterbased.rclone"]
+    rclone_records = [r for r in caplog.records if r.name == "laterbased.offsite.rclone"]
     stats = [r for r in rclone_records if " B / " in r.getMessage() and "ETA" in r.getMessage()]
     assert len(stats) >= 4, "every rclone call prints a stats line (at DEBUG)"
     assert {r.levelno for r in stats} == {logging.DEBUG}
@@ -291,7 +291,7 @@ async def test_pg_restore_steps_are_debug_with_a_progress_line_now_and_then(
     finally:
         for name in (source, target):
             primary.sql(f'DROP DATABASE IF EXISTS "{name}"')
-    ours = [r for r in caplog.records if r.name == "laterbased.restore"]
+    ours = [r for r in caplog.records if r.name == "laterbased.ops.restore.steps"]
     steps = [r for r in ours if r.levelno == logging.DEBUG]
     assert len(steps) > 3 * tables, "pg_restore --verbose says several lines per table"
     # Its parallel workers' lines come interleaved ("pg_restore:pg_restore: finished ...");
@@ -308,7 +308,7 @@ async def test_pg_restore_steps_are_debug_with_a_progress_line_now_and_then(
 
 
 def test_pg_restore_errors_and_the_failing_sql_stay_loud(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="laterbased.restore")
+    caplog.set_level(logging.DEBUG, logger="laterbased.ops.restore.steps")
     progress = RestoreProgress("work")
     error = 'pg_restore: error: could not execute query: ERROR:  relation "a" already exists'
     # What pg_restore 15 --exit-on-error printed for a table that already existed.

@@ -35,10 +35,10 @@ from daemon_process import DaemonProcess, free_tcp_port
 from pgserver import PgServer
 
 from laterbased.config import load_config
-from laterbased.daemon import configured_routes
-from laterbased.http import HttpServer, build_app
-from laterbased.rclone import Rclone, find_rclone
-from laterbased.state import State
+from laterbased.core.daemon import configured_routes
+from laterbased.core.state import State
+from laterbased.offsite.rclone import Rclone, find_rclone
+from laterbased.web.server import HttpServer, build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 S3_SECRET = "s3-secret-" + os.urandom(8).hex()
@@ -320,7 +320,7 @@ def test_every_token_check_is_constant_time() -> None:
         assert plain == [], f"{path}: token compared with ==: {[ast.unparse(p) for p in plain]}"
         if "request.headers" in source:  # a server side that reads Authorization
             assert digests, f"{path} checks a bearer token without hmac.compare_digest"
-    assert {"laterbased/jobs/runner.py", "laterbased/standby/promote.py"} <= set(checkers)
+    assert {"laterbased/backup/runner.py", "laterbased/standby/promote.py"} <= set(checkers)
 
 
 def test_http_binds_loopback_unless_configured() -> None:

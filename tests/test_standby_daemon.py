@@ -21,10 +21,10 @@ from test_standby_supervisor import cmdlines
 from waiting import wait_for
 
 from laterbased.config import Config, HttpConfig, Secret
-from laterbased.http import HttpServer, build_app
+from laterbased.core.state import State
 from laterbased.proc import pids_with_cwd_under
 from laterbased.standby.promote import add_promote_route
-from laterbased.state import State
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 

@@ -29,14 +29,14 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.daemon import WorkerContext
+from laterbased.core.daemon import WorkerContext
+from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
 from laterbased.pg import identity
 from laterbased.proc import pid_alive, pids_with_cwd_under
 from laterbased.standby import safety, supervisor
 from laterbased.standby.promote import PromoteRefused, promote_in_daemon
 from laterbased.standby.supervisor import run_standby
-from laterbased.state import State
 
 pytestmark = pytest.mark.slow
 

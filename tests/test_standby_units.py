@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from laterbased.core.state import StandbyState
 from laterbased.errors import ToolMissing
 from laterbased.pg.binaries import find_bindir
 from laterbased.standby import configure, safety
 from laterbased.standby.bootstrap import BootstrapPlan, _Progress, basebackup_argv
 from laterbased.standby.supervisor import exit_reason
-from laterbased.state import StandbyState
 
 NASTY = r"""p@ss w\'o"rd\\:ü"""
 

@@ -20,12 +20,12 @@ from pgserver import PgServer, free_port
 from rclone_servers import SECRET_KEY, S3Server
 from test_backup_support import make_config
 
-from laterbased.backups import BackupRecord, Catalogue, manifest_name
+from laterbased.backup.catalogue import BackupRecord, Catalogue, manifest_name
+from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, load_config
-from laterbased.jobs.runner import run_backup_chain
-from laterbased.jobs.upload import remote_expired, upload_pending
-from laterbased.rclone import RemoteEntry
-from laterbased.state import State
+from laterbased.core.state import State
+from laterbased.offsite.rclone import RemoteEntry
+from laterbased.offsite.upload import remote_expired, upload_pending
 
 pytestmark = pytest.mark.slow
 FAST = {
@@ -299,8 +299,8 @@ async def test_a_hanging_remote_never_delays_the_scheduled_dumps(
     import socket
     import time
 
-    from laterbased.daemon import WorkerContext
-    from laterbased.jobs.runner import backup_worker
+    from laterbased.backup.runner import backup_worker
+    from laterbased.core.daemon import WorkerContext
 
     # An "S3 endpoint" that accepts connections and never answers: the upload hangs.
     listener = socket.socket()

@@ -14,9 +14,8 @@ from typing import Any
 import asyncpg
 
 from laterbased.config import Config
-from laterbased.state import LocalServerState, PrimaryState, SlotState
-
-from . import queries
+from laterbased.core.state import LocalServerState, PrimaryState, SlotState
+from laterbased.monitor import queries
 
 logger = logging.getLogger(__name__)
 

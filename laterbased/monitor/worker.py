@@ -17,18 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from laterbased import health
 from laterbased.config import Config
+from laterbased.core.state import LocalServerState, PrimaryState, State
+from laterbased.health import verdicts as health
+from laterbased.monitor.lsn import LagClock, parse_lsn
+from laterbased.monitor.probes import probe_local, probe_primary, server_version_num
 from laterbased.pg import identity
 from laterbased.pg.connect import PgUnavailable, connect
-from laterbased.state import LocalServerState, PrimaryState, State
 from laterbased.units import format_duration, format_size
 
-from .lsn import LagClock, parse_lsn
-from .probes import probe_local, probe_primary, server_version_num
-
 if TYPE_CHECKING:
-    from laterbased.daemon import WorkerContext
+    from laterbased.core.daemon import WorkerContext
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,12 @@ from typing import Any
 
 import asyncpg
 
-from laterbased.backups import Catalogue
+from laterbased.backup.catalogue import Catalogue
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun
-from laterbased.replication_probe import probe_replication
-
-from . import sql
-from .connect import PgUnavailable
+from laterbased.pg import sql
+from laterbased.pg.connect import PgUnavailable
+from laterbased.pg.replication_probe import probe_replication
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL
 
+from laterbased.core.state import StandbyState
 from laterbased.errors import JobFailed
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.features import BASEBACKUP_SLOT, VERIFY_BACKUP, supports
@@ -34,10 +35,8 @@ from laterbased.proc import (
     process_facts,
     run,
 )
-from laterbased.state import StandbyState
+from laterbased.standby import configure, safety
 from laterbased.units import format_size
-
-from . import configure, safety
 
 logger = logging.getLogger(__name__)
 

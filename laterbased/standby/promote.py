@@ -22,16 +22,15 @@ import asyncpg
 from aiohttp import web
 
 from laterbased.config import Config
+from laterbased.core.state import State
 from laterbased.errors import EXIT_REFUSE, JobFailed, LaterbasedError
-from laterbased.http import STATE_KEY, json_response
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.proc import resolve_run_as, run
-from laterbased.state import State
-
-from . import safety
-from .layout import Layout
-from .supervisor import is_promoted, mark_promoted
+from laterbased.standby import safety
+from laterbased.standby.layout import Layout
+from laterbased.standby.supervisor import is_promoted, mark_promoted
+from laterbased.web.server import STATE_KEY, json_response
 
 logger = logging.getLogger(__name__)
 

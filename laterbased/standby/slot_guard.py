@@ -18,11 +18,11 @@ import time
 import asyncpg
 
 from laterbased.config import Config
+from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
 from laterbased.pg import identity, sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.slot import ensure_physical_slot
-from laterbased.state import State
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.proc import RunAs
-
-from .configure import PrimaryLink
+from laterbased.standby.configure import PrimaryLink
 
 logger = logging.getLogger(__name__)
 

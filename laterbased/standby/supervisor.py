@@ -18,7 +18,8 @@ from pathlib import Path
 import asyncpg
 
 from laterbased.config import Config
-from laterbased.daemon import WorkerContext
+from laterbased.core.daemon import WorkerContext
+from laterbased.core.state import StandbyState, State
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.pg import identity
 from laterbased.pg.binaries import find_bindir
@@ -33,11 +34,9 @@ from laterbased.proc import (
     spawn,
     stop_unrelated_process,
 )
-from laterbased.state import StandbyState, State
-
-from . import bootstrap, configure, safety, source
-from .layout import Layout, prepare_directories
-from .slot_guard import SlotGuard
+from laterbased.standby import bootstrap, configure, safety, source
+from laterbased.standby.layout import Layout, prepare_directories
+from laterbased.standby.slot_guard import SlotGuard
 
 logger = logging.getLogger(__name__)
 

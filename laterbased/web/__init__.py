@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .roles import primary_endpoint, read_only_endpoint, replica_endpoint
-from .status import status_json_endpoint, status_page_endpoint
+from laterbased.web.roles import primary_endpoint, read_only_endpoint, replica_endpoint
+from laterbased.web.status import status_json_endpoint, status_page_endpoint
 
 
 def add_monitoring_routes(app: web.Application) -> None:

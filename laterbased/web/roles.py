@@ -12,10 +12,10 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from laterbased.health import is_streaming
-from laterbased.http import STATE_KEY, json_response
-from laterbased.state import State
+from laterbased.core.state import State
+from laterbased.health.verdicts import is_streaming
 from laterbased.units import parse_size
+from laterbased.web.server import STATE_KEY, json_response
 
 LocalRole = Literal["primary", "replica", "down"]
 

@@ -15,12 +15,12 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from laterbased import __version__, health
-from laterbased.http import STATE_KEY, json_response
-from laterbased.state import State
+from laterbased import __version__
+from laterbased.core.state import State
+from laterbased.health import verdicts as health
 from laterbased.units import format_duration, format_size
-
-from .roles import local_role
+from laterbased.web.roles import local_role
+from laterbased.web.server import STATE_KEY, json_response
 
 REFRESH_SECONDS = 10
 MAX_EVENTS = 20

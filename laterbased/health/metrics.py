@@ -1,0 +1,325 @@
+"""Prometheus metrics, rendered from :mod:`state` at scrape time.
+
+A custom collector over a private ``CollectorRegistry``: metrics are read from the state
+when Prometheus asks, so no worker has to remember to update a gauge, and tests that build
+several daemons in one process never share a metric. Names follow postgres_exporter where
+it has one (``*_lag_seconds``, ``*_safe_wal_size_bytes``, ``wal_status`` as a label). A fact
+that is not known yet (no poll, no backup) has its family but no sample: absent, not 0.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from laterbased import __version__
+from laterbased.core.state import JobStatus, State
+from laterbased.health import verdicts as health
+
+PREFIX = "laterbased_"
+
+WAL_STATUSES = ("reserved", "extended", "unreserved", "lost")
+RECEIVER_STATUSES = ("streaming", "starting", "waiting", "restarting", "stopping", "stopped")
+
+
+class StateCollector(Collector):
+    """Turns the daemon's state into metric families on every scrape."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield from daemon_metrics(self.state)
+        yield from standby_metrics(self.state)
+        yield from replication_metrics(self.state)
+        yield from slot_metrics(self.state)
+        yield from job_metrics(self.state)
+        yield from backup_metrics(self.state)
+        yield from health_metrics(self.state)
+
+
+def _gauge(name: str, documentation: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}{name}", documentation, labels=labels)
+
+
+def _counter(name: str, documentation: str, labels: list[str] | None = None) -> CounterMetricFamily:
+    # prometheus_client appends "_total" to counter samples.
+    return CounterMetricFamily(f"{PREFIX}{name}", documentation, labels=labels)
+
+
+def _gauge_of(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    """An unlabelled gauge with one sample when ``value`` is known, none when it is not
+    (an unknown fact has no sample rather than a misleading zero)."""
+    family = _gauge(name, documentation)
+    if value is not None:
+        family.add_metric([], float(value))
+    return family
+
+
+def _flag(value: bool | None) -> float:
+    return 1.0 if value else 0.0
+
+
+def daemon_metrics(state: State) -> Iterator[Metric]:
+    build = InfoMetricFamily(f"{PREFIX}build", "laterbased version and Python runtime")
+    build.add_metric([], {"version": __version__, "python": platform.python_version()})
+    yield build
+    up = _gauge("up", "1 while the daemon is running and ready")
+    up.add_metric([], _flag(state.ready))
+    yield up
+    started = _gauge("start_time_seconds", "Unix time the daemon started")
+    started.add_metric([], state.started_at)
+    yield started
+    restarts = _counter("worker_restarts", "Crashes of a daemon worker (restarted)", ["worker"])
+    for worker, count in sorted(state.worker_restarts.items()):
+        restarts.add_metric([worker], float(count))
+    yield restarts
+    last_event = _gauge(
+        "last_event_timestamp_seconds",
+        "Unix time of the newest recent event of each level (as on the status page)",
+        ["level"],
+    )
+    newest: dict[str, float] = {}
+    for event in state.events:
+        newest[event.level] = max(newest.get(event.level, 0.0), event.at)
+    for level, at in sorted(newest.items()):
+        last_event.add_metric([level], at)
+    yield last_event
+    sent = _counter("notifications_sent", "Notifications delivered, by channel", ["channel"])
+    for channel, count in sorted(state.notifications_sent.items()):
+        sent.add_metric([channel], float(count))
+    yield sent
+    failed = _counter(
+        "notifications_failed", "Notifications that could not be delivered", ["channel"]
+    )
+    for channel, count in sorted(state.notifications_failed.items()):
+        failed.add_metric([channel], float(count))
+    yield failed
+
+
+def standby_metrics(state: State) -> Iterator[Metric]:
+    standby = state.standby
+    running = _gauge("standby_running", "1 while the local standby postgres runs")
+    running.add_metric([], _flag(standby.running))
+    yield running
+    restarts = _counter(
+        "standby_restarts", "Restarts of the local standby postgres, by reason", ["reason"]
+    )
+    for reason, count in sorted(standby.restarts.items()):
+        restarts.add_metric([reason], float(count))
+    yield restarts
+    done = _gauge("standby_bootstrap_done_bytes", "Bytes copied by the running base backup")
+    total = _gauge(
+        "standby_bootstrap_size_bytes", "Expected size of the running base backup, if known"
+    )
+    if standby.phase == "bootstrapping":
+        done.add_metric([], float(standby.bootstrap_bytes_done))
+        if standby.bootstrap_bytes_total is not None:
+            total.add_metric([], float(standby.bootstrap_bytes_total))
+    yield done
+    yield total
+
+
+def replication_metrics(state: State) -> Iterator[Metric]:
+    primary, local = state.primary, state.local
+    primary_up = _gauge("primary_up", "1 when the last poll of the primary succeeded")
+    if state.config.primary.host is not None:
+        primary_up.add_metric([], _flag(primary.reachable))
+    yield primary_up
+    yield _gauge_of(
+        "primary_server_version_num",
+        "server_version_num of the primary",
+        primary.server_version_num,
+    )
+    # Known only once both the accepted and the primary's system identifier are.
+    identities_known = primary.system_identifier is not None and state.accepted_system_identifier
+    yield _gauge_of(
+        "primary_is_another_cluster",
+        "1 when the primary's system identifier is not the accepted one (a fresh initdb or "
+        "another server at its address): no backups of it, no slot on it",
+        _flag(state.primary_is_stranger) if identities_known else None,
+    )
+    yield _gauge_of(
+        "primary_last_poll_success_timestamp_seconds",
+        "Unix time of the last good primary poll",
+        primary.last_ok,
+    )
+    in_recovery = _gauge("standby_in_recovery", "1 when the local postgres is in recovery")
+    if local.in_recovery is not None:
+        in_recovery.add_metric([], _flag(local.in_recovery))
+    yield in_recovery
+    receiver = _gauge(
+        "wal_receiver_status",
+        "1 for the local WAL receiver's current status (pg_stat_wal_receiver), else 0",
+        ["status"],
+    )
+    if local.receiver_status is not None:
+        known = list(RECEIVER_STATUSES)
+        if local.receiver_status not in known:
+            known.append(local.receiver_status)
+        for status in known:
+            receiver.add_metric([status], _flag(status == local.receiver_status))
+    yield receiver
+    yield _gauge_of(
+        "replication_lag_bytes",
+        "Primary's current WAL position minus the standby's replay one",
+        local.lag_bytes,
+    )
+    yield _gauge_of(
+        "replication_lag_seconds",
+        "How long ago the primary was where the standby's replay is now (0 when caught up)",
+        local.lag_seconds,
+    )
+
+
+def slot_metrics(state: State) -> Iterator[Metric]:
+    slot = state.primary.slot
+    labels = ["slot_name"]
+    exists = _gauge("replication_slot_exists", "1 when our slot exists on the primary", labels)
+    active = _gauge("replication_slot_active", "1 when a standby uses our slot", labels)
+    retained = _gauge(
+        "replication_slot_retained_wal_bytes", "WAL the primary keeps for our slot", labels
+    )
+    safe = _gauge(
+        "replication_slot_safe_wal_size_bytes",
+        "WAL that can still be written before the slot is lost (PostgreSQL 13+)",
+        labels,
+    )
+    wal_status = _gauge(
+        "replication_slot_wal_status",
+        "1 for the slot's current wal_status (reserved, extended, unreserved, lost), else 0",
+        ["slot_name", "status"],
+    )
+    if slot is not None and state.primary.reachable:
+        exists.add_metric([slot.name], _flag(slot.exists))
+        if slot.exists:
+            active.add_metric([slot.name], _flag(slot.active))
+            if slot.retained_bytes is not None:
+                retained.add_metric([slot.name], float(slot.retained_bytes))
+            if slot.safe_wal_size is not None:
+                safe.add_metric([slot.name], float(slot.safe_wal_size))
+            if slot.wal_status is not None:
+                for status in WAL_STATUSES:
+                    wal_status.add_metric([slot.name, status], _flag(status == slot.wal_status))
+    yield from (exists, active, retained, safe, wal_status)
+
+
+def configured_job_kinds(state: State) -> list[str]:
+    """The job kinds this configuration runs (their series exist from the first scrape)."""
+    backup = state.config.backup
+    if not backup.enabled:
+        return []
+    kinds = ["dump", "prune", "verify"]
+    if state.config.upload.enabled:
+        kinds.append("upload")
+    if backup.optimize_schedule:
+        kinds.append("optimize")
+    return kinds
+
+
+def job_metrics(state: State) -> Iterator[Metric]:
+    # The label is "kind", not "job": Prometheus attaches its own "job" (the scrape target).
+    runs = _counter(
+        "job_runs",
+        "Finished job runs by kind (dump, upload, prune, verify, optimize) and result",
+        ["kind", "result"],
+    )
+    duration = _gauge("job_duration_seconds", "Duration of the last finished run", ["kind"])
+    last_success = _gauge(
+        "job_last_success_timestamp_seconds", "Unix time of the last successful run", ["kind"]
+    )
+    next_fire = _gauge(
+        "job_next_fire_timestamp_seconds", "Unix time the job is scheduled next", ["kind"]
+    )
+    running = _gauge("job_running", "1 while a run of the job is in progress", ["kind"])
+    overlap = _counter(
+        "job_skipped_overlap", "Fires skipped because the previous run still ran", ["kind"]
+    )
+    # Every configured job starts with explicit zeros for success and failed, so that
+    # increase(...{result="failed"}) sees the very first failure of a fresh daemon.
+    jobs = {name: JobStatus() for name in configured_job_kinds(state)} | state.jobs
+    for name, job in sorted(jobs.items()):
+        counts = {"success": 0, "failed": 0} | dict(job.runs)
+        for result, count in sorted(counts.items()):
+            runs.add_metric([name, result], float(count))
+        if job.last_duration is not None:
+            duration.add_metric([name], job.last_duration)
+        if job.last_success is not None:
+            last_success.add_metric([name], job.last_success)
+        if job.next_fire is not None:
+            next_fire.add_metric([name], job.next_fire)
+        running.add_metric([name], _flag(job.running is not None))
+        overlap.add_metric([name], float(job.skipped_overlap))
+    yield from (runs, duration, last_success, next_fire, running, overlap)
+
+
+def backup_metrics(state: State) -> Iterator[Metric]:
+    labels = ["database"]
+    last_success = _gauge(
+        "backup_last_success_timestamp_seconds", "Unix time of the newest good backup", labels
+    )
+    last_size = _gauge("backup_last_size_bytes", "Size of the newest good backup", labels)
+    # Not "..._count": promtool reserves that suffix for histograms and summaries.
+    local = _gauge("backups_local", "Backups kept in the local backup directory", labels)
+    pending = _gauge("backup_pending_uploads", "Backups not yet uploaded", labels)
+    last_failure = _gauge(
+        "backup_last_failure_timestamp_seconds", "Unix time of the last failed backup", labels
+    )
+    for name in sorted(state.backups):
+        summary = state.backups[name]
+        if summary.is_globals:
+            # Not a database: as database="(globals)" it would clash with a database of
+            # that name (a duplicate series fails the whole scrape). Its health check
+            # (laterbased_health_check_ok{check="globals"}) tells how it does.
+            continue
+        if summary.last_success is not None:
+            last_success.add_metric([name], summary.last_success)
+        if summary.last_size is not None:
+            last_size.add_metric([name], float(summary.last_size))
+        local.add_metric([name], float(summary.local_count))
+        pending.add_metric([name], float(summary.pending_upload))
+        if summary.last_failure is not None:
+            last_failure.add_metric([name], summary.last_failure)
+    yield from (last_success, last_size, local, pending, last_failure)
+    deleted = _counter("retention_deleted", "Local backups deleted by retention")
+    deleted.add_metric([], float(state.retention_deleted))
+    yield deleted
+    yield _gauge_of(
+        "upload_last_success_timestamp_seconds",
+        "Unix time of the last successful upload",
+        state.upload_last_success,
+    )
+    uploaded = _counter("upload_bytes", "Bytes uploaded with rclone")
+    uploaded.add_metric([], float(state.upload_bytes))
+    yield uploaded
+
+
+def health_metrics(state: State) -> Iterator[Metric]:
+    checks = health.evaluate(state, time.time())
+    healthy = _gauge("healthy", "1 when /healthz answers 200")
+    healthy.add_metric([], _flag(health.is_healthy(checks)))
+    yield healthy
+    check_ok = _gauge("health_check_ok", "1 when this /healthz check passes", ["check"])
+    for check in checks:
+        check_ok.add_metric([check.name], _flag(check.ok))
+    yield check_ok
+
+
+def build_registry(state: State) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StateCollector(state))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,123 @@
+"""``laterbased restore``: a backup into a new database (never over an existing one)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from laterbased import cli
+from laterbased.errors import EXIT_OK, LaterbasedError
+from laterbased.ops.restore.steps import RestoreRequest, restore
+
+DESCRIPTION = """\
+Restore a backup into a NEW database: the newest one of --database (or the newest started
+at or before --at), or a file given with --file. A backup that is not in the local backup
+directory is downloaded from the rclone remote. Its sha256 is checked against its manifest,
+the database is created UTF8 from template0, filled with pg_restore (-j N in parallel) or
+psql for plain .sql.gz backups, and only then given the --target-db name. An existing
+database of that name is refused unless --replace, which renames it aside to
+<name>_before_restore_<UTC time> (never dropped).
+
+Then, in DaVinci Resolve: Project Manager → Project Libraries → Add Project Library →
+Connect → the server's address, database name = --target-db, user and password.
+"""
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use ISO format, e.g. 2026-11-26T14:00 or 2026-11-26T13:00:00Z"
+        ) from None
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "restore",
+        parents=[common],
+        help="restore a backup into a new database (refuses to overwrite)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--database", help="the backed-up database to restore")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--at",
+        type=_moment,
+        metavar="TIME",
+        help="the newest backup started at or before TIME (ISO; no zone = the config's timezone)",
+    )
+    which.add_argument("--file", type=Path, metavar="PATH", help="restore this backup file")
+    which.add_argument("--latest", action="store_true", help="the newest backup (default)")
+    parser.add_argument(
+        "--target-db", required=True, metavar="NAME", help="name of the database to create"
+    )
+    parser.add_argument("--target-host", help="server to restore into (default: primary.host)")
+    parser.add_argument("--target-port", type=int, help="its port (default: primary.port)")
+    parser.add_argument("--target-user", help="user to restore as (default: primary.user)")
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        help="password of --target-user (default: primary.password when it is primary.user, "
+        "else $PGPASSWORD)",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="rename an existing --target-db aside (with a timestamp) first",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=2,
+        help="parallel pg_restore jobs for custom-format backups (default 2)",
+    )
+    parser.set_defaults(handler=cmd_restore)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    config = cli.load_from_args(args)
+    cli.configure_logging(args, config)
+    if args.file is None and not args.database:
+        raise LaterbasedError(
+            "say which backup: --database NAME (optionally --at TIME), or --file PATH"
+        )
+    at = args.at
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=config.zone)
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise LaterbasedError(f"--password-file {args.password_file}: {exc}") from None
+    elif args.target_user and args.target_user != config.primary.user:
+        password = os.environ.get("PGPASSWORD")
+    request = RestoreRequest(
+        target_db=args.target_db,
+        database=args.database,
+        at=at,
+        file=args.file,
+        target_host=args.target_host,
+        target_port=args.target_port,
+        target_user=args.target_user,
+        target_password=password,
+        replace=args.replace,
+        jobs=args.jobs,
+    )
+    result = asyncio.run(restore(config, request))
+    print(f"restored {result.source}")
+    print(f"  into database {result.target_db!r} ({result.tables} tables, {result.seconds:.1f}s)")
+    if result.moved_aside:
+        print(f"  the previous {result.target_db!r} is now {result.moved_aside!r} (not dropped)")
+    print(
+        "  In Resolve: Project Manager → Project Libraries → Add Project Library → Connect, "
+        f"database {result.target_db!r}"
+    )
+    return EXIT_OK
