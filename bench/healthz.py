@@ -37,7 +37,8 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.core.daemon import WorkerContext, configured_routes
+from laterbased.core.context import WorkerContext
+from laterbased.core.daemon import configured_routes
 from laterbased.core.state import State
 from laterbased.monitor.worker import run_monitor
 from laterbased.pg.localcluster import PgServer

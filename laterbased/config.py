@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from laterbased.errors import ConfigError
+from laterbased.offsite.remote_rules import upload_config_problems
 from laterbased.schedule.cron import validate_expression
 from laterbased.units import parse_duration, parse_size
 
@@ -837,9 +838,7 @@ def _passfile_problem(value: str) -> str | None:
 
 
 def _check_upload(config: Config, raw: _Raw, env: Mapping[str, str]) -> None:
-    """Remote names rclone would reject, and an upload target defined nowhere (rclone.py)."""
-    from laterbased.offsite.rclone import upload_config_problems
-
+    """Remote names rclone would reject, and an upload target defined nowhere."""
     legacy = raw.origin.get(("upload", "remotes")) == "RCLONE_REMOTE_<N>_*"
     for problem in upload_config_problems(config.upload, env, legacy=legacy):
         if problem.startswith("upload.remote:"):

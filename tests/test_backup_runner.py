@@ -24,7 +24,7 @@ from test_backup_support import make_config
 from laterbased.backup.catalogue import Catalogue, writers_into
 from laterbased.backup.runner import add_backup_routes, backup_worker, run_backup_chain
 from laterbased.config import HttpConfig, Secret
-from laterbased.core.daemon import WorkerContext
+from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
 from laterbased.web.server import HttpServer, build_app
 

@@ -36,9 +36,9 @@ from laterbased.offsite.rclone import (
     join_remote_path,
     looks_obscured,
     probe_remote,
-    remote_name_problem,
     remote_variables,
 )
+from laterbased.offsite.remote_rules import remote_name_problem
 
 BASE = {"PRIMARY_HOST": "resolve.local", "HOME": "/nonexistent-home"}
 FAST_RETRIES = {

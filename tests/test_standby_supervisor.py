@@ -29,7 +29,7 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.core.daemon import WorkerContext
+from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
 from laterbased.pg import identity

@@ -300,7 +300,7 @@ async def test_a_hanging_remote_never_delays_the_scheduled_dumps(
     import time
 
     from laterbased.backup.runner import backup_worker
-    from laterbased.core.daemon import WorkerContext
+    from laterbased.core.context import WorkerContext
 
     # An "S3 endpoint" that accepts connections and never answers: the upload hangs.
     listener = socket.socket()

@@ -9,7 +9,6 @@ skipped and counted (``state.jobs[kind].skipped_overlap``). Each run has an id
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib
 import logging
 import secrets
@@ -18,8 +17,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from aiohttp import web
 
 from laterbased.backup.catalogue import (
     GLOBALS_KEY,
@@ -31,10 +28,10 @@ from laterbased.backup.catalogue import (
 from laterbased.backup.dump import DumpOutcome, run_dumps
 from laterbased.backup.prune import RetentionPolicy, prune
 from laterbased.config import Config
+from laterbased.core.actions import ActionInvalid, ActionOutcome
 from laterbased.core.state import JobRun, State
 from laterbased.schedule.cron import next_fire
 from laterbased.schedule.ticker import run_schedule
-from laterbased.web.server import STATE_KEY, json_response
 
 logger = logging.getLogger(__name__)
 
@@ -485,9 +482,11 @@ async def backup_worker(ctx: Any) -> None:
     held = await claim_catalogue(ctx, catalogue)
     if held is None:
         return
+    register_actions(ctx.state)
     try:
         await _run_schedules(ctx, catalogue)
     finally:
+        ctx.state.actions.pop("backup", None)
         held.release()
 
 
@@ -587,47 +586,19 @@ async def _watch_reload(ctx: Any) -> None:
 # --- HTTP: POST /api/backup ---------------------------------------------------------------
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back the
-    # same way, or such a header would crash the comparison instead of being refused.
-    return hmac.compare_digest(
-        presented.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
-    )
+def register_actions(state: State) -> None:
+    """Offer ``backup`` (POST /api/backup: dump, upload, prune now) while backups run.
+    Body: ``{}`` for every database, ``{"database": NAME}`` for one."""
 
-
-async def post_backup(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    token = state.config.http.token
-    if not token:
-        return json_response({"error": "disabled: set http.token"}, status=403)
-    if not _authorized(request, token.reveal()):
-        return json_response(
-            {"error": "missing or wrong bearer token"},
-            status=401,
-        )
-    databases: list[str] | None = None
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except (ValueError, RecursionError):
-            # RecursionError: a deeply nested body (30 000 ``[``) is refused, not a 503.
-            return json_response({"error": "body must be JSON"}, status=400)
-        if body is not None and not isinstance(body, dict):
-            return json_response({"error": "body must be a JSON object"}, status=400)
-        database = (body or {}).get("database")
+    async def backup_now(params: dict[str, Any]) -> ActionOutcome:
+        databases: list[str] | None = None
+        database = params.get("database")
         if database is not None:
             # No PostgreSQL name holds a NUL; one would also be filed under the globals' key.
             if not isinstance(database, str) or not database or "\0" in database:
-                return json_response({"error": "database must be a name"}, status=400)
+                raise ActionInvalid("database must be a name")
             databases = [database]
-    result = await run_backup_chain(state, databases=databases, trigger="http")
-    status = 409 if result.result == "skipped" else 200
-    return json_response(result.to_json(), status=status)
+        result = await run_backup_chain(state, databases=databases, trigger="http")
+        return ActionOutcome(409 if result.result == "skipped" else 200, result.to_json())
 
-
-def add_backup_routes(app: web.Application) -> None:
-    app.router.add_post("/api/backup", post_backup)
+    state.actions["backup"] = backup_now

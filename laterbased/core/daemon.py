@@ -9,17 +9,17 @@ HTTP last so health answers until the end).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from laterbased.config import Config, secrets_of
+from laterbased.core.context import WorkerContext, WorkerFunction
 from laterbased.core.lockfile import HeldLock, lock_state_dir
 from laterbased.core.sdnotify import Notifier
 from laterbased.core.state import State
@@ -36,35 +36,6 @@ RESTART_MAX_DELAY = 60.0
 RESTART_RESET_AFTER = 120.0
 
 
-@dataclass
-class WorkerContext:
-    """What a worker gets: the shared state, and the daemon's stop/reload signals."""
-
-    state: State
-    stopping: asyncio.Event
-    _reloaded: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def config(self) -> Config:
-        return self.state.config
-
-    async def wait_reload(self) -> Config:
-        """Wait for the next successful SIGHUP reload and return the new config."""
-        await self._reloaded.wait()
-        return self.state.config
-
-    def _announce_reload(self) -> None:
-        event, self._reloaded = self._reloaded, asyncio.Event()
-        event.set()
-
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep unless the daemon is stopping; True when woken by the stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        return self.stopping.is_set()
-
-
-WorkerFunction = Callable[[WorkerContext], Awaitable[None]]
 # Re-reads the configuration from wherever it came from (YAML, env file, environment).
 ConfigLoader = Callable[[], Config]
 
@@ -102,18 +73,12 @@ def configured_workers(config: Config) -> list[Worker]:
 
 
 def configured_routes(config: Config) -> list[RouteAdder]:
-    """Extra HTTP routes contributed by other modules (status pages, write API)."""
-    routes: list[RouteAdder] = []
-    from laterbased.standby.promote import add_promote_route
-
-    routes.append(add_promote_route)
+    """The web part's routes beyond the core ones: monitoring pages and the operator actions
+    (POST /api/<action>, answered by whichever worker registered the action in state)."""
     from laterbased.web import add_monitoring_routes
+    from laterbased.web.actions import add_action_routes
 
-    routes.append(add_monitoring_routes)
-    from laterbased.backup.runner import add_backup_routes
-
-    routes.append(add_backup_routes)
-    return routes
+    return [add_monitoring_routes, add_action_routes]
 
 
 class Daemon:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from laterbased.config import Config
+from laterbased.core.actions import Action
 
 Role = Literal["replica", "primary", "unknown"]
 
@@ -195,6 +196,9 @@ class State:
     # and why; health compares it with primary.system_identifier.
     accepted_system_identifier: str | None = None
     accepted_how: str | None = None
+    # Operator actions the running workers offer, by name (core/actions.py); the web part
+    # answers POST /api/<name> with them.
+    actions: dict[str, Action] = field(default_factory=dict)
 
     @property
     def primary_is_stranger(self) -> bool:

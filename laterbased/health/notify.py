@@ -40,7 +40,7 @@ from laterbased.health import verdicts as health
 from laterbased.health.verdicts import Check, Severity
 
 if TYPE_CHECKING:
-    from laterbased.core.daemon import WorkerContext
+    from laterbased.core.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.units import format_duration, format_size
 
 if TYPE_CHECKING:
-    from laterbased.core.daemon import WorkerContext
+    from laterbased.core.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 

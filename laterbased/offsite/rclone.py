@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import configparser
 import contextlib
 import importlib.metadata
 import json
@@ -25,7 +24,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from laterbased import proc
 from laterbased.config import Config, RcloneRemote, Secret, UploadConfig
 from laterbased.errors import JobFailed, ToolMissing
 from laterbased.logs import masker
+from laterbased.offsite.remote_rules import config_env_name, default_config_path, option_name
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +95,11 @@ PASSWORD_OPTIONS: Mapping[str, frozenset[str]] = {
     "webdav": frozenset({"pass"}),
 }
 
-# rclone's own rule for remote names: letters, digits, '_', '-', '.', '+', '@' and space;
-# not starting with '-' or space, not ending with '-' or space (checked with rclone 1.75).
-REMOTE_NAME = re.compile(r"^[\w.+@](?:[\w.+@ -]*[\w.+@])?$")
-REMOTE_NAME_RULE = (
-    "letters, digits, '_', '-', '.', '+', '@' and space; "
-    "not starting or ending with '-' or space"
-)
 # The hashes we can compare with a local file. Asking for just these matters: on a local
 # remote ``--hash`` alone computes all of rclone's 13 hashes (3.4 s per 100 MiB here, against
 # 0.4 s for these three).
 VERIFY_HASHES = ("sha256", "md5", "sha1")
 _HASH_FLAGS = tuple(f"--hash-type={name}" for name in VERIFY_HASHES)
-_OPTION_NAME = re.compile(r"^[a-z0-9_]+$")
 # rclone's log lines: "2026/11/26 13:18:50 NOTICE: text" (also without the date, with
 # --log-format changed); the level is padded to 6 characters before the colon.
 _RCLONE_LINE = re.compile(r"^(?:[\d/:. ]+ )?(DEBUG|INFO|NOTICE|ERROR|CRITICAL) ?:\s?(.*)$")
@@ -117,158 +109,6 @@ _NOT_FOUND = re.compile(r"(directory|object|file) not found", re.IGNORECASE)
 # A transfer running longer than this reports its progress (one stats line a minute) at
 # INFO: at 3 a.m. "is that upload moving?" deserves an answer. Shorter ones at DEBUG.
 STATS_AT_INFO_AFTER = 60.0
-_ENV_REMOTE = re.compile(r"^RCLONE_CONFIG_(.+)_TYPE$")
-
-
-# --- names and definitions (pure; also used by config validation) ------------------------
-
-
-def option_name(key: str) -> str:
-    """rclone's spelling of an option: lower case, '-' as '_' (``access-key-id``)."""
-    return key.strip().lower().replace("-", "_")
-
-
-def config_env_name(remote: str, option: str) -> str:
-    """The variable rclone reads for ``option`` of ``remote``.
-
-    rclone finds remotes by scanning ``RCLONE_CONFIG_<NAME>_TYPE`` and lower-casing NAME, and
-    reads options from ``RCLONE_CONFIG_<NAME>_<OPTION>`` with NAME upper-cased as written (a
-    '-' in the remote name stays a '-': ``RCLONE_CONFIG_MY-REMOTE_TYPE``; verified against
-    rclone 1.75, where ``RCLONE_CONFIG_MY_REMOTE_TYPE`` defines ``my_remote``, not
-    ``my-remote``).
-    """
-    return f"RCLONE_CONFIG_{remote.upper()}_{option_name(option).upper()}"
-
-
-def remote_name_problem(name: str) -> str | None:
-    """Why rclone could not use ``name`` as a remote defined in the environment, or None."""
-    if not REMOTE_NAME.match(name):
-        return f"{name!r} is not a valid rclone remote name ({REMOTE_NAME_RULE})"
-    # rclone lower-cases the name it finds in the variable; a name whose case does not
-    # survive upper → lower (e.g. 'ß' → 'SS' → 'ss') would not be found again.
-    if name.upper().lower() != name.lower():
-        return (
-            f"{name!r} cannot be defined through environment variables (its upper case "
-            "changes its spelling); pick an ASCII name or define it in rclone.conf"
-        )
-    return None
-
-
-def definition_problems(remotes: Sequence[RcloneRemote], *, legacy: bool = False) -> list[str]:
-    """Problems with remotes we would define in rclone's environment. ``legacy``: they came
-    from ``RCLONE_REMOTE_<N>_*`` (numbered from 1, in order), so name the variables."""
-    problems: list[str] = []
-    seen: dict[str, str] = {}
-    for index, remote in enumerate(remotes):
-        label = (
-            f"RCLONE_REMOTE_{index + 1}_NAME={remote.name!r}"
-            if legacy
-            else f"upload.remotes.{index} ({remote.name!r})"
-        )
-        problem = remote_name_problem(remote.name)
-        if problem:
-            problems.append(f"{label}: {problem}")
-        folded = remote.name.lower()
-        if folded in seen and seen[folded] != remote.name:
-            problems.append(
-                f"{label}: {remote.name!r} and {seen[folded]!r} are the same remote for "
-                "rclone's environment configuration (names are not case-sensitive there)"
-            )
-        seen.setdefault(folded, remote.name)
-        for key in remote.params:
-            option = option_name(key)
-            if not _OPTION_NAME.match(option):
-                problems.append(
-                    f"{label}: parameter {key!r} is not an rclone option name "
-                    "(letters, digits and '_', e.g. access_key_id)"
-                )
-            elif option == "type":
-                problems.append(
-                    f"{label}: parameter 'type' would override the remote's TYPE; "
-                    "set RCLONE_REMOTE_<N>_TYPE (or type:) instead"
-                )
-    return problems
-
-
-def default_config_path(environ: Mapping[str, str]) -> Path:
-    """Where rclone looks for its config when not told (``RCLONE_CONFIG``, XDG, home)."""
-    if environ.get("RCLONE_CONFIG"):
-        return Path(environ["RCLONE_CONFIG"]).expanduser()
-    home = Path(environ.get("HOME") or Path.home())
-    xdg = environ.get("XDG_CONFIG_HOME")
-    candidates = [Path(xdg) / "rclone" / "rclone.conf"] if xdg else []
-    candidates += [home / ".config" / "rclone" / "rclone.conf", home / ".rclone.conf"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return candidates[0]
-
-
-def config_file_sections(path: Path) -> set[str] | None:
-    """Remote names defined in an rclone.conf; None when that cannot be told (encrypted)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if text.lstrip().startswith("# Encrypted rclone configuration File"):
-        return None
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error:
-        return None
-    return set(parser.sections())
-
-
-def environment_remotes(environ: Mapping[str, str]) -> set[str]:
-    """Remotes an operator defined directly as ``RCLONE_CONFIG_<NAME>_TYPE`` (lower case)."""
-    names = set()
-    for key in environ:
-        match = _ENV_REMOTE.match(key)
-        if match and match.group(1) not in {"PASS", "PASS_COMMAND", "DIR"}:
-            names.add(match.group(1).lower())
-    return names
-
-
-def upload_config_problems(
-    upload: UploadConfig, environ: Mapping[str, str], *, legacy: bool = False
-) -> list[str]:
-    """Every problem with the upload target that can be found without running rclone."""
-    problems = definition_problems(upload.remotes, legacy=legacy)
-    config_path = upload.rclone_config
-    if config_path is not None and not config_path.is_file():
-        problems.append(f"upload.rclone_config: {config_path} does not exist or is not a file")
-    if not upload.remote:
-        return problems
-    remote = upload.remote
-    if ":" in remote or not REMOTE_NAME.match(remote):
-        problems.append(
-            f"upload.remote: {remote!r} is not an rclone remote name ({REMOTE_NAME_RULE}); "
-            "put the folder in upload.path (RCLONE_REMOTE_PATH), not after a ':'"
-        )
-        return problems
-    ours = {r.name.lower(): r.name for r in upload.remotes}
-    if remote.lower() in ours:
-        return problems
-    operator_env = environment_remotes(environ)
-    if remote.lower() in operator_env:
-        return problems
-    path = config_path or default_config_path(environ)
-    sections: set[str] | None = set()
-    if path.is_file():
-        try:
-            sections = config_file_sections(path)
-        except OSError:
-            sections = None
-    if sections is None or remote in sections:
-        return problems  # an encrypted or unreadable rclone.conf: rclone will tell at run time
-    defined = sorted(set(ours.values()) | operator_env | sections)
-    where = (
-        f"rclone.conf {path}" if path.is_file() else f"no rclone.conf (looked for {path})"
-    )
-    problems.append(
-        f"upload.remote: remote {remote!r} is not defined; "
-        f"defined: {', '.join(defined) if defined else 'none'} (looked in "
-        f"RCLONE_REMOTE_<N>_* / upload.remotes, RCLONE_CONFIG_<NAME>_TYPE variables, {where})"
-    )
-    return problems
 
 
 def looks_obscured(value: str) -> bool:

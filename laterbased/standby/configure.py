@@ -220,3 +220,10 @@ def server_argv(postgres: Path, data_dir: Path, overrides: Mapping[str, str]) ->
 def describe_overrides(overrides: Mapping[str, str], ours: Sequence[str]) -> list[str]:
     """The overrides that are not our own fixed settings, for one log line."""
     return [f"{k}={v}" for k, v in overrides.items() if k not in ours]
+
+
+def is_promoted(data_dir: Path, major: str) -> bool:
+    """A cluster without its standby marker runs (or will run) as a primary."""
+    if uses_standby_signal(major):
+        return not (data_dir / STANDBY_SIGNAL).exists()
+    return not (data_dir / RECOVERY_CONF).exists()

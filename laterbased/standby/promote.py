@@ -13,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from laterbased.config import Config
+from laterbased.core.actions import ActionInvalid, ActionOutcome
 from laterbased.core.state import State
 from laterbased.errors import EXIT_REFUSE, JobFailed, LaterbasedError
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.proc import resolve_run_as, run
-from laterbased.standby import safety
+from laterbased.standby import configure, safety
 from laterbased.standby.layout import Layout
-from laterbased.standby.supervisor import is_promoted, mark_promoted
-from laterbased.web.server import STATE_KEY, json_response
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +168,7 @@ async def promote_server(config: Config) -> str:
             "check standby.data_dir (PGDATA)"
         )
     major = await asyncio.to_thread(safety.cluster_major, data_dir)
-    if await asyncio.to_thread(is_promoted, data_dir, major):
+    if await asyncio.to_thread(configure.is_promoted, data_dir, major):
         raise PromoteRefused(f"{data_dir} is not a standby (already promoted)")
     if safety.live_postmaster(data_dir) is None:
         raise PromoteRefused(f"no PostgreSQL server is running on {data_dir}; nothing to promote")
@@ -221,63 +219,43 @@ async def promote_in_daemon(
         return result
 
 
-async def _force_requested(request: web.Request) -> bool:
-    """``force`` of the JSON body (absent or empty body: False); ValueError when bad."""
-    if not request.can_read_body:
-        return False
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):
-        # RecursionError: a deeply nested body (30 000 ``[``) is refused, not a 503.
-        raise ValueError('body must be JSON, e.g. {"force": true}') from None
-    if body is None:
-        return False
-    if not isinstance(body, dict):
-        raise ValueError('body must be a JSON object, e.g. {"force": true}')
-    force = body.get("force", False)
+def _force_requested(params: dict[str, Any]) -> bool:
+    """``force`` of the request body (absent: False)."""
+    force = params.get("force", False)
     if not isinstance(force, bool):
-        raise ValueError("force must be true or false")
+        raise ActionInvalid('force must be true or false, e.g. {"force": true}')
     return force
 
 
-async def handle_promote(request: web.Request) -> web.Response:
-    """POST /api/promote with ``Authorization: Bearer <http.token>``; body
-    ``{"force": true}`` promotes although the old primary still answers."""
-    state = request.app[STATE_KEY]
-    token = state.config.http.token
-    if not token:
-        return json_response(
-            {
-                "error": "promotion over HTTP is disabled: set http.token (or "
-                "LATERBASED_HTTP_TOKEN_FILE) and restart laterbased, or run "
-                "'laterbased promote' on this host"
-            },
-            status=403,
-        )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        # surrogateescape: header bytes that are not UTF-8 are refused, not a crash.
-        given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode("utf-8")
-    ):
-        response = json_response({"error": "missing or wrong bearer token"}, status=401)
-        response.headers["WWW-Authenticate"] = 'Bearer realm="laterbased"'
-        return response
-    try:
-        force = await _force_requested(request)
-    except ValueError as exc:
-        return json_response({"error": str(exc)}, status=400)
-    try:
-        result = await promote_in_daemon(state, check_old_primary=True, force=force)
-    except OldPrimaryRunning as exc:
-        logger.warning("POST /api/promote: %s", exc)
-        return json_response({"error": str(exc), "reason": OLD_PRIMARY_RUNNING}, status=409)
-    except PromoteRefused as exc:
-        return json_response({"error": str(exc)}, status=409)
-    except (JobFailed, PgUnavailable, OSError) as exc:
-        logger.error("promotion failed: %s", exc)
-        return json_response({"error": f"promotion failed: {exc}"}, status=503)
-    return json_response(result)
+def register_actions(state: State) -> None:
+    """Offer ``promote`` (POST /api/promote; ``{"force": true}`` promotes although the old
+    primary still answers) while the standby is supervised."""
+
+    async def promote(params: dict[str, Any]) -> ActionOutcome:
+        force = _force_requested(params)
+        try:
+            result = await promote_in_daemon(state, check_old_primary=True, force=force)
+        except OldPrimaryRunning as exc:
+            logger.warning("POST /api/promote: %s", exc)
+            return ActionOutcome(409, {"error": str(exc), "reason": OLD_PRIMARY_RUNNING})
+        except PromoteRefused as exc:
+            return ActionOutcome(409, {"error": str(exc)})
+        except (JobFailed, PgUnavailable, OSError) as exc:
+            logger.error("promotion failed: %s", exc)
+            return ActionOutcome(503, {"error": f"promotion failed: {exc}"})
+        return ActionOutcome(200, result)
+
+    state.actions["promote"] = promote
 
 
-def add_promote_route(app: web.Application) -> None:
-    app.router.add_post("/api/promote", handle_promote)
+def mark_promoted(state: State, *, how: str = "") -> None:
+    """Record that the local server is a primary now (idempotent)."""
+    st = state.standby
+    if st.role == "primary" and st.promoted_at is not None:
+        return
+    st.role = "primary"
+    st.phase = "promoted"
+    st.promoted_at = time.time()
+    st.message = "promoted: accepts writes, no longer follows the old primary"
+    logger.warning("standby promoted to primary%s", f" ({how})" if how else "")
+    state.record_event("warning", f"standby promoted to primary{f' ({how})' if how else ''}")

@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncpg
 
 from laterbased.config import Config
-from laterbased.core.daemon import WorkerContext
-from laterbased.core.state import StandbyState, State
+from laterbased.core.context import WorkerContext
+from laterbased.core.state import StandbyState
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.pg import identity
 from laterbased.pg.binaries import find_bindir
@@ -36,6 +36,7 @@ from laterbased.proc import (
 )
 from laterbased.standby import bootstrap, configure, safety, source
 from laterbased.standby.layout import Layout, prepare_directories
+from laterbased.standby.promote import mark_promoted, register_actions
 from laterbased.standby.slot_guard import SlotGuard
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,6 @@ STUCK_CHECKS = 3
 PING_TIMEOUT = 5
 STUCK_QUIT_WAIT = 5.0
 LEFTOVER_WAIT = 30.0
-
-
-def is_promoted(data_dir: Path, major: str) -> bool:
-    """A cluster without its standby marker runs (or will run) as a primary."""
-    if configure.uses_standby_signal(major):
-        return not (data_dir / configure.STANDBY_SIGNAL).exists()
-    return not (data_dir / configure.RECOVERY_CONF).exists()
 
 
 def exit_reason(returncode: int) -> tuple[str, str]:
@@ -193,7 +187,7 @@ class StandbySupervisor:
         await asyncio.to_thread(safety.check_ownership, data_dir, self.run_as)
         await self._stop_left_postmaster()
         major = await asyncio.to_thread(safety.cluster_major, data_dir)
-        if await asyncio.to_thread(is_promoted, data_dir, major):
+        if await asyncio.to_thread(configure.is_promoted, data_dir, major):
             logger.warning(
                 "standby data directory %s was promoted: running it as a primary (no "
                 "replication, no re-clone). To make it a standby again, move it aside",
@@ -460,7 +454,7 @@ class StandbySupervisor:
     async def _observe(self, answer: int) -> bool:
         """Follow what a liveness check showed; True when postgres must stop for a re-clone."""
         st = self.state
-        promoted = await asyncio.to_thread(is_promoted, self.layout.data_dir, self.major)
+        promoted = await asyncio.to_thread(configure.is_promoted, self.layout.data_dir, self.major)
         if promoted and st.role != "primary":
             mark_promoted(self.ctx.state, how="noticed: the standby marker is gone")
         if answer == 1:
@@ -587,19 +581,11 @@ class StandbySupervisor:
                            "restart; restart laterbased", self.major)
 
 
-def mark_promoted(state: State, *, how: str = "") -> None:
-    """Record that the local server is a primary now (idempotent)."""
-    st = state.standby
-    if st.role == "primary" and st.promoted_at is not None:
-        return
-    st.role = "primary"
-    st.phase = "promoted"
-    st.promoted_at = time.time()
-    st.message = "promoted: accepts writes, no longer follows the old primary"
-    logger.warning("standby promoted to primary%s", f" ({how})" if how else "")
-    state.record_event("warning", f"standby promoted to primary{f' ({how})' if how else ''}")
-
-
 async def run_standby(ctx: WorkerContext) -> None:
-    """The ``standby`` worker registered in daemon.configured_workers."""
-    await StandbySupervisor(ctx).run()
+    """The ``standby`` worker registered in daemon.configured_workers; it offers the
+    ``promote`` action (POST /api/promote) while it runs."""
+    register_actions(ctx.state)
+    try:
+        await StandbySupervisor(ctx).run()
+    finally:
+        ctx.state.actions.pop("promote", None)

@@ -1,0 +1,46 @@
+"""What every worker is given: the shared state and the daemon's stop and reload signals.
+
+Workers (standby, monitor, backups, notify) import this, never the daemon: the daemon starts
+them, they meet only in :mod:`laterbased.core.state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from laterbased.config import Config
+from laterbased.core.state import State
+
+
+@dataclass
+class WorkerContext:
+    """What a worker gets: the shared state, and the daemon's stop/reload signals."""
+
+    state: State
+    stopping: asyncio.Event
+    _reloaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    async def wait_reload(self) -> Config:
+        """Wait for the next successful SIGHUP reload and return the new config."""
+        await self._reloaded.wait()
+        return self.state.config
+
+    def _announce_reload(self) -> None:
+        event, self._reloaded = self._reloaded, asyncio.Event()
+        event.set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless the daemon is stopping; True when woken by the stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        return self.stopping.is_set()
+
+
+WorkerFunction = Callable[[WorkerContext], Awaitable[None]]
