@@ -7,18 +7,17 @@ import asyncio
 import importlib
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import yaml
 
 from laterbased import __version__
-from laterbased.config import Config, config_as_dict, load_config, load_env_file
+from laterbased.config import config_as_dict
 from laterbased.errors import EXIT_CONFIG, EXIT_OK, EXIT_SOFTWARE, ConfigError, LaterbasedError
 from laterbased.logs import setup_logging
 from laterbased.ops import COMMAND_MODULES
+from laterbased.ops.args import common_options, config_loader, configure_logging, load_from_args
 
 logger = logging.getLogger("laterbased")
 
@@ -35,39 +34,6 @@ LATERBASED_<SECTION>_<KEY> variables. See config/laterbased.example.yaml.
 EPILOG = """\
 exit codes: 0 ok, 1 failure, 3 refused to run (unsafe), 69 port in use, 78 bad config
 """
-
-
-def common_options() -> argparse.ArgumentParser:
-    """Options every sub-command accepts, so `laterbased run --config X` reads naturally."""
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("configuration and logging")
-    group.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=None,
-        help="YAML configuration file (default: $LATERBASED_CONFIG; none: environment only)",
-    )
-    group.add_argument(
-        "--env-file",
-        type=Path,
-        default=None,
-        help="read variables from a docker-compose style .env file (the old Laterbase .env "
-        "works as is); the real environment wins over the file, as in compose",
-    )
-    group.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default=None,
-        help="log verbosity (default: log_level from config, else info)",
-    )
-    group.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=None,
-        help="text (one readable line per event) or json (one object per line)",
-    )
-    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,40 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"laterbased.ops.{module_name}")
         module.register(sub, common)
     return parser
-
-
-def effective_environ(env_file: Path | None) -> dict[str, str]:
-    """The environment as the config sees it: the .env file, overridden by real variables."""
-    environ = dict(os.environ)
-    env_file = env_file or (
-        Path(environ["LATERBASED_ENV_FILE"]) if environ.get("LATERBASED_ENV_FILE") else None
-    )
-    if env_file is not None:
-        from_file = load_env_file(env_file)
-        environ = from_file | environ
-    return environ
-
-
-def config_loader(args: argparse.Namespace) -> Callable[[], Config]:
-    """A function that (re-)reads the configuration from the same sources every time."""
-    path: Path | None = args.config
-    if path is None and os.environ.get("LATERBASED_CONFIG"):
-        path = Path(os.environ["LATERBASED_CONFIG"])
-
-    def load() -> Config:
-        return load_config(path, effective_environ(args.env_file))
-
-    return load
-
-
-def load_from_args(args: argparse.Namespace) -> Config:
-    return config_loader(args)()
-
-
-def configure_logging(args: argparse.Namespace, config: Config | None) -> None:
-    level = args.log_level or (config.log_level if config else "info")
-    fmt = args.log_format or (config.log_format if config else "text")
-    setup_logging(level, fmt)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -29,11 +29,12 @@ from test_standby_daemon import TOKEN
 from waiting import wait_for
 
 from laterbased.backup.catalogue import GLOBALS_NAME, Catalogue
-from laterbased.backup.runner import add_backup_routes, run_backup_chain
+from laterbased.backup.runner import register_actions, run_backup_chain
 from laterbased.backup.verify import verify_newest
 from laterbased.config import HttpConfig, Secret
 from laterbased.core.state import GLOBALS_KEY, State
 from laterbased.health import verdicts as health
+from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
@@ -177,7 +178,8 @@ async def test_a_backup_request_for_a_name_with_a_nul_is_refused_not_filed_as_th
         http=HttpConfig(port=0, token=Secret("t0ken")),
     )
     state = State(config=config)
-    server = HttpServer(build_app(state, [add_backup_routes]), "127.0.0.1", 0)
+    register_actions(state)
+    server = HttpServer(build_app(state, [add_action_routes]), "127.0.0.1", 0)
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -23,7 +23,7 @@ from waiting import wait_for
 from laterbased.config import Config, HttpConfig, Secret
 from laterbased.core.state import State
 from laterbased.proc import pids_with_cwd_under
-from laterbased.standby.promote import add_promote_route
+from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
@@ -168,7 +168,7 @@ async def test_daemon_sigterm_mid_bootstrap_leaves_no_data_dir(
 async def test_promote_api_is_forbidden_without_a_token_and_says_how_to_enable() -> None:
     config = Config(http=HttpConfig(host="127.0.0.1", port=0))
     state = State(config=config)
-    server = HttpServer(build_app(state, [add_promote_route]), "127.0.0.1", 0)
+    server = HttpServer(build_app(state, [add_action_routes]), "127.0.0.1", 0)
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -14,9 +14,9 @@ import contextlib
 import sys
 from typing import Any
 
-from laterbased import cli
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, RefuseToRun
+from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.pg import identity, sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 
@@ -61,8 +61,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_accept_primary(args: argparse.Namespace) -> int:
-    config = cli.load_from_args(args)
-    cli.configure_logging(args, config)
+    config = load_from_args(args)
+    configure_logging(args, config)
     return asyncio.run(accept_primary(config, args.system_identifier))
 
 

@@ -85,7 +85,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    from laterbased.cli import configure_logging, load_from_args
+    from laterbased.ops.args import configure_logging, load_from_args
 
     config = load_from_args(args)
     configure_logging(args, config)

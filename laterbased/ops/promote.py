@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
-from laterbased import cli
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE, JobFailed
+from laterbased.ops.args import configure_logging, load_from_args
 
 DESCRIPTION = """\
 Promote the local standby to a primary (failover). Run it only when the Resolve primary
@@ -56,8 +56,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    config = cli.load_from_args(args)
-    cli.configure_logging(args, config)
+    config = load_from_args(args)
+    configure_logging(args, config)
     return asyncio.run(promote(config, force=args.force))
 
 

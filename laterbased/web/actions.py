@@ -75,9 +75,11 @@ async def post_action(request: web.Request) -> web.Response:
     action = state.actions.get(name)
     if action is None:
         return json_response(
-            {"error": f"{what} is not available: the worker that offers it is not running "
-             "(disabled in the configuration, or still starting)"},
-            status=503,
+            {
+                "error": f"{what} is not available here: the part of laterbased that offers "
+                "it is not running (disabled in the configuration, or still starting)"
+            },
+            status=409,
         )
     try:
         params = await _json_object(request)

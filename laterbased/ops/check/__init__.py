@@ -7,9 +7,9 @@ import asyncio
 import json
 from typing import Any
 
-from laterbased import cli
 from laterbased.config import Config
 from laterbased.errors import ConfigError
+from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.ops.check.checks import CheckResult, as_json, exit_code, fail, run_checks
 
 DESCRIPTION = """\
@@ -56,10 +56,10 @@ def render(results: list[CheckResult]) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     config: Config | None = None
     try:
-        config = cli.load_from_args(args)
+        config = load_from_args(args)
     except ConfigError as exc:
         results = [fail("configuration", problem) for problem in exc.problems]
-    cli.configure_logging(args, config)
+    configure_logging(args, config)
     if config is not None:
         results = asyncio.run(run_checks(config))
     if args.json:

@@ -49,7 +49,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from laterbased.cli import configure_logging
+    from laterbased.ops.args import configure_logging
     from laterbased.ops.demo.session import DemoOptions, run_demo
 
     configure_logging(args, None)

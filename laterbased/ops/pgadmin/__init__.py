@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from laterbased import cli
 from laterbased.errors import EXIT_OK, EXIT_USAGE
+from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.ops.pgadmin.servers import passfile_lines, servers_document
 from laterbased.pg.passfile import write_passfile
 from laterbased.proc import RunAs
@@ -92,8 +92,8 @@ def _write_atomically(path: Path, content: str) -> None:
 
 
 def cmd_pgadmin_servers(args: argparse.Namespace) -> int:
-    config = cli.load_from_args(args)
-    cli.configure_logging(args, config)
+    config = load_from_args(args)
+    configure_logging(args, config)
     try:
         owner = _owner(args.passfile_owner)
     except ValueError:

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from laterbased import cli
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, LaterbasedError
+from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.ops.prepare_primary.steps import (
     DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
     SetupOptions,
@@ -196,8 +196,8 @@ def render(report: SetupReport, options: SetupOptions, config: Config) -> str:
 
 
 def cmd_prepare_primary(args: argparse.Namespace) -> int:
-    config = cli.load_from_args(args)
-    cli.configure_logging(args, config)
+    config = load_from_args(args)
+    configure_logging(args, config)
     options = options_from_args(args, config)
     report = asyncio.run(prepare_primary(config, options))
     if args.json:

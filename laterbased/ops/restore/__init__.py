@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from laterbased import cli
 from laterbased.errors import EXIT_OK, LaterbasedError
+from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.ops.restore.steps import RestoreRequest, restore
 
 DESCRIPTION = """\
@@ -82,8 +82,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    config = cli.load_from_args(args)
-    cli.configure_logging(args, config)
+    config = load_from_args(args)
+    configure_logging(args, config)
     if args.file is None and not args.database:
         raise LaterbasedError(
             "say which backup: --database NAME (optionally --at TIME), or --file PATH"
