@@ -229,11 +229,11 @@ def test_passfile_line_refuses_line_breaks() -> None:
         passfile_line("h", 1, "d", "u", "a\nb")
 
 
-def test_write_passfile_is_0600_owned_by_run_as_and_atomic(tmp_path: Path) -> None:
+async def test_write_passfile_is_0600_owned_by_run_as_and_atomic(tmp_path: Path) -> None:
     run_as = resolve_run_as("postgres") if os.geteuid() == 0 else None
     target = tmp_path / "pgpass"
     target.write_text("old\n")
-    write_passfile(target, [passfile_line("h", 1, "*", "u", "p:w")], run_as)
+    await write_passfile(target, [passfile_line("h", 1, "*", "u", "p:w")], run_as)
     info = target.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600
     assert info.st_uid == (run_as.uid if run_as else os.geteuid())
@@ -241,9 +241,11 @@ def test_write_passfile_is_0600_owned_by_run_as_and_atomic(tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["pgpass"]  # no temp file left
 
 
-def test_passfile_written_by_us_is_accepted_by_libpq(primary: PgServer, tmp_path: Path) -> None:
+async def test_passfile_written_by_us_is_accepted_by_libpq(
+    primary: PgServer, tmp_path: Path
+) -> None:
     passfile = tmp_path / "pgpass"
-    write_passfile(
+    await write_passfile(
         passfile,
         [passfile_line(primary.host, primary.port, "*", primary.replication_user,
                        primary.replication_password)],

@@ -452,7 +452,7 @@ class Dumper:
             line = passfile_line(
                 self.server.host, self.server.port, "*", self.server.user, self.server.password
             )
-            await asyncio.to_thread(write_passfile, self.passfile, [line], None)
+            await write_passfile(self.passfile, [line], None)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

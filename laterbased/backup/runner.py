@@ -482,11 +482,9 @@ async def backup_worker(ctx: Any) -> None:
     held = await claim_catalogue(ctx, catalogue)
     if held is None:
         return
-    register_actions(ctx.state)
     try:
         await _run_schedules(ctx, catalogue)
     finally:
-        ctx.state.actions.pop("backup", None)
         held.release()
 
 

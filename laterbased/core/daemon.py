@@ -44,15 +44,18 @@ ConfigLoader = Callable[[], Config]
 class Worker:
     name: str
     run: WorkerFunction
+    # Registers the operator actions this worker answers (POST /api/<action>) in state;
+    # called before HTTP starts, so an action is there from the daemon's first answer.
+    offer_actions: Callable[[State], None] | None = None
 
 
 def configured_workers(config: Config) -> list[Worker]:
     """The workers this configuration asks for (each issue's module adds itself here)."""
     workers: list[Worker] = []
     if config.standby.enabled:
-        from laterbased.standby.supervisor import run_standby
+        from laterbased.standby.supervisor import offer_actions, run_standby
 
-        workers.append(Worker("standby", run_standby))
+        workers.append(Worker("standby", run_standby, offer_actions))
     if config.primary.host is not None:
         from laterbased.monitor.worker import run_monitor
 
@@ -62,9 +65,9 @@ def configured_workers(config: Config) -> list[Worker]:
 
         workers.append(Worker("notify", notify_worker))
     if config.backup.enabled:
-        from laterbased.backup.runner import backup_worker
+        from laterbased.backup.runner import backup_worker, register_actions
 
-        workers.append(Worker("backups", backup_worker))
+        workers.append(Worker("backups", backup_worker, register_actions))
     if config.backup.enabled and config.upload.enabled:
         from laterbased.offsite.upload import check_upload_tools
 
@@ -114,6 +117,9 @@ class Daemon:
         # First of all: a second daemon on this state_dir stops here (exit 3), before it
         # takes the port or touches the standby that the first one supervises.
         self.state_lock = await asyncio.to_thread(lock_state_dir, config.state_dir)
+        for worker in self.workers:
+            if worker.offer_actions is not None:
+                worker.offer_actions(self.state)
         if config.http.enabled:
             app = build_app(self.state, configured_routes(config))
             self.http = HttpServer(app, config.http.host, config.http.port)

@@ -107,7 +107,7 @@ async def probe_replication(
     try:
         passfile = workdir / "pgpass"
         lines = [passfile_line(host, port, "*", user, password)] if password else []
-        await asyncio.to_thread(write_passfile, passfile, lines, None)
+        await write_passfile(passfile, lines, None)
         conninfo = build_conninfo(
             host=host,
             port=port,

@@ -92,9 +92,9 @@ def primary_link(config: Config, passfile: Path) -> PrimaryLink:
     )
 
 
-def write_primary_passfile(config: Config, passfile: Path, run_as: RunAs | None) -> None:
+async def write_primary_passfile(config: Config, passfile: Path, run_as: RunAs | None) -> None:
     """The passfile the standby's WAL receiver (and pg_basebackup) read the password from,
-    owned by the run-as user, 0600. Blocking: call via ``asyncio.to_thread``."""
+    owned by the run-as user, 0600."""
     primary = config.primary
     assert primary.host is not None  # noqa: S101 - required by config validation when enabled
     lines = []
@@ -102,4 +102,4 @@ def write_primary_passfile(config: Config, passfile: Path, run_as: RunAs | None)
         lines.append(
             passfile_line(primary.host, primary.port, "*", primary.user, primary.password.reveal())
         )
-    write_passfile(passfile, lines, run_as)
+    await write_passfile(passfile, lines, run_as)

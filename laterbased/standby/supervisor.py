@@ -157,9 +157,7 @@ class StandbySupervisor:
         st.message = f"connecting to primary {self.config.primary.host}:{self.config.primary.port}"
         facts = await source.inspect_primary(self.config, ensure_slot=True)
         await self._find_binaries(facts.major)
-        await asyncio.to_thread(
-            source.write_primary_passfile, self.config, self.layout.passfile, self.run_as
-        )
+        await source.write_primary_passfile(self.config, self.layout.passfile, self.run_as)
         st.phase = "bootstrapping"
         st.message = "starting base backup"
         self.ctx.state.record_event(
@@ -232,9 +230,7 @@ class StandbySupervisor:
                 self.ctx.state.record_event("warning", f"{mismatch}; moved aside to {aside}")
                 return False
         await self._find_binaries(major)
-        await asyncio.to_thread(
-            source.write_primary_passfile, self.config, self.layout.passfile, self.run_as
-        )
+        await source.write_primary_passfile(self.config, self.layout.passfile, self.run_as)
         link = source.primary_link(self.config, self.layout.passfile)
         await asyncio.to_thread(
             bootstrap.write_primary_link, data_dir, major, link, self.run_as
@@ -559,9 +555,7 @@ class StandbySupervisor:
             )
             logger.warning("reload: %s", message)
             self.ctx.state.record_event("warning", message)
-        await asyncio.to_thread(
-            source.write_primary_passfile, new, self.layout.passfile, self.run_as
-        )
+        await source.write_primary_passfile(new, self.layout.passfile, self.run_as)
         link = source.primary_link(new, self.layout.passfile)
         await asyncio.to_thread(
             bootstrap.write_primary_link, self.layout.data_dir, self.major, link, self.run_as
@@ -582,10 +576,9 @@ class StandbySupervisor:
 
 
 async def run_standby(ctx: WorkerContext) -> None:
-    """The ``standby`` worker registered in daemon.configured_workers; it offers the
-    ``promote`` action (POST /api/promote) while it runs."""
-    register_actions(ctx.state)
-    try:
-        await StandbySupervisor(ctx).run()
-    finally:
-        ctx.state.actions.pop("promote", None)
+    """The ``standby`` worker registered in daemon.configured_workers."""
+    await StandbySupervisor(ctx).run()
+
+
+# The standby worker answers ``promote`` (POST /api/promote).
+offer_actions = register_actions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -104,7 +105,7 @@ def cmd_pgadmin_servers(args: argparse.Namespace) -> int:
         reference = args.passfile_ref or str(args.with_passfile)
         lines = passfile_lines(config, args.standby_host)
         if lines:
-            write_passfile(args.with_passfile, lines, owner)
+            asyncio.run(write_passfile(args.with_passfile, lines, owner))
             print(f"wrote passfile {args.with_passfile} (mode 0600)", file=sys.stderr)
         elif not args.with_passfile.exists():
             print(

@@ -444,7 +444,7 @@ class Restorer:
                     self.target.host, self.target.port, "*", self.target.user, self.target.password
                 )
             )
-        await asyncio.to_thread(write_passfile, passfile, lines, None)
+        await write_passfile(passfile, lines, None)
         env = proc.child_environment(
             {"PGPASSFILE": str(passfile), "PGSSLMODE": self.target.sslmode}
         )
