@@ -38,8 +38,8 @@ from laterbased.config import (
     StandbyConfig,
 )
 from laterbased.core.context import WorkerContext
-from laterbased.core.daemon import configured_routes
 from laterbased.core.state import State
+from laterbased.daemon import configured_routes
 from laterbased.monitor.worker import run_monitor
 from laterbased.pg.localcluster import PgServer
 from laterbased.web.server import HttpServer, build_app

@@ -25,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from laterbased.backup.catalogue import Catalogue  # noqa: E402
 from laterbased.backup.dump import run_dumps  # noqa: E402
 from laterbased.config import (  # noqa: E402
     BackupConfig,
@@ -37,6 +36,7 @@ from laterbased.config import (  # noqa: E402
 )
 from laterbased.ops.demo.sample_library import create_sample_library, touch_a_project  # noqa: E402
 from laterbased.pg.localcluster import PgServer  # noqa: E402
+from laterbased.records.catalogue import Catalogue  # noqa: E402
 
 LIBRARY = "Idle Library"
 

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from laterbased.core.daemon import run_daemon
+    from laterbased.daemon import run_daemon
 
     loader = config_loader(args)
     config = loader()

@@ -17,6 +17,7 @@ import pwd
 import re
 import select
 import signal
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -719,3 +720,37 @@ def pids_with_cwd_under(directory: Path) -> list[int]:
         if cwd == target or cwd.startswith(target + os.sep):
             found.append(int(entry.name))
     return found
+
+
+def _can_traverse(info: os.stat_result, run_as: RunAs) -> bool:
+    mode = info.st_mode
+    if info.st_uid == run_as.uid:
+        return bool(mode & stat.S_IXUSR)
+    if info.st_gid == run_as.gid:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
+
+def ensure_reachable(path: Path, run_as: RunAs | None, *, fix_up_to: Path | None = None) -> None:
+    """Every directory above ``path`` must let ``run_as`` pass (x bit).
+
+    Directories at or below ``fix_up_to`` (ours, e.g. the state directory) get o+x added
+    (traverse, not list); any other blocking directory is refused with the fix to apply.
+    """
+    if run_as is None:
+        return
+    for directory in [path, *path.parents]:
+        if directory == path and not directory.is_dir():
+            continue
+        info = directory.stat()
+        if _can_traverse(info, run_as):
+            continue
+        ours = fix_up_to is not None and (directory == fix_up_to or fix_up_to in directory.parents)
+        if ours:
+            os.chmod(directory, stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+            logger.info("made %s traversable for %s (o+x)", directory, run_as.name)
+            continue
+        raise RefuseToRun(
+            f"{directory} does not let {run_as.name} through, so PostgreSQL (run as that "
+            f"user) cannot reach {path}; fix it with: chmod o+x {directory}"
+        )

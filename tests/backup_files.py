@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from pgserver import PgServer
 
-from laterbased.backup.catalogue import BackupRecord, Catalogue
+from laterbased.records.catalogue import BackupRecord, Catalogue
 
 
 def publish_real_backup(

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from laterbased.backup.catalogue import (
+from laterbased.config import BackupConfig, Config
+from laterbased.core.state import State
+from laterbased.records.catalogue import (
     GLOBALS_KEY,
     BackupRecord,
     Catalogue,
@@ -22,8 +24,6 @@ from laterbased.backup.catalogue import (
     encode_name,
     writers_into,
 )
-from laterbased.config import BackupConfig, Config
-from laterbased.core.state import State
 
 T0 = datetime(2026, 11, 26, 13, 0, 5, tzinfo=UTC)
 

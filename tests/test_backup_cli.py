@@ -18,9 +18,9 @@ from pgserver import PgServer, free_port
 from test_backup_catalogue import publish
 from test_backup_support import make_config
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.runner import run_verify_job
 from laterbased.core.state import State
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,11 +21,11 @@ import pytest_asyncio
 from pgserver import PgServer, free_port
 from test_backup_support import make_config
 
-from laterbased.backup.catalogue import Catalogue, writers_into
 from laterbased.backup.runner import backup_worker, register_actions, run_backup_chain
 from laterbased.config import HttpConfig, Secret
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
+from laterbased.records.catalogue import Catalogue, writers_into
 from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 

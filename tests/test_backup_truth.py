@@ -28,12 +28,12 @@ from test_health_honesty import get_json, health_check, post, stop_daemon
 from test_standby_daemon import TOKEN
 from waiting import wait_for
 
-from laterbased.backup.catalogue import GLOBALS_NAME, Catalogue
 from laterbased.backup.runner import register_actions, run_backup_chain
 from laterbased.backup.verify import verify_newest
 from laterbased.config import HttpConfig, Secret
 from laterbased.core.state import GLOBALS_KEY, State
 from laterbased.health import verdicts as health
+from laterbased.records.catalogue import GLOBALS_NAME, Catalogue
 from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 

@@ -15,9 +15,9 @@ from pgserver import NASTY_PASSWORD, PgServer, free_port
 from streaming_standby import StreamingStandby
 
 from laterbased import cli
-from laterbased.backup.catalogue import Catalogue
 from laterbased.config import Config, load_config
 from laterbased.ops.check.checks import CheckResult, exit_code, run_checks
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 

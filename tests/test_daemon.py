@@ -210,7 +210,7 @@ def test_pidfd_child_watcher_reaps_children_on_python_3_11() -> None:
 
     code = (
         "import asyncio, sys\n"
-        "from laterbased.core.daemon import use_pidfd_child_watcher\n"
+        "from laterbased.daemon import use_pidfd_child_watcher\n"
         "from laterbased import proc\n"
         "async def main():\n"
         "    used = use_pidfd_child_watcher()\n"

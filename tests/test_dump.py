@@ -14,8 +14,8 @@ import pytest_asyncio
 from pgserver import PgServer
 from test_backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
 
-from laterbased.backup.catalogue import Catalogue, encode_name
 from laterbased.backup.dump import discover_databases, primary_server, run_dumps
+from laterbased.records.catalogue import Catalogue, encode_name
 
 pytestmark = pytest.mark.slow
 

@@ -26,9 +26,9 @@ from streaming_standby import StreamingStandby
 from test_backup_support import make_config
 from waiting import wait_for
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.dump import run_dumps
 from laterbased.config import Config
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 DB = "standby quelle ß"

@@ -16,8 +16,8 @@ import pytest
 
 import laterbased.web.server
 from laterbased.config import load_config
-from laterbased.core.daemon import configured_routes
 from laterbased.core.state import State
+from laterbased.daemon import configured_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,6 @@ from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
-from laterbased.backup.catalogue import BackupRecord
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -41,7 +40,8 @@ from laterbased.errors import RefuseToRun
 from laterbased.health import verdicts as health
 from laterbased.ops.accept_primary import accept_primary
 from laterbased.ops.check.checks import run_checks
-from laterbased.pg import identity
+from laterbased.records import identity
+from laterbased.records.catalogue import BackupRecord
 
 pytestmark = pytest.mark.slow
 

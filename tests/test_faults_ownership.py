@@ -23,12 +23,12 @@ from test_standby_daemon import daemon_config
 from test_standby_supervisor import running_standby
 from waiting import wait_for
 
-from laterbased.backup.catalogue import Catalogue, writers_into
 from laterbased.backup.drill import DRILL_PREFIX, remove_leftovers
 from laterbased.backup.dump import run_dumps
 from laterbased.errors import UnsafePath
 from laterbased.pg.binaries import find_bindir
 from laterbased.proc import pid_alive, pids_with_cwd_under, process_facts, read_postmaster_pid
+from laterbased.records.catalogue import Catalogue, writers_into
 from laterbased.standby import bootstrap
 
 pytestmark = pytest.mark.slow

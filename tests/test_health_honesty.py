@@ -24,12 +24,12 @@ from pgserver import PgServer, free_port
 from test_standby_daemon import TOKEN, daemon_config
 from waiting import wait_for
 
-from laterbased.backup.catalogue import GLOBALS_KEY, GLOBALS_NAME
 from laterbased.backup.dump import DumpOutcome
 from laterbased.backup.runner import describe_failures, intended_databases, record_outcomes
 from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
 from laterbased.core.state import JobRun, SlotState, State
 from laterbased.health import verdicts as health
+from laterbased.records.catalogue import GLOBALS_KEY, GLOBALS_NAME
 
 NOW = 1_800_000_000.0
 SLOT = "laterbase_standby_slot"

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from laterbased.config import Config, PrimaryConfig, StandbyConfig
-from laterbased.core.daemon import configured_routes
 from laterbased.core.state import SlotState, State
+from laterbased.daemon import configured_routes
 from laterbased.web.server import HttpServer, build_app
 
 

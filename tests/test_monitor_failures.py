@@ -25,8 +25,8 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.core.daemon import Daemon, Worker
 from laterbased.core.state import State
+from laterbased.daemon import Daemon, Worker
 from laterbased.health import verdicts as health
 from laterbased.monitor.worker import Monitor, run_monitor
 from laterbased.proc import pids_with_cwd_under

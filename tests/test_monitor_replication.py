@@ -29,8 +29,8 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.core.daemon import configured_routes
 from laterbased.core.state import State
+from laterbased.daemon import configured_routes
 from laterbased.health import verdicts as health
 from laterbased.monitor.worker import Monitor
 from laterbased.web.server import HttpServer, build_app

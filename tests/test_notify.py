@@ -26,8 +26,8 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
-from laterbased.core.daemon import configured_workers
 from laterbased.core.state import JobRun, State
+from laterbased.daemon import configured_workers
 from laterbased.health import verdicts as health
 from laterbased.health.notify import Notification, Tracker, job_checks, run_notify
 from laterbased.health.verdicts import Check

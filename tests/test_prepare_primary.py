@@ -13,11 +13,11 @@ from pgserver import NASTY_PASSWORD, PgServer
 from streaming_standby import StreamingStandby
 
 from laterbased import cli
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.dump import run_dumps
 from laterbased.config import Config, load_config
 from laterbased.ops.prepare_primary.steps import SetupOptions, hba_line_for, prepare_primary
 from laterbased.pg.role_password import scram_sha256_verifier
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from laterbased.backup.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.backup.prune import RetentionPolicy, decide, prune
+from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 
 NOW = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
 

@@ -26,6 +26,7 @@ from laterbased.config import (
     load_config,
     secrets_of,
 )
+from laterbased.config.rclone_names import remote_name_problem
 from laterbased.errors import ConfigError, ToolMissing
 from laterbased.offsite.rclone import (
     Rclone,
@@ -38,7 +39,6 @@ from laterbased.offsite.rclone import (
     probe_remote,
     remote_variables,
 )
-from laterbased.offsite.remote_rules import remote_name_problem
 
 BASE = {"PRIMARY_HOST": "resolve.local", "HOME": "/nonexistent-home"}
 FAST_RETRIES = {

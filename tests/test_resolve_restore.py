@@ -27,7 +27,6 @@ from pgserver import PgServer, free_port
 from test_backup_cli import cli, environment
 from test_backup_support import build_resolve_db, db_digest, make_config
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.dump import run_dumps
 from laterbased.backup.prune import RetentionPolicy, prune
 from laterbased.backup.runner import run_verify_job
@@ -35,6 +34,7 @@ from laterbased.config import Config
 from laterbased.core.state import State
 from laterbased.ops.check.checks import Facts, check_binaries
 from laterbased.ops.restore.steps import RestoreRequest, restore
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 

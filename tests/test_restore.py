@@ -12,10 +12,10 @@ from backup_files import publish_real_backup
 from pgserver import PgServer
 
 from laterbased import cli
-from laterbased.backup.catalogue import Catalogue, encode_name
 from laterbased.config import Config, load_config
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.ops.restore.steps import RestoreRequest, aside_name, restore
+from laterbased.records.catalogue import Catalogue, encode_name
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,6 @@ import pytest_asyncio
 from pgserver import PgServer
 from test_backup_support import make_config
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.drill import DRILL_PREFIX
 from laterbased.backup.rowcounts import LARGE_OBJECTS
 from laterbased.backup.runner import run_backup_chain, run_verify_job
@@ -27,6 +26,7 @@ from laterbased.core.state import State
 from laterbased.health import verdicts as health
 from laterbased.ops.demo.sample_library import create_sample_library
 from laterbased.proc import pids_with_cwd_under
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 DB = "Drill Bibliothek ü"

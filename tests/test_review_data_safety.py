@@ -21,8 +21,6 @@ from pgserver import PgServer
 from test_backup_support import make_config
 from waiting import wait_for
 
-from laterbased.backup import catalogue as backups_module
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.dump import run_dumps
 from laterbased.backup.prune import RetentionPolicy, prune
 from laterbased.config import Config, load_config
@@ -31,6 +29,8 @@ from laterbased.errors import JobFailed
 from laterbased.offsite import rclone as rclone_module
 from laterbased.offsite.upload import upload_pending
 from laterbased.ops.restore.steps import Restorer, RestoreRequest, restore
+from laterbased.records import catalogue as backups_module
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 

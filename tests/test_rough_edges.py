@@ -18,7 +18,6 @@ from backup_files import publish_real_backup
 from pgserver import PgServer, free_port
 
 from laterbased import cli
-from laterbased.backup.catalogue import Catalogue
 from laterbased.config import (
     BackupConfig,
     Config,
@@ -28,13 +27,14 @@ from laterbased.config import (
     StandbyConfig,
     load_config,
 )
-from laterbased.core.daemon import Daemon, Worker
 from laterbased.core.state import SlotState, State
+from laterbased.daemon import Daemon, Worker
 from laterbased.errors import EXIT_REFUSE, ConfigError, RefuseToRun
 from laterbased.health import verdicts as health
 from laterbased.monitor.worker import Monitor
 from laterbased.ops.check.checks import Facts, check_http_port
 from laterbased.ops.demo.session import DemoOptions, demo_config
+from laterbased.records.catalogue import Catalogue
 from laterbased.web.server import HttpServer, build_app
 from laterbased.web.status import render_status_page, status_document
 
@@ -61,7 +61,7 @@ async def test_refusing_daemon_logs_the_exit_code_it_really_ends_with(
         raise RefuseToRun("someone else's server runs on the data directory")
 
     daemon = Daemon(quiet_config(), workers=[Worker("standby", refuse)])
-    caplog.set_level(logging.INFO, logger="laterbased.core.daemon")
+    caplog.set_level(logging.INFO, logger="laterbased.daemon")
     with pytest.raises(RefuseToRun):
         await daemon.serve()
     stopped = [r.getMessage() for r in caplog.records if "laterbased stopped" in r.getMessage()]

@@ -22,7 +22,6 @@ from pgserver import PgServer, free_port
 from test_standby_daemon import TOKEN, daemon_config, run_cli, standby_sql
 from waiting import wait_for
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.config import load_config
 from laterbased.core.lockfile import STATE_LOCK_FILE, LockBusy, lock_state_dir, take_lock
 from laterbased.errors import EXIT_REFUSE, RefuseToRun
@@ -31,6 +30,7 @@ from laterbased.offsite.rclone import Rclone, RcloneFailed, RcloneLog
 from laterbased.ops.restore import steps as restore_module
 from laterbased.ops.restore.steps import RestoreProgress, RestoreRequest, restore
 from laterbased.proc import RepeatCollapser, resolve_run_as, run, spawn
+from laterbased.records.catalogue import Catalogue
 
 # --- 1. POST /api/promote: the same split-brain guard as `laterbased promote` -----------
 

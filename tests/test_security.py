@@ -35,8 +35,8 @@ from daemon_process import DaemonProcess, free_tcp_port
 from pgserver import PgServer
 
 from laterbased.config import load_config
-from laterbased.core.daemon import configured_routes
 from laterbased.core.state import State
+from laterbased.daemon import configured_routes
 from laterbased.offsite.rclone import Rclone, find_rclone
 from laterbased.web.server import HttpServer, build_app
 

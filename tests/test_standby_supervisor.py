@@ -32,8 +32,8 @@ from laterbased.config import (
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
-from laterbased.pg import identity
 from laterbased.proc import pid_alive, pids_with_cwd_under
+from laterbased.records import identity
 from laterbased.standby import safety, supervisor
 from laterbased.standby.promote import PromoteRefused, promote_in_daemon
 from laterbased.standby.supervisor import run_standby

@@ -20,12 +20,12 @@ from pgserver import PgServer, free_port
 from rclone_servers import SECRET_KEY, S3Server
 from test_backup_support import make_config
 
-from laterbased.backup.catalogue import BackupRecord, Catalogue, manifest_name
 from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, load_config
 from laterbased.core.state import State
 from laterbased.offsite.rclone import RemoteEntry
 from laterbased.offsite.upload import remote_expired, upload_pending
+from laterbased.records.catalogue import BackupRecord, Catalogue, manifest_name
 
 pytestmark = pytest.mark.slow
 FAST = {

@@ -14,9 +14,9 @@ from backup_files import publish_real_backup
 from pgserver import PgServer
 from test_backup_support import make_config
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.backup.runner import run_verify_job
 from laterbased.core.state import State
+from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
 

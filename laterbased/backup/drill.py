@@ -29,12 +29,11 @@ from typing import Any
 import asyncpg
 
 from laterbased import proc
-from laterbased.backup.catalogue import BackupRecord
 from laterbased.backup.rowcounts import compare_counts, count_rows
 from laterbased.config import Config
 from laterbased.errors import LaterbasedError
 from laterbased.pg.binaries import reading_bindir
-from laterbased.standby.layout import ensure_reachable
+from laterbased.records.catalogue import BackupRecord
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> Path:
     if run_as is not None:
         for path in (work, work / "socket"):
             os.chown(path, run_as.uid, run_as.gid)
-        ensure_reachable(work, run_as, fix_up_to=root)
+        proc.ensure_reachable(work, run_as, fix_up_to=root)
     return work
 
 

@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from laterbased import proc
-from laterbased.backup.catalogue import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.backup.rowcounts import count_rows
 from laterbased.config import Config
 from laterbased.errors import JobFailed, LaterbasedError, UnsafePath
-from laterbased.pg import identity, sql
+from laterbased.pg import sql
 from laterbased.pg.binaries import (
     dump_bindir,
     major_from_version_num,
@@ -55,6 +54,8 @@ from laterbased.pg.binaries import (
 from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.records import identity
+from laterbased.records.catalogue import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
-from laterbased.backup.catalogue import BackupRecord, Catalogue
 from laterbased.config import BackupConfig
 from laterbased.core.state import State
+from laterbased.records.catalogue import BackupRecord, Catalogue
 
 logger = logging.getLogger(__name__)
 

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from laterbased.backup.catalogue import (
+from laterbased.backup.dump import DumpOutcome, run_dumps
+from laterbased.backup.prune import RetentionPolicy, prune
+from laterbased.config import Config
+from laterbased.core.actions import ActionInvalid, ActionOutcome
+from laterbased.core.state import JobRun, State
+from laterbased.records.catalogue import (
     GLOBALS_KEY,
     BackupRecord,
     Catalogue,
     CatalogueBusy,
     CatalogueLock,
 )
-from laterbased.backup.dump import DumpOutcome, run_dumps
-from laterbased.backup.prune import RetentionPolicy, prune
-from laterbased.config import Config
-from laterbased.core.actions import ActionInvalid, ActionOutcome
-from laterbased.core.state import JobRun, State
 from laterbased.schedule.cron import next_fire
 from laterbased.schedule.ticker import run_schedule
 

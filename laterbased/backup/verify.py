@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from laterbased import proc
-from laterbased.backup.catalogue import BackupRecord, Catalogue
 from laterbased.backup.drill import DrillResult, restore_drill
 from laterbased.backup.dump import HASH_CHUNK, hash_file
 from laterbased.config import Config
@@ -38,6 +37,7 @@ from laterbased.pg.binaries import (
     probe_bindir,
     reading_bindir,
 )
+from laterbased.records.catalogue import BackupRecord, Catalogue
 
 logger = logging.getLogger(__name__)
 

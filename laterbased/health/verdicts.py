@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from laterbased.backup.catalogue import FUTURE_TOLERANCE
 from laterbased.config import Config
+from laterbased.core.clock import FUTURE_TOLERANCE
 from laterbased.core.state import BackupSummary, SlotState, State
 from laterbased.schedule.cron import period_of
 from laterbased.units import format_duration, format_size

@@ -22,8 +22,8 @@ from laterbased.core.state import LocalServerState, PrimaryState, State
 from laterbased.health import verdicts as health
 from laterbased.monitor.lsn import LagClock, parse_lsn
 from laterbased.monitor.probes import probe_local, probe_primary, server_version_num
-from laterbased.pg import identity
 from laterbased.pg.connect import PgUnavailable, connect
+from laterbased.records import identity
 from laterbased.units import format_duration, format_size
 
 if TYPE_CHECKING:

@@ -31,9 +31,9 @@ from typing import Any
 
 from laterbased import proc
 from laterbased.config import Config, RcloneRemote, Secret, UploadConfig
+from laterbased.config.rclone_names import config_env_name, default_config_path, option_name
 from laterbased.errors import JobFailed, ToolMissing
 from laterbased.logs import masker
-from laterbased.offsite.remote_rules import config_env_name, default_config_path, option_name
 
 logger = logging.getLogger(__name__)
 

@@ -33,17 +33,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from laterbased.backup.catalogue import (
+from laterbased.config import Config
+from laterbased.core.state import State
+from laterbased.errors import ToolMissing
+from laterbased.offsite.rclone import VERIFY_HASHES, Rclone, RcloneFailed, RemoteEntry, find_rclone
+from laterbased.records.catalogue import (
     FUTURE_TOLERANCE,
     MANIFEST_SUFFIX,
     BackupRecord,
     Catalogue,
     manifest_name,
 )
-from laterbased.config import Config
-from laterbased.core.state import State
-from laterbased.errors import ToolMissing
-from laterbased.offsite.rclone import VERIFY_HASHES, Rclone, RcloneFailed, RemoteEntry, find_rclone
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """``laterbased accept-primary``: accept the cluster that answers at the primary's address now.
 
 laterbased remembers the system identifier of its primary (``<state_dir>/primary-identity.json``,
-see :mod:`laterbased.pg.identity`). When another cluster answers there (a fresh ``initdb``, a
+see :mod:`laterbased.records.identity`). When another cluster answers there (a fresh ``initdb``, a
 reinstalled server, another host at the same address) it takes no backups of it and creates
 no slot on it until the operator runs this command with that cluster's identifier.
 """
@@ -17,8 +17,9 @@ from typing import Any
 from laterbased.config import Config
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, RefuseToRun
 from laterbased.ops.args import configure_logging, load_from_args
-from laterbased.pg import identity, sql
+from laterbased.pg import sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
+from laterbased.records import identity
 
 DESCRIPTION = """\
 Accept the PostgreSQL cluster that answers at primary.host:primary.port as laterbased's

@@ -11,12 +11,12 @@ from typing import Any
 
 import aiohttp
 
-from laterbased.backup.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.backup.prune import RetentionPolicy, decide
 from laterbased.backup.runner import ChainResult, run_backup_chain
 from laterbased.config import Config
 from laterbased.core.state import State
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
+from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from laterbased.config import Config
-from laterbased.errors import RefuseToRun, UnsafePath
-from laterbased.proc import RunAs
+from laterbased.errors import UnsafePath
+from laterbased.proc import RunAs, ensure_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -40,40 +39,6 @@ class Layout:
             data_dir=data_dir,
             staging_dir=data_dir.with_name(f".{data_dir.name}.laterbased-staging"),
             runtime_dir=config.state_dir.absolute() / "standby-run",
-        )
-
-
-def _can_traverse(info: os.stat_result, run_as: RunAs) -> bool:
-    mode = info.st_mode
-    if info.st_uid == run_as.uid:
-        return bool(mode & stat.S_IXUSR)
-    if info.st_gid == run_as.gid:
-        return bool(mode & stat.S_IXGRP)
-    return bool(mode & stat.S_IXOTH)
-
-
-def ensure_reachable(path: Path, run_as: RunAs | None, *, fix_up_to: Path | None = None) -> None:
-    """Every directory above ``path`` must let ``run_as`` pass (x bit).
-
-    Directories at or below ``fix_up_to`` (ours, e.g. the state directory) get o+x added
-    (traverse, not list); any other blocking directory is refused with the fix to apply.
-    """
-    if run_as is None:
-        return
-    for directory in [path, *path.parents]:
-        if directory == path and not directory.is_dir():
-            continue
-        info = directory.stat()
-        if _can_traverse(info, run_as):
-            continue
-        ours = fix_up_to is not None and (directory == fix_up_to or fix_up_to in directory.parents)
-        if ours:
-            os.chmod(directory, stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
-            logger.info("made %s traversable for %s (o+x)", directory, run_as.name)
-            continue
-        raise RefuseToRun(
-            f"{directory} does not let {run_as.name} through, so the standby cannot reach "
-            f"{path}; fix it with: chmod o+x {directory}"
         )
 
 

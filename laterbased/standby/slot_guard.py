@@ -20,9 +20,10 @@ import asyncpg
 from laterbased.config import Config
 from laterbased.core.state import State
 from laterbased.errors import RefuseToRun
-from laterbased.pg import identity, sql
+from laterbased.pg import sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.slot import ensure_physical_slot
+from laterbased.records import identity
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import asyncpg
 
 from laterbased.config import Config
-from laterbased.pg import identity, sql
+from laterbased.pg import sql
 from laterbased.pg.binaries import major_from_version_num
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.slot import ensure_physical_slot
 from laterbased.proc import RunAs
+from laterbased.records import identity
 from laterbased.standby.configure import PrimaryLink
 
 logger = logging.getLogger(__name__)

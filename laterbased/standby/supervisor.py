@@ -21,7 +21,6 @@ from laterbased.config import Config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import StandbyState
 from laterbased.errors import JobFailed, RefuseToRun
-from laterbased.pg import identity
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable
 from laterbased.proc import (
@@ -34,6 +33,7 @@ from laterbased.proc import (
     spawn,
     stop_unrelated_process,
 )
+from laterbased.records import identity
 from laterbased.standby import bootstrap, configure, safety, source
 from laterbased.standby.layout import Layout, prepare_directories
 from laterbased.standby.promote import mark_promoted, register_actions

@@ -24,7 +24,6 @@ import aiohttp
 import asyncpg
 
 from laterbased import proc
-from laterbased.backup.catalogue import Catalogue
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun, ToolMissing
 from laterbased.pg import identity, sql
@@ -46,6 +45,7 @@ from laterbased.pg.features import (
     supports,
 )
 from laterbased.pg.replication_probe import ReplicationProbe, find_psql, probe_replication
+from laterbased.records.catalogue import Catalogue
 from laterbased.schedule.cron import period_of
 from laterbased.units import format_duration, format_size
 

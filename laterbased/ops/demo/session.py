@@ -25,7 +25,7 @@ import asyncpg
 import yaml
 
 from laterbased.config import Config, UploadConfig, load_config
-from laterbased.core.daemon import Daemon
+from laterbased.daemon import Daemon
 from laterbased.errors import LaterbasedError, ToolMissing
 from laterbased.offsite.rclone import find_rclone
 from laterbased.ops.demo.sample_library import create_sample_library, touch_a_project

@@ -31,13 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from laterbased import proc
-from laterbased.backup.catalogue import (
-    MANIFEST_SUFFIX,
-    BackupRecord,
-    Catalogue,
-    encode_name,
-    manifest_name,
-)
 from laterbased.backup.dump import hash_file
 from laterbased.backup.verify import reading_major
 from laterbased.config import Config
@@ -51,6 +44,13 @@ from laterbased.pg.binaries import (
 )
 from laterbased.pg.connect import connect
 from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.records.catalogue import (
+    MANIFEST_SUFFIX,
+    BackupRecord,
+    Catalogue,
+    encode_name,
+    manifest_name,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from typing import Any
 
 import asyncpg
 
-from laterbased.backup.catalogue import Catalogue
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun
 from laterbased.pg import sql
 from laterbased.pg.connect import PgUnavailable
 from laterbased.pg.replication_probe import probe_replication
+from laterbased.records.catalogue import Catalogue
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from laterbased.config.rclone_names import upload_config_problems
 from laterbased.errors import ConfigError
-from laterbased.offsite.remote_rules import upload_config_problems
 from laterbased.schedule.cron import validate_expression
 from laterbased.units import parse_duration, parse_size
 

@@ -35,12 +35,13 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from laterbased import __version__
 from laterbased.config import read_regular_file
+from laterbased.core.clock import FUTURE_TOLERANCE as FUTURE_TOLERANCE
 from laterbased.core.lockfile import HeldLock, LockBusy, take_lock
 from laterbased.core.state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the globals' series key
 from laterbased.core.state import GLOBALS_LABEL
@@ -58,9 +59,8 @@ GLOBALS_DIR = "@globals"  # '@' is always encoded in database names, so no datab
 # How the globals (roles, tablespaces) are shown and named in their manifests. A database may
 # have this name too, so it is never their key: GLOBALS_KEY is (BackupRecord.series).
 GLOBALS_NAME = GLOBALS_LABEL
-# A backup that started later than now plus this (a clock that ran fast, a restored system
-# image) is "from the future": listed and kept, never the newest, never --latest.
-FUTURE_TOLERANCE = timedelta(minutes=5)
+# A backup that started later than now plus FUTURE_TOLERANCE (a clock that ran fast, a restored
+# system image) is "from the future": listed and kept, never the newest, never --latest.
 SUFFIXES = {"custom": ".backup", "plain-gzip": ".sql.gz", "globals": ".sql"}
 # Custom archives written before they were named like Resolve's own backups.
 LEGACY_SUFFIXES = (".dump",)
