@@ -26,7 +26,7 @@ import asyncpg
 from laterbased import proc
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun, ToolMissing
-from laterbased.pg import identity, sql
+from laterbased.pg import sql
 from laterbased.pg.binaries import (
     DUMP_TOOLS,
     SERVER_TOOLS,
@@ -45,6 +45,7 @@ from laterbased.pg.features import (
     supports,
 )
 from laterbased.pg.replication_probe import ReplicationProbe, find_psql, probe_replication
+from laterbased.records import identity
 from laterbased.records.catalogue import Catalogue
 from laterbased.schedule.cron import period_of
 from laterbased.units import format_duration, format_size
