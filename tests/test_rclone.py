@@ -17,7 +17,6 @@ import pytest
 from pgserver import free_port
 from rclone_servers import ACCESS_KEY, SECRET_KEY, S3Server, rclone_binary
 
-from laterbased.cli import effective_environ
 from laterbased.config import (
     Config,
     RcloneRemote,
@@ -39,6 +38,7 @@ from laterbased.offsite.rclone import (
     probe_remote,
     remote_variables,
 )
+from laterbased.ops.args import effective_environ
 
 BASE = {"PRIMARY_HOST": "resolve.local", "HOME": "/nonexistent-home"}
 FAST_RETRIES = {
