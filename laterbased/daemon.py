@@ -16,15 +16,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from laterbased.config import Config, secrets_of
 from laterbased.core.context import WorkerContext, WorkerFunction
+from laterbased.core.local_token import write_local_token
 from laterbased.core.lockfile import HeldLock, lock_state_dir
 from laterbased.core.sdnotify import Notifier
 from laterbased.core.state import State
 from laterbased.errors import ConfigError, LaterbasedError, RefuseToRun
 from laterbased.logs import masker
+from laterbased.proc import resolve_run_as
 from laterbased.web.server import HttpServer, RouteAdder, build_app
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,17 @@ class Daemon:
             if worker.offer_actions is not None:
                 worker.offer_actions(self.state)
         if config.http.enabled:
+            try:
+                self.state.local_token = await asyncio.to_thread(
+                    write_local_token, config.state_dir, _token_group(config)
+                )
+            except OSError as exc:
+                logger.warning(
+                    "cannot write the local token into %s (%s): backup-now and promote on "
+                    "this host need http.token",
+                    config.state_dir,
+                    exc.strerror or exc,
+                )
             app = build_app(self.state, configured_routes(config))
             self.http = HttpServer(app, config.http.host, config.http.port)
             await self.http.start()
@@ -265,8 +278,11 @@ class Daemon:
             self.notifier.ready(self._status_line())
             return False
         old = self.state.config
+        if old.http.token != new.http.token:
+            # web/actions.py reads the token of the current configuration at each request.
+            logger.info("reload: http.token changed; applied now (the old token is refused)")
         for label, before, after in (
-            ("http", old.http, new.http),
+            ("http", replace(old.http, token=None), replace(new.http, token=None)),
             ("standby.enabled", old.standby.enabled, new.standby.enabled),
             ("backup.enabled", old.backup.enabled, new.backup.enabled),
             ("state_dir", old.state_dir, new.state_dir),
@@ -282,6 +298,18 @@ class Daemon:
 
     def _status_line(self) -> str:
         return "running" if self.state.ready else "starting"
+
+
+def _token_group(config: Config) -> int | None:
+    """The group that may read the local token besides its owner: the run-as user's, when
+    the daemon runs as root (so ``sudo -u postgres laterbased backup-now`` works too)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        run_as = resolve_run_as(config.standby.run_as)
+    except RefuseToRun:
+        return None  # no postgres user and none configured: root alone
+    return run_as.gid if run_as is not None else None
 
 
 def use_pidfd_child_watcher() -> bool:

@@ -199,6 +199,9 @@ class State:
     # Operator actions the running workers offer, by name (core/actions.py); the web part
     # answers POST /api/<name> with them.
     actions: dict[str, Action] = field(default_factory=dict)
+    # The token this daemon wrote into <state_dir> for commands on this host (backup-now,
+    # promote); POST /api/<action> accepts it beside http.token (core/local_token.py).
+    local_token: str | None = None
 
     @property
     def primary_is_stranger(self) -> bool:

@@ -14,6 +14,7 @@ import aiohttp
 from laterbased.backup.prune import RetentionPolicy, decide
 from laterbased.backup.runner import ChainResult, run_backup_chain
 from laterbased.config import Config
+from laterbased.core.local_token import client_token
 from laterbased.core.state import State
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
 from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
@@ -74,10 +75,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="run a backup now: dump → upload (when configured) → prune",
         description="Run the same chain as a scheduled backup: dump → upload (when "
         "configured) → prune. When a laterbased daemon answers on http.host:http.port, it is "
-        "asked to do it (POST /api/backup with http.token); otherwise the chain runs in this "
-        "process, after taking the backup directory's lock (refused while another laterbased "
-        "process holds it) and emptying .partial/ of interrupted runs. Exit status 0 only "
-        "when every step succeeded.",
+        "asked to do it (POST /api/backup with http.token, or the local token the daemon "
+        "writes into state_dir, readable by root and its run-as user); otherwise the chain "
+        "runs in this process, after taking the backup directory's lock (refused while "
+        "another laterbased process holds it) and emptying .partial/ of interrupted runs. "
+        "Exit status 0 only when every step succeeded.",
     )
     now.add_argument("--database", default=None, help="dump only this database")
     now.add_argument("--json", action="store_true", help="print the run result as JSON")
@@ -186,13 +188,13 @@ async def _ask_daemon(config: Config, database: str | None) -> dict[str, Any] | 
             async with session.get(f"{url}/liveness") as probe:
                 if probe.status != 200:
                     return None
-            if not config.http.token:
+            token, why_not = client_token(config)
+            if token is None:
                 raise JobFailed(
-                    f"a laterbased daemon is running at {url}; set http.token "
-                    "(LATERBASED_HTTP_TOKEN) so backup-now can ask it to run the backup "
-                    "(running a second backup next to it is refused)"
+                    f"a laterbased daemon is running at {url}, and {why_not} (running a "
+                    "second backup next to it is refused)"
                 )
-            headers = {"Authorization": f"Bearer {config.http.token.reveal()}"}
+            headers = {"Authorization": f"Bearer {token}"}
             body = {"database": database} if database else {}
             async with session.post(f"{url}/api/backup", json=body, headers=headers) as answer:
                 if answer.status in (401, 403):

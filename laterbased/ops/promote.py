@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from laterbased.config import Config
+from laterbased.core.local_token import client_token
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE, JobFailed
 from laterbased.ops.args import configure_logging, load_from_args
 
@@ -28,10 +29,10 @@ It first makes sure the old primary is gone: when primary.host still answers as 
 (or answers at all, refusing our login), it refuses with exit 3, because two writable
 servers mean two diverging project libraries. Stop PostgreSQL there first, or pass --force.
 
-With the daemon running, this goes through its HTTP API (POST /api/promote, needs
-http.token; the daemon runs the same check, --force is passed on); without it, the standby
-postgres is promoted directly. Then point Resolve's Project Manager at this host and the
-standby port (see README, "Standby and failover").
+With the daemon running, this goes through its HTTP API (POST /api/promote, with
+http.token or the local token the daemon keeps in state_dir; the daemon runs the same check,
+--force is passed on); without it, the standby postgres is promoted directly. Then point
+Resolve's Project Manager at this host and the standby port (see README, "Standby and failover").
 
 exit codes: 0 promoted, 1 failed (or nothing to promote), 3 refused: the old primary still
 answers, 78 bad configuration
@@ -70,8 +71,9 @@ async def _ask_daemon(
         host = "127.0.0.1"
     url = f"http://{host}:{config.http.port}/api/promote"
     headers = {}
-    if config.http.token:
-        headers["Authorization"] = f"Bearer {config.http.token.reveal()}"
+    token, why_not = client_token(config)  # http.token, else the daemon's local token
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     timeout = aiohttp.ClientTimeout(total=seconds, connect=5)
     try:
         async with (
@@ -79,7 +81,10 @@ async def _ask_daemon(
             session.post(url, headers=headers, json={"force": force}) as response,
         ):
             body = await response.json(content_type=None)
-            return response.status, body if isinstance(body, dict) else {}
+            body = body if isinstance(body, dict) else {}
+            if response.status == 401 and why_not:
+                body["error"] = f"{body.get('error', 'unauthorized')}: {why_not}"
+            return response.status, body
     except aiohttp.ClientConnectorError:
         return None  # nothing listens: no daemon, promote directly
     except (TimeoutError, aiohttp.ClientError) as exc:

@@ -1,8 +1,9 @@
 """``POST /api/<action>``: the operator actions the running workers registered in state.
 
-One place for what every write request needs: the bearer token (constant-time, refused when
-none is configured), a JSON object body (a deeply nested one is a 400, not a crash), and the
-action's answer as JSON. An action no running worker offers is a 503 saying so.
+One place for what every write request needs: the bearer token (constant-time; the
+configured ``http.token`` or the daemon's local token, core/local_token.py), a JSON object
+body (a deeply nested one is a 400, not a crash), and the action's answer as JSON. An action no
+running worker offers is a 409 saying so.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ ACTIONS = {
 }
 
 
-def authorized(request: web.Request, token: str) -> bool:
-    """Whether the request carries ``Authorization: Bearer <token>``."""
+def authorized(request: web.Request, *tokens: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` for one of ``tokens``."""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
     # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back the
     # same way, or such a header would crash the comparison instead of being refused.
-    return hmac.compare_digest(
-        presented.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
-    )
+    given = presented.strip().encode("utf-8", "surrogateescape")
+    # Every token is compared (no early exit), so the time taken tells nothing either.
+    matches = [hmac.compare_digest(given, token.encode("utf-8")) for token in tokens if token]
+    return any(matches)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -59,16 +61,18 @@ async def post_action(request: web.Request) -> web.Response:
     what, command = ACTIONS[name]
     state = request.app[STATE_KEY]
     token = state.config.http.token
-    if not token:
+    if not token and not state.local_token:
         return json_response(
             {
                 "error": f"{what} over HTTP is disabled: set http.token (or "
-                f"LATERBASED_HTTP_TOKEN_FILE) and restart laterbased, or run '{command}' "
+                f"LATERBASED_HTTP_TOKEN_FILE) and reload laterbased, or run '{command}' "
                 "on this host"
             },
             status=403,
         )
-    if not authorized(request, token.reveal()):
+    # The configured token (for other hosts), or the local one the daemon wrote into its
+    # state directory (for the commands on this host: core/local_token.py).
+    if not authorized(request, token.reveal() if token else None, state.local_token):
         response = json_response({"error": "missing or wrong bearer token"}, status=401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="laterbased"'
         return response
