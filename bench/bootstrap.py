@@ -1,6 +1,6 @@
 """Benchmark: the daemon's standby bootstrap vs a raw ``pg_basebackup -X stream``.
 
-Builds a throw-away primary (tests/pgserver.py), loads it with ``pgbench -i -s SCALE``, then
+Builds a throw-away primary (tests/support/pgserver.py), loads it with ``pgbench -i -s SCALE``, then
 alternates: raw ``pg_basebackup -X stream --checkpoint=fast`` into a fresh directory, and
 the daemon's bootstrap (slot, staged pg_basebackup with progress parsing, pg_verifybackup,
 standby configuration, rename) into a fresh state directory. Prints each time and the ratio

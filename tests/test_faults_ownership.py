@@ -16,11 +16,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from backup_support import make_config
 from daemon_process import DaemonProcess, minimal_config, write_config
+from daemon_support import daemon_config
 from pgserver import PgServer, ensure_postgres_user, free_port
-from test_backup_support import make_config
-from test_standby_daemon import daemon_config
-from test_standby_supervisor import running_standby
+from standby_support import running_standby
 from waiting import wait_for
 
 from laterbased.backup.drill import DRILL_PREFIX, remove_leftovers

@@ -12,16 +12,23 @@ Pure verdicts first (no servers), then real ``laterbased run`` daemons on real s
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from daemon_process import DaemonProcess, write_config
+from daemon_support import (
+    TOKEN,
+    daemon_config,
+    get_json,
+    get_text,
+    health_check,
+    post,
+    stop_daemon,
+    wait_check,
+)
 from pgserver import PgServer, free_port
-from test_standby_daemon import TOKEN, daemon_config
 from waiting import wait_for
 
 from laterbased.backup.dump import DumpOutcome
@@ -207,53 +214,6 @@ def test_promoted_with_the_old_primary_gone_has_no_slot_check() -> None:
 
 
 # --- real daemons on real servers ---------------------------------------------------------
-
-
-
-async def get_json(daemon: DaemonProcess, path: str) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{daemon.url}{path}") as response:
-            return response.status, await response.json()
-
-
-async def get_text(daemon: DaemonProcess, path: str) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{daemon.url}{path}") as response:
-            return await response.text()
-
-
-async def post(
-    daemon: DaemonProcess, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{daemon.url}{path}",
-            json=body or {},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=aiohttp.ClientTimeout(total=120),
-        ) as response:
-            return response.status, await response.json()
-
-
-def health_check(body: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((c for c in body["checks"] if c["name"] == name), None)
-
-
-async def wait_check(
-    daemon: DaemonProcess, name: str, predicate: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    async def seen() -> dict[str, Any] | None:
-        _, body = await get_json(daemon, "/healthz")
-        check = health_check(body, name)
-        return check if check is not None and predicate(check) else None
-
-    found: dict[str, Any] = await wait_for(seen, what, 30, log=lambda: daemon.log)
-    return found
-
-
-async def stop_daemon(daemon: DaemonProcess) -> None:
-    daemon.send(signal.SIGTERM)
-    assert await daemon.wait_exit(timeout=90) == 0, daemon.log
 
 
 @pytest.mark.slow

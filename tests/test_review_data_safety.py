@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 from backup_files import publish_real_backup
+from backup_support import make_config
 from pgserver import PgServer
-from test_backup_support import make_config
 from waiting import wait_for
 
 from laterbased.backup.dump import run_dumps

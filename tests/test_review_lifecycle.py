@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 from pgserver import PgServer, free_port
-from test_standby_supervisor import running_standby
+from standby_support import running_standby
 from waiting import wait_for
 
 from laterbased.config import (

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from backup_files import publish_real_backup
 from daemon_process import DaemonProcess, minimal_config, write_config
+from daemon_support import TOKEN, daemon_config, run_cli, standby_sql
 from pgserver import PgServer, free_port
-from test_standby_daemon import TOKEN, daemon_config, run_cli, standby_sql
 from waiting import wait_for
 
 from laterbased.config import load_config

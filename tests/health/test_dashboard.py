@@ -14,7 +14,7 @@ import pytest
 import yaml
 from daemon_process import DaemonProcess, minimal_config, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "laterbased.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 METRIC = re.compile(r"\blaterbased_[a-z0-9_]+\b")

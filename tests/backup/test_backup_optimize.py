@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backup_support import make_config
 from pgserver import PgServer
-from test_backup_support import make_config
 from waiting import wait_for
 
 from laterbased.backup.runner import run_optimize_job

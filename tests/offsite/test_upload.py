@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from backup_files import publish_real_backup
+from backup_support import make_config
 from pgserver import PgServer, free_port
 from rclone_servers import SECRET_KEY, S3Server
-from test_backup_support import make_config
 
 from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, load_config

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backup_support import cli, environment
 from pgserver import PgServer, free_port
-from test_backup_cli import cli, environment
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
 from pgserver import PgServer
-from test_backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
 
 from laterbased.backup.dump import discover_databases, primary_server, run_dumps
 from laterbased.records.catalogue import Catalogue, encode_name

@@ -31,7 +31,7 @@ from laterbased.core.state import State
 from laterbased.health import verdicts as health
 from laterbased.web.server import HttpServer, build_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 EXAMPLE_ENV = ROOT / "config" / "example.env"

@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from backup_support import make_config
 from daemon_process import DaemonProcess, write_config
 from pgserver import PgServer, free_port
 from streaming_standby import StreamingStandby
-from test_backup_support import make_config
 from waiting import wait_for
 
 from laterbased.backup.dump import run_dumps

@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from backup_files import publish_real_backup
+from backup_support import build_resolve_db, cli, db_digest, environment, make_config
 from pgserver import PgServer, free_port
-from test_backup_cli import cli, environment
-from test_backup_support import build_resolve_db, db_digest, make_config
 
 from laterbased.backup.dump import run_dumps
 from laterbased.backup.prune import RetentionPolicy, prune

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "alerts.yaml"
 RULE_TESTS = RULES_DIR / "alerts_test.yaml"
 

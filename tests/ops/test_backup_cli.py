@@ -14,17 +14,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backup_support import CLI_DB, ROOT, cli, environment, make_config, publish
 from pgserver import PgServer, free_port
-from test_backup_catalogue import publish
-from test_backup_support import make_config
 
 from laterbased.backup.runner import run_verify_job
 from laterbased.core.state import State
 from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-DB = "cli proj é"
+DB = CLI_DB
 
 
 @pytest.fixture(scope="module")
@@ -41,42 +39,6 @@ def workdir() -> Iterator[Path]:
         yield base
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
-
-
-def environment(
-    primary: PgServer, workdir: Path, port: int, token: str | None, *, database: str = DB
-) -> dict[str, str]:
-    """A backups-only laterbased of ``database`` on ``primary``, from the environment alone."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
-    env.update(
-        PRIMARY_HOST=primary.host,
-        PRIMARY_PORT=str(primary.port),
-        PRIMARY_USER=primary.superuser,
-        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
-        LATERBASED_STANDBY_ENABLED="false",
-        LATERBASED_STATE_DIR=str(workdir),
-        LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
-        LATERBASED_BACKUP_DATABASES=database,
-        LATERBASED_BACKUP_CATCH_UP="false",
-        LATERBASED_HTTP_PORT=str(port),
-    )
-    if token:
-        env["LATERBASED_HTTP_TOKEN"] = token
-    return env
-
-
-def cli(
-    env: dict[str, str], *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "laterbased", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_backup_now_without_daemon_runs_the_chain_and_list_shows_it(

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from backup_support import make_config
 from pgserver import PgServer, free_port
-from test_backup_support import make_config
 
 from laterbased.backup.runner import backup_worker, register_actions, run_backup_chain
 from laterbased.config import HttpConfig, Secret
@@ -30,7 +30,7 @@ from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

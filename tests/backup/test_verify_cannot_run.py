@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from backup_files import publish_real_backup
+from backup_support import make_config
 from pgserver import PgServer
-from test_backup_support import make_config
 
 from laterbased.backup.runner import run_verify_job
 from laterbased.core.state import State

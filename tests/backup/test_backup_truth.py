@@ -21,11 +21,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from backup_files import publish_real_backup
+from backup_support import make_config
 from daemon_process import DaemonProcess, write_config
+from daemon_support import TOKEN, get_json, health_check, post, stop_daemon
 from pgserver import PgServer, free_port
-from test_backup_support import make_config
-from test_health_honesty import get_json, health_check, post, stop_daemon
-from test_standby_daemon import TOKEN
 from waiting import wait_for
 
 from laterbased.backup.runner import register_actions, run_backup_chain
@@ -38,7 +37,7 @@ from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def quoted(name: str) -> str:

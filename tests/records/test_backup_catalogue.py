@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backup_support import publish
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,25 +55,6 @@ def test_encoding_round_trips_and_stays_a_single_path_component(name: str) -> No
     assert decode_name(encoded) == name
     assert "/" not in encoded and encoded not in {".", ".."} and not encoded.startswith(".")
     assert len(encoded.encode()) <= 255 - len("-20261126T130000Z-99.sql.gz")
-
-
-def publish(catalogue: Catalogue, database: str, started: datetime, data: bytes) -> BackupRecord:
-    name = catalogue.file_name(database, "custom", started)
-    partial = catalogue.new_partial(name)
-    partial.write_bytes(data)
-    record = BackupRecord(
-        database=database,
-        file=name,
-        directory=catalogue.database_dir(database),
-        format="custom",
-        size=len(data),
-        sha256="ab" * 32,
-        started=started,
-        finished=started + timedelta(seconds=3),
-        source="primary",
-        server_version="15.4",
-    )
-    return catalogue.publish(partial, record)
 
 
 def test_publish_places_file_and_manifest_private_and_lists_real_name(tmp_path: Path) -> None:

@@ -3,11 +3,9 @@ promotion with ``laterbased promote``, SIGTERM leaves no postgres behind."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,9 @@ import aiohttp
 import asyncpg
 import pytest
 from daemon_process import DaemonProcess, write_config
-from pgserver import NASTY_PASSWORD, PgServer, free_port
-from test_standby_supervisor import cmdlines
+from daemon_support import TOKEN, daemon_config, run_cli, standby_sql
+from pgserver import NASTY_PASSWORD, PgServer
+from standby_support import cmdlines
 from waiting import wait_for
 
 from laterbased.config import Config, HttpConfig, Secret
@@ -27,54 +26,6 @@ from laterbased.web.actions import add_action_routes
 from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
-
-TOKEN = "promote-token-" + os.urandom(6).hex()
-
-
-
-def daemon_config(primary: PgServer, state_dir: Path, **standby: Any) -> dict[str, Any]:
-    return {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.replication_user,
-            "password": primary.replication_password,
-        },
-        "standby": {"port": free_port(), **standby},
-        "monitor": {"interval": "1s"},
-        "backup": {"enabled": False},
-        "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
-        "state_dir": str(state_dir),
-    }
-
-
-async def standby_sql(primary: PgServer, port: int, query: str) -> Any:
-    conn = await asyncpg.connect(
-        host="127.0.0.1",
-        port=port,
-        user=primary.superuser,
-        password=primary.superuser_password,
-        database="postgres",
-        timeout=10,
-    )
-    try:
-        return await conn.fetchval(query)
-    finally:
-        await conn.close()
-
-
-async def run_cli(*args: str) -> tuple[int, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "laterbased", *args,
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
 
 def group_members(pgid: int) -> list[int]:
     members = []
@@ -225,7 +176,7 @@ async def test_primary_restart_degrades_health_then_the_standby_recovers_by_itse
 async def test_promote_command_without_a_daemon_promotes_the_server_directly(
     make_primary: Callable[..., PgServer],
 ) -> None:
-    from test_standby_supervisor import running_standby
+    from standby_support import running_standby
 
     primary = make_primary()
     async with running_standby(primary) as standby:

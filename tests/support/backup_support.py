@@ -1,9 +1,14 @@
 """Helpers for the backup tests: a config aimed at a test server, a Resolve-like database,
-and a digest of a database's content to compare a restore with its source."""
+a digest of a database's content to compare a restore with its source, a backup published
+into a catalogue by hand, and the CLI of a backups-only laterbased configured from the
+environment."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from laterbased.config import (
     Secret,
     StandbyConfig,
 )
+from laterbased.records.catalogue import BackupRecord, Catalogue
 
 # A space, a non-ASCII letter, a quote and a slash: every way a name breaks a file name.
 RESOLVE_DB = "Resolve Projekt ü's/1"
@@ -119,3 +125,64 @@ async def db_digest(server: PgServer, name: str) -> dict[str, Any]:
         }
     finally:
         await conn.close()
+
+
+def publish(catalogue: Catalogue, database: str, started: datetime, data: bytes) -> BackupRecord:
+    name = catalogue.file_name(database, "custom", started)
+    partial = catalogue.new_partial(name)
+    partial.write_bytes(data)
+    record = BackupRecord(
+        database=database,
+        file=name,
+        directory=catalogue.database_dir(database),
+        format="custom",
+        size=len(data),
+        sha256="ab" * 32,
+        started=started,
+        finished=started + timedelta(seconds=3),
+        source="primary",
+        server_version="15.4",
+    )
+    return catalogue.publish(partial, record)
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: the CLI runs from there
+
+
+CLI_DB = "cli proj é"
+
+
+def environment(
+    primary: PgServer, workdir: Path, port: int, token: str | None, *, database: str = CLI_DB
+) -> dict[str, str]:
+    """A backups-only laterbased of ``database`` on ``primary``, from the environment alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
+    env.update(
+        PRIMARY_HOST=primary.host,
+        PRIMARY_PORT=str(primary.port),
+        PRIMARY_USER=primary.superuser,
+        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
+        LATERBASED_STANDBY_ENABLED="false",
+        LATERBASED_STATE_DIR=str(workdir),
+        LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
+        LATERBASED_BACKUP_DATABASES=database,
+        LATERBASED_BACKUP_CATCH_UP="false",
+        LATERBASED_HTTP_PORT=str(port),
+    )
+    if token:
+        env["LATERBASED_HTTP_TOKEN"] = token
+    return env
+
+
+def cli(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "laterbased", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

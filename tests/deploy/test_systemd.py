@@ -13,7 +13,7 @@ import pytest
 from laterbased.config import StandbyConfig
 from laterbased.errors import EXIT_CONFIG
 
-SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD / "laterbased.service"
 INSTALLED_EXEC = "/opt/laterbased/.venv/bin/laterbased"
 MAX_EXPOSURE = 3.0

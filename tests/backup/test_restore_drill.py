@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from backup_support import make_config
 from pgserver import PgServer
-from test_backup_support import make_config
 
 from laterbased.backup.drill import DRILL_PREFIX
 from laterbased.backup.rowcounts import LARGE_OBJECTS

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import pytest
 from daemon_process import DaemonProcess, write_config
+from daemon_support import daemon_config, standby_sql
 from pgserver import PgServer
-from test_standby_daemon import daemon_config, standby_sql
 from waiting import wait_for
 
 pytestmark = pytest.mark.slow
