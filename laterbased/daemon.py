@@ -67,9 +67,9 @@ def configured_workers(config: Config) -> list[Worker]:
 
         workers.append(Worker("notify", notify_worker))
     if config.backup.enabled:
-        from laterbased.backup.runner import backup_worker, register_actions
+        from laterbased.backup.runner import backup_worker, offer_actions
 
-        workers.append(Worker("backups", backup_worker, register_actions))
+        workers.append(Worker("backups", backup_worker, offer_actions))
     if config.backup.enabled and config.upload.enabled:
         from laterbased.offsite.upload import check_upload_tools
 

@@ -482,9 +482,11 @@ async def backup_worker(ctx: Any) -> None:
     held = await claim_catalogue(ctx, catalogue)
     if held is None:
         return
+    ctx.state.backup_directory_held.set()
     try:
         await _run_schedules(ctx, catalogue)
     finally:
+        ctx.state.backup_directory_held.clear()
         held.release()
 
 
@@ -584,11 +586,31 @@ async def _watch_reload(ctx: Any) -> None:
 # --- HTTP: POST /api/backup ---------------------------------------------------------------
 
 
-def register_actions(state: State) -> None:
+# How long a backup on demand waits for the backup worker to take the backup directory
+# (start-up clean-up of .partial/) before it answers 409.
+HELD_WAIT = 10.0
+
+
+def register_actions(state: State, *, needs_held_directory: bool = False) -> None:
     """Offer ``backup`` (POST /api/backup: dump, upload, prune now) while backups run.
-    Body: ``{}`` for every database, ``{"database": NAME}`` for one."""
+    Body: ``{}`` for every database, ``{"database": NAME}`` for one. With
+    ``needs_held_directory`` (the daemon) it runs only while the backup worker holds the
+    backup directory: not beside another process writing there, not before the start-up
+    clean-up of ``.partial/`` that would delete its files."""
 
     async def backup_now(params: dict[str, Any]) -> ActionOutcome:
+        if needs_held_directory and not state.backup_directory_held.is_set():
+            try:
+                await asyncio.wait_for(state.backup_directory_held.wait(), HELD_WAIT)
+            except TimeoutError:
+                return ActionOutcome(
+                    409,
+                    {
+                        "error": "the backup directory is held by another laterbased "
+                        "process (or the daemon is still starting): try again when it is done",
+                        "result": "skipped",
+                    },
+                )
         databases: list[str] | None = None
         database = params.get("database")
         if database is not None:
@@ -600,3 +622,8 @@ def register_actions(state: State) -> None:
         return ActionOutcome(409 if result.result == "skipped" else 200, result.to_json())
 
     state.actions["backup"] = backup_now
+
+
+def offer_actions(state: State) -> None:
+    """What the daemon offers for the backup worker (see :func:`register_actions`)."""
+    register_actions(state, needs_held_directory=True)

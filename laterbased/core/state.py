@@ -6,6 +6,7 @@ Everything is plain data so health verdicts stay pure functions of (state, confi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -199,6 +200,9 @@ class State:
     # Operator actions the running workers offer, by name (core/actions.py); the web part
     # answers POST /api/<name> with them.
     actions: dict[str, Action] = field(default_factory=dict)
+    # Set while the backup worker holds the backup directory (its flock, .partial/ cleaned):
+    # a backup on demand runs only then, never beside another writer.
+    backup_directory_held: asyncio.Event = field(default_factory=asyncio.Event)
     # The token this daemon wrote into <state_dir> for commands on this host (backup-now,
     # promote); POST /api/<action> accepts it beside http.token (core/local_token.py).
     local_token: str | None = None
