@@ -342,6 +342,7 @@ def write_standby_files(data_dir: Path, major: str, link: configure.PrimaryLink,
         write_file(data_dir / configure.STANDBY_SIGNAL, "", run_as)
     else:
         write_file(data_dir / configure.RECOVERY_CONF, configure.render_recovery_conf(link), run_as)
+    add_local_rule(data_dir, run_as)
 
 
 def write_primary_link(data_dir: Path, major: str, link: configure.PrimaryLink,
@@ -353,6 +354,27 @@ def write_primary_link(data_dir: Path, major: str, link: configure.PrimaryLink,
         write_file(auto, configure.render_auto_conf(existing, link), run_as)
     elif (data_dir / configure.RECOVERY_CONF).exists():
         write_file(data_dir / configure.RECOVERY_CONF, configure.render_recovery_conf(link), run_as)
+    add_local_rule(data_dir, run_as)
+
+
+def add_local_rule(data_dir: Path, run_as: RunAs | None) -> None:
+    """Give the standby's pg_hba.conf a ``local`` rule when it has none (a Windows
+    primary's), so laterbased's own checks over the socket leave no FATAL line; at every
+    start, so standbys cloned before this rule existed get it too."""
+    path = data_dir / configure.HBA_FILE
+    try:
+        existing = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return  # none (or unreadable): postgres says so itself when it starts
+    updated = configure.render_hba_with_local_rule(existing)
+    if updated is not None:
+        write_file(path, updated, run_as)
+        logger.info(
+            "standby: %s had no 'local' line (a Windows primary's); added '%s' for "
+            "laterbased's checks over the standby's private socket",
+            path,
+            configure.LOCAL_RULE,
+        )
 
 
 def write_file(path: Path, text: str, run_as: RunAs | None) -> None:

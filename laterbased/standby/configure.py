@@ -154,6 +154,33 @@ def render_recovery_conf(link: PrimaryLink) -> str:
     ) + "\n"
 
 
+HBA_FILE = "pg_hba.conf"
+LOCAL_RULE_MARK = (
+    "# added by laterbased: its liveness check (pg_isready) reaches this server over its "
+    "private socket\n# directory (reachable by root and the run-as user only); a password "
+    "is still asked"
+)
+LOCAL_RULE = "local   all   all   md5"
+
+
+def render_hba_with_local_rule(existing: str) -> str | None:
+    """The standby's pg_hba.conf with a ``local`` rule first, or None when it needs none.
+
+    The file comes from the primary, and a Windows primary's (Resolve's installer) has no
+    ``local`` line at all, as Windows has no unix sockets: every liveness check over the
+    standby's socket then left ``FATAL: no pg_hba.conf entry for host "[local]"`` in its
+    log. With a password method, pg_isready sees the server answer (the password request)
+    and hangs up, which PostgreSQL does not log; nobody gets in without the password, so
+    the rule admits no one a ``host`` line would not. A file that has ``local`` lines of its
+    own is left as it is: those are someone's choice.
+    """
+    for line in existing.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[0] == "local":
+            return None
+    return f"{LOCAL_RULE_MARK}\n{LOCAL_RULE}\n\n{existing}"
+
+
 def server_overrides(
     major: str,
     primary_settings: Mapping[str, str],
