@@ -112,6 +112,8 @@ class LocalServerState:
 @dataclass
 class JobRun:
     """One run of a job: a dump, an upload, a prune, a verify."""
+    # pg_wal_replay_pause() was called on the standby: it receives WAL but applies none.
+    replay_paused: bool | None = None
 
     id: str
     job: str

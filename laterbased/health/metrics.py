@@ -154,6 +154,12 @@ def replication_metrics(state: State) -> Iterator[Metric]:
         "Unix time of the last good primary poll",
         primary.last_ok,
     )
+    yield _gauge_of(
+        "primary_facts_age_seconds",
+        "Age of the primary-side facts (slot, the WAL position behind the lag): at most a "
+        "poll interval while polls succeed, growing while the primary cannot be asked",
+        None if primary.last_ok is None else max(0.0, time.time() - primary.last_ok),
+    )
     in_recovery = _gauge("standby_in_recovery", "1 when the local postgres is in recovery")
     if local.in_recovery is not None:
         in_recovery.add_metric([], _flag(local.in_recovery))
@@ -170,6 +176,17 @@ def replication_metrics(state: State) -> Iterator[Metric]:
         for status in known:
             receiver.add_metric([status], _flag(status == local.receiver_status))
     yield receiver
+    yield _gauge_of(
+        "standby_last_replay_timestamp_seconds",
+        "Commit time of the last transaction the local standby replayed "
+        "(pg_last_xact_replay_timestamp()); known to the standby alone",
+        local.last_replay_timestamp,
+    )
+    yield _gauge_of(
+        "standby_replay_paused",
+        "1 while WAL replay on the local standby is paused (pg_wal_replay_pause())",
+        None if local.replay_paused is None else _flag(local.replay_paused),
+    )
     yield _gauge_of(
         "replication_lag_bytes",
         "Primary's current WAL position minus the standby's replay one",
@@ -200,7 +217,9 @@ def slot_metrics(state: State) -> Iterator[Metric]:
         "1 for the slot's current wal_status (reserved, extended, unreserved, lost), else 0",
         ["slot_name", "status"],
     )
-    if slot is not None and state.primary.reachable:
+    # Also while the primary cannot be asked: the last known facts, whose age is
+    # laterbased_primary_facts_age_seconds (a gap would silence the slot alerts).
+    if slot is not None:
         exists.add_metric([slot.name], _flag(slot.exists))
         if slot.exists:
             active.add_metric([slot.name], _flag(slot.active))

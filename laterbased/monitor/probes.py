@@ -85,6 +85,7 @@ async def probe_local(
     facts = LocalServerState(reachable=True, last_ok=time.time())
     row = await conn.fetchrow(queries.standby_status(version_num), timeout=timeout)
     facts.in_recovery = bool(row["in_recovery"])
+    facts.replay_paused = row["replay_paused"]
     facts.receive_lsn = row["receive_lsn"]
     facts.replay_lsn = row["replay_lsn"]
     facts.last_replay_timestamp = row["last_replay_timestamp"]

@@ -99,8 +99,11 @@ LIMIT 1
 def standby_status(version_num: int) -> str:
     """Our local server: recovery, received and replayed WAL, last replayed commit time."""
     names = wal_names(version_num)
+    # Asked only in recovery: outside it the function raises "recovery is not in progress".
+    paused = "pg_is_wal_replay_paused()" if version_num >= 100000 else "pg_is_xlog_replay_paused()"
     return f"""
 SELECT pg_is_in_recovery() AS in_recovery,
+       (CASE WHEN pg_is_in_recovery() THEN {paused} END) AS replay_paused,
        {names.receive_lsn}::text AS receive_lsn,
        {names.replay_lsn}::text AS replay_lsn,
        EXTRACT(EPOCH FROM pg_last_xact_replay_timestamp())::float8 AS last_replay_timestamp,

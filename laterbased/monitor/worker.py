@@ -3,7 +3,9 @@
 Both servers are polled concurrently, each over its own long-lived connection with a connect
 timeout and a per-query timeout, so a slow or dead primary costs the event loop nothing.
 A server that fails is retried with a doubling delay (from ``monitor.interval`` up to
-:data:`RECONNECT_MAX_DELAY`); its state says "unreachable" immediately, not after the delay.
+``monitor.interval`` + :data:`RECONNECT_SLACK`); its state says "unreachable" immediately,
+not after the delay, and a server that comes back is seen within two poll intervals plus
+that slack, however long it was gone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECONNECT_MAX_DELAY = 60.0
+# The longest a failed server waits for its next try beyond one poll interval. Small on
+# purpose: a cheap refused connection costs nothing, while a long backoff kept a returning
+# primary "unreachable" (and its alert firing) for up to a minute after it was back.
+RECONNECT_SLACK = 5.0
 # Errors that mean "this server cannot answer right now" rather than a bug of ours.
 _SERVER_TROUBLE: tuple[type[BaseException], ...] = (
     PgUnavailable,
@@ -68,7 +73,7 @@ class _Target:
     def failed(self, interval: float) -> float:
         self.close()
         self.failures += 1
-        delay = min(interval * 2.0 ** (self.failures - 1), max(interval, RECONNECT_MAX_DELAY))
+        delay = min(interval * 2.0 ** min(self.failures - 1, 30), interval + RECONNECT_SLACK)
         self.retry_at = time.monotonic() + delay
         return delay
 
@@ -185,6 +190,12 @@ class Monitor:
                 last_error_reason=exc.reason if isinstance(exc, PgUnavailable) else None,
                 server_version_num=previous.server_version_num,
                 system_identifier=previous.system_identifier,
+                # The last facts the primary gave, as of last_ok: dashboards and the slot
+                # and lag alerts keep their series instead of a gap (their age is
+                # laterbased_primary_facts_age_seconds).
+                current_lsn=previous.current_lsn,
+                slot=previous.slot,
+                in_recovery=previous.in_recovery,
             )
             logger.debug("primary poll failed; next try in %.1fs: %s", delay, exc)
             return
@@ -233,17 +244,24 @@ class Monitor:
         self.state.local = facts
 
     def _compute_lag(self, now: float) -> None:
-        """Lag bytes = primary's current WAL position − standby's replay position."""
+        """Lag bytes = primary's current WAL position − standby's replay position.
+
+        While the primary cannot be asked, its last known position stands in, raised to
+        what the standby has received since (the standby alone knows that much): a lower
+        bound that still grows while replay is stuck, instead of no lag at all."""
         local, primary = self.state.local, self.state.primary
         if not (local.in_recovery and local.replay_lsn):
             return
-        if not (primary.reachable and primary.current_lsn) or primary.in_recovery:
+        if not primary.current_lsn or primary.in_recovery:
             local.lag_bytes = None
             local.lag_seconds = None
             return
         replay = parse_lsn(local.replay_lsn)
+        newest = parse_lsn(primary.current_lsn)
+        if not primary.reachable and local.receive_lsn:
+            newest = max(newest, parse_lsn(local.receive_lsn))
         # The two servers were asked at slightly different moments: never report < 0.
-        local.lag_bytes = max(0, parse_lsn(primary.current_lsn) - replay)
+        local.lag_bytes = max(0, newest - replay)
         local.lag_seconds = self.clock.lag_seconds(now, replay)
 
     # --- telling humans -----------------------------------------------------------------

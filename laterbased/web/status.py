@@ -64,6 +64,7 @@ def status_document(state: State, now: float) -> dict[str, Any]:
             "streaming": health.is_streaming(state),
             "receiver_status": local.receiver_status,
             "sender_host": local.sender_host,
+            "replay_paused": local.replay_paused,
             "receive_lsn": local.receive_lsn,
             "replay_lsn": local.replay_lsn,
             "last_replay_timestamp": local.last_replay_timestamp,
@@ -212,6 +213,8 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
         "<table>",
         _rows(
             [
+    if replication.get("replay_paused"):
+        lag += " <span class=warning id=replay-paused>replay paused</span>"
                 ("Role", f"<span id=role>{_text(doc['role'])}</span>"),
                 ("Replication lag", f"<span id=lag>{lag}</span>"),
                 (

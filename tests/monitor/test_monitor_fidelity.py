@@ -1,0 +1,197 @@
+"""What the operator sees follows reality: paused replay is named, and lag and slot series
+stay (with their age) while the primary cannot be asked. A real primary and a real streaming
+standby of it (pg_basebackup), polled by the monitor, read over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pgserver import PgServer
+from streaming_standby import APPLICATION_NAME, StreamingStandby
+
+from laterbased.config import (
+    BackupConfig,
+    Config,
+    MonitorConfig,
+    PrimaryConfig,
+    Secret,
+    StandbyConfig,
+)
+from laterbased.core.state import State
+from laterbased.daemon import configured_routes
+from laterbased.monitor.worker import Monitor
+from laterbased.web.server import HttpServer, build_app
+
+pytestmark = pytest.mark.slow
+
+SLOT = "fidelity_slot"
+INTERVAL = 0.2
+
+
+@pytest.fixture(scope="module")
+def servers(pg_bindir: Path) -> Iterator[tuple[PgServer, StreamingStandby]]:
+    primary = PgServer(pg_bindir)
+    standby: StreamingStandby | None = None
+    try:
+        primary.sql("CREATE TABLE filler (id serial PRIMARY KEY, payload text)")
+        standby = StreamingStandby.running(primary, SLOT)
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.cleanup()
+        primary.cleanup()
+
+
+def config_for(primary: PgServer, standby_port: int) -> Config:
+    return Config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret(primary.replication_password),
+            connect_timeout=2.0,
+        ),
+        standby=StandbyConfig(
+            enabled=True, port=standby_port, slot_name=SLOT, application_name=APPLICATION_NAME
+        ),
+        monitor=MonitorConfig(interval=INTERVAL, query_timeout=2.0),
+        backup=BackupConfig(enabled=False),
+        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-fidelity-")),
+        timezone="UTC",
+    )
+
+
+class Harness:
+    def __init__(self, state: State, monitor: Monitor, url: str) -> None:
+        self.state = state
+        self.monitor = monitor
+        self.url = url
+
+    async def poll_until(
+        self, condition: Callable[[State], bool], what: str, timeout: float = 30.0
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.monitor.poll_once()
+            if condition(self.state):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for: {what}; "
+                    f"primary={self.state.primary} local={self.state.local}"
+                )
+            await asyncio.sleep(INTERVAL)
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
+            return r.status, await r.text()
+
+    async def json(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
+            return await r.json()
+
+
+@pytest.fixture
+async def harness(servers: tuple[PgServer, StreamingStandby]) -> AsyncIterator[Harness]:
+    primary, standby = servers
+    state = State(config=config_for(primary, standby.port))
+    state.ready = True
+    state.standby.enabled = True
+    state.standby.phase = "running"
+    state.standby.pid = standby.pid
+    monitor = Monitor(state)
+    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
+    await http.start()
+    try:
+        yield Harness(state, monitor, f"http://127.0.0.1:{http.port}")
+    finally:
+        monitor.close()
+        await http.stop()
+
+
+def sample(metrics: str, name: str) -> float | None:
+    """The value of the first sample of ``name`` (any labels), or None when absent."""
+    match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", metrics, re.MULTILINE)
+    return None if match is None else float(match.group(1))
+
+
+async def test_paused_replay_is_named_in_health_status_page_status_json_and_metrics(
+    harness: Harness, servers: tuple[PgServer, StreamingStandby]
+) -> None:
+    primary, standby = servers
+    await harness.poll_until(lambda s: s.local.lag_bytes == 0, "standby caught up")
+    _, metrics = await harness.get("/metrics")
+    assert sample(metrics, "laterbased_standby_replay_paused") == 0.0
+    await asyncio.to_thread(standby.sql, "SELECT pg_wal_replay_pause()")
+    try:
+        await asyncio.to_thread(
+            primary.sql, "INSERT INTO filler (payload) SELECT 'x' FROM generate_series(1, 500)"
+        )
+        await harness.poll_until(
+            lambda s: (s.local.lag_bytes or 0) > 0, "lag while replay is paused"
+        )
+        _, body = await harness.get("/healthz")
+        assert "replay paused" in body, body
+        document = await harness.json("/status.json")
+        assert document["replication"]["replay_paused"] is True
+        replication = next(
+            c for c in document["health"]["checks"] if c["name"] == "replication"
+        )
+        assert "replay paused" in replication["reason"] and "pg_wal_replay_resume" in (
+            replication["reason"]
+        )
+        _, page = await harness.get("/status")
+        assert "replay paused" in page
+        _, metrics = await harness.get("/metrics")
+        assert sample(metrics, "laterbased_standby_replay_paused") == 1.0
+    finally:
+        await asyncio.to_thread(standby.sql, "SELECT pg_wal_replay_resume()")
+    await harness.poll_until(
+        lambda s: s.local.replay_paused is False and s.local.lag_bytes == 0, "replay resumed"
+    )
+    _, body = await harness.get("/healthz")
+    assert "replay paused" not in body
+
+
+async def test_lag_and_slot_series_stay_with_their_age_while_the_primary_is_down(
+    harness: Harness, servers: tuple[PgServer, StreamingStandby]
+) -> None:
+    primary, standby = servers
+    await harness.poll_until(
+        lambda s: s.local.lag_bytes == 0
+        and s.primary.slot is not None
+        and s.primary.slot.active,
+        "standby streaming and caught up",
+    )
+    await asyncio.to_thread(primary.stop, "fast")
+    try:
+        await harness.poll_until(lambda s: s.primary.reachable is False, "primary seen down")
+        await harness.poll_until(
+            lambda s: s.local.receiver_status != "streaming", "the standby's receiver notices"
+        )
+        # A little later still: the age of the primary-side facts grows.
+        await asyncio.sleep(2 * INTERVAL)
+        await harness.monitor.poll_once()
+        _, metrics = await harness.get("/metrics")
+        assert sample(metrics, "laterbased_primary_up") == 0.0
+        assert sample(metrics, "laterbased_replication_lag_bytes") is not None, metrics
+        assert sample(metrics, "laterbased_replication_slot_retained_wal_bytes") is not None
+        assert sample(metrics, "laterbased_replication_slot_active") is not None
+        assert sample(metrics, "laterbased_standby_last_replay_timestamp_seconds") is not None
+        assert sample(metrics, "laterbased_wal_receiver_status") is not None
+        age = sample(metrics, "laterbased_primary_facts_age_seconds")
+        assert age is not None and age >= 2 * INTERVAL, metrics
+    finally:
+        await asyncio.to_thread(primary.start)
+    await harness.poll_until(lambda s: s.primary.reachable is True, "primary back")
+    _, metrics = await harness.get("/metrics")
+    age = sample(metrics, "laterbased_primary_facts_age_seconds")
+    assert age is not None and age < 5
