@@ -156,6 +156,22 @@ def check_replication(state: State, now: float) -> Check:
             "critical",
             f"not streaming from the primary (wal receiver: {local.receiver_status or 'none'})",
         )
+    if local.replay_paused:
+        dump = state.jobs.get("dump")
+        if state.config.backup.source == "standby" and dump is not None and dump.running:
+            # Our own dump pauses replay on the standby while it reads (no recovery
+            # conflicts) and resumes it when it ends.
+            return Check(
+                "replication",
+                "ok",
+                f"streaming, replay paused for dump {dump.running.id}, {describe_lag(state)}",
+            )
+        return Check(
+            "replication",
+            "warning",
+            f"replay paused: the standby receives WAL but applies none ({describe_lag(state)}); "
+            "someone ran pg_wal_replay_pause() on it: SELECT pg_wal_replay_resume() resumes it",
+        )
     problems = []
     if local.lag_bytes is not None and local.lag_bytes > config.max_lag_bytes:
         problems.append(
@@ -190,22 +206,6 @@ def slot_verdict(slot: SlotState | None, config: Config, standby_running: bool) 
                 "slot",
                 "warning",
                 f"slot {name} does not exist on the primary: the primary may remove WAL "
-    if local.replay_paused:
-        dump = state.jobs.get("dump")
-        if state.config.backup.source == "standby" and dump is not None and dump.running:
-            # Our own dump pauses replay on the standby while it reads (no recovery
-            # conflicts) and resumes it when it ends.
-            return Check(
-                "replication",
-                "ok",
-                f"streaming, replay paused for dump {dump.running.id}, {describe_lag(state)}",
-            )
-        return Check(
-            "replication",
-            "warning",
-            f"replay paused: the standby receives WAL but applies none ({describe_lag(state)}); "
-            "someone ran pg_wal_replay_pause() on it: SELECT pg_wal_replay_resume() resumes it",
-        )
                 "the standby still needs",
             )
         return Check("slot", "ok", f"slot {name} not created yet")

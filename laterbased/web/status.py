@@ -63,8 +63,8 @@ def status_document(state: State, now: float) -> dict[str, Any]:
             "in_recovery": local.in_recovery,
             "streaming": health.is_streaming(state),
             "receiver_status": local.receiver_status,
-            "sender_host": local.sender_host,
             "replay_paused": local.replay_paused,
+            "sender_host": local.sender_host,
             "receive_lsn": local.receive_lsn,
             "replay_lsn": local.replay_lsn,
             "last_replay_timestamp": local.last_replay_timestamp,
@@ -189,6 +189,8 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
         f"{_size(replication['lag_bytes'])}"
         f"{'' if lag_seconds is None else ' / ' + escape(format_duration(lag_seconds))}"
     )
+    if replication.get("replay_paused"):
+        lag += " <span class=warning id=replay-paused>replay paused</span>"
     standby_cell = _text(standby["phase"])
     if standby["message"]:
         standby_cell += f" <span class=muted>{_text(standby['message'])}</span>"
@@ -213,8 +215,6 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
         "<table>",
         _rows(
             [
-    if replication.get("replay_paused"):
-        lag += " <span class=warning id=replay-paused>replay paused</span>"
                 ("Role", f"<span id=role>{_text(doc['role'])}</span>"),
                 ("Replication lag", f"<span id=lag>{lag}</span>"),
                 (
