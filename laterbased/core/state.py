@@ -102,6 +102,8 @@ class LocalServerState:
     receive_lsn: str | None = None
     replay_lsn: str | None = None
     last_replay_timestamp: float | None = None
+    # pg_wal_replay_pause() was called on the standby: it receives WAL but applies none.
+    replay_paused: bool | None = None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     # Monitor (issue 5): last successful poll; our WAL position once promoted.
@@ -112,8 +114,6 @@ class LocalServerState:
 @dataclass
 class JobRun:
     """One run of a job: a dump, an upload, a prune, a verify."""
-    # pg_wal_replay_pause() was called on the standby: it receives WAL but applies none.
-    replay_paused: bool | None = None
 
     id: str
     job: str
