@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,13 @@ def good(pg_bindir: Path) -> Iterator[GoodSetup]:
     replica = StreamingStandby(server, SLOT, user=server.replication_user, password=NASTY_PASSWORD)
     try:
         server.sql(f"SELECT pg_create_physical_replication_slot('{SLOT}', true)")
+        # As prepare-primary leaves it: the slot's WAL is bounded (check has a line for it).
+        server.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'")
+        server.sql("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30
+        while server.sql("SHOW max_slot_wal_keep_size") != "10GB":
+            assert time.monotonic() < deadline, "max_slot_wal_keep_size not reloaded"
+            time.sleep(0.1)
         done = replica.basebackup()
         assert done.returncode == 0, done.stderr
         replica.start(until_streaming=True)
@@ -90,6 +98,7 @@ async def test_good_setup_is_all_ok(good: GoodSetup) -> None:
         "pg_hba replication",
         "wal_level",
         f"slot {SLOT}",
+        "max_slot_wal_keep_size",
         "standby binaries",
         "pg_dump",
         "standby identity",

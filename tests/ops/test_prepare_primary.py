@@ -143,6 +143,9 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
                 "REPL_PASSWORD": NASTY_PASSWORD,
                 "PRIMARY_DB": LIBRARY,
                 "LOCAL_BACKUP_PATH": str(backups),
+                # Not the default /var/lib/laterbased: the accepted primary identity written
+                # there made every later run of this test refuse its new server.
+                "LATERBASED_STATE_DIR": str(backups / "state"),
             },
         )
         [dumped] = await run_dumps(config, Catalogue(backups), "prepare-dump")
@@ -174,10 +177,12 @@ async def test_missing_pg_hba_line_is_reported_with_the_exact_line_that_fixes_it
     )
     fresh.reload()
     report = await prepare_primary(config_for(fresh), options_for(fresh))
-    assert [step.name for step in report.missing] == ["replication connection"]
-    step = report.missing[0]
+    # The pg_hba.conf line is MISSING too, not "ok" (issue 19): the connection decides.
+    assert [step.name for step in report.missing] == ["pg_hba.conf", "replication connection"]
+    step = report.missing[1]
     assert "pg_hba" in step.message
     assert report.hba_line is not None and report.hba_line in step.hint
+    assert report.hba_line in report.missing[0].hint
     fresh.append_hba(report.hba_line)
     again = await prepare_primary(config_for(fresh), options_for(fresh))
     assert again.ready, again.as_dict()

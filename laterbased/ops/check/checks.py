@@ -299,6 +299,27 @@ async def check_slot(facts: Facts) -> CheckResult | None:
     return ok(label, f"active{status_text}, {held}")
 
 
+async def check_wal_cap(facts: Facts) -> CheckResult | None:
+    """Whether the WAL the standby's slot may keep on the primary is bounded (13+)."""
+    if not facts.settings or not facts.config.standby.enabled:
+        return None
+    if (facts.version_num or 0) < 130000:
+        return None  # nothing to set: check_server_features names what 9.5-12 lack
+    setting = facts.settings.get("max_slot_wal_keep_size", "-1")
+    if int(setting) < 0:
+        return warn(
+            "max_slot_wal_keep_size",
+            "-1 (unlimited): a standby that stays away keeps WAL on the primary until its "
+            "disk is full",
+            "laterbased prepare-primary sets it (10GB), or on the primary: ALTER SYSTEM SET "
+            "max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();",
+        )
+    return ok(
+        "max_slot_wal_keep_size",
+        f"{format_size(int(setting) * 1024 * 1024)}: the slot keeps at most that much WAL",
+    )
+
+
 async def check_binaries(facts: Facts) -> list[CheckResult]:
     major = facts.major
     config = facts.config
@@ -688,6 +709,7 @@ CHECKS: tuple[Check, ...] = (
     check_primary_identity,
     check_wal_level,
     check_slot,
+    check_wal_cap,
     check_binaries,
     check_standby_identity,
     check_collation,

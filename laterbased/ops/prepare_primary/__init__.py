@@ -23,11 +23,14 @@ from laterbased.ops.prepare_primary.steps import (
 
 DESCRIPTION = """\
 Prepare the Resolve PostgreSQL server (the primary) for a laterbased standby, idempotently:
-ensure the replication role (LOGIN REPLICATION), the physical replication slot, check
-wal_level / max_wal_senders / max_replication_slots / hot_standby (printing exactly what to
-set when a restart is needed), recommend max_slot_wal_keep_size (set with --apply), print
-the pg_hba.conf line this host needs and where pg_hba.conf is, reload the configuration,
-and finally open a real replication connection to prove a standby can connect.
+ensure the replication role (LOGIN REPLICATION), bound the WAL a slot may keep
+(max_slot_wal_keep_size, default 10GB, on PostgreSQL 13+, when it is unlimited: an abandoned
+standby cannot fill the server's disk; --no-wal-cap leaves it unlimited), the physical
+replication slot, check wal_level / max_wal_senders / max_replication_slots / hot_standby
+(printing exactly what to set when a restart is needed), print the pg_hba.conf line this
+host needs and where pg_hba.conf is (and whether the server admits it: a real replication
+connection decides), reload the configuration, and finally open a real replication
+connection to prove a standby can connect.
 
 The admin password comes from --password-file, $PGPASSWORD, the configured password when
 the admin is primary.user, or a prompt on a terminal; never from the command line.
@@ -78,14 +81,20 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--apply",
         action="store_true",
-        help="also apply recommendations with ALTER SYSTEM (max_slot_wal_keep_size)",
+        help="accepted for old scripts: the WAL cap is now set by default (see --no-wal-cap)",
     )
     parser.add_argument(
         "--max-slot-wal-keep-size",
         default=DEFAULT_MAX_SLOT_WAL_KEEP_SIZE,
         metavar="SIZE",
-        help=f"value for --apply (default {DEFAULT_MAX_SLOT_WAL_KEEP_SIZE}); keep it below "
-        "the server's free disk space",
+        help=f"the WAL cap set when the server has none (default "
+        f"{DEFAULT_MAX_SLOT_WAL_KEEP_SIZE}); keep it below the server's free disk space",
+    )
+    parser.add_argument(
+        "--no-wal-cap",
+        action="store_true",
+        help="leave max_slot_wal_keep_size unlimited (-1): the slot then keeps every WAL "
+        "file an absent standby has not received, until the server's disk is full",
     )
     parser.add_argument(
         "--dry-run",
@@ -150,6 +159,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> SetupOptions:
         apply=args.apply,
         dry_run=args.dry_run,
         max_slot_wal_keep_size=args.max_slot_wal_keep_size,
+        wal_cap=not args.no_wal_cap,
     )
 
 

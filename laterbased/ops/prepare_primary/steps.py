@@ -60,6 +60,9 @@ class SetupOptions:
     apply: bool = False
     dry_run: bool = False
     max_slot_wal_keep_size: str = DEFAULT_MAX_SLOT_WAL_KEEP_SIZE
+    # Bound the WAL the slot may hold (max_slot_wal_keep_size, 13+) when it is unlimited:
+    # an abandoned slot would otherwise fill the Resolve server's disk. --no-wal-cap: False.
+    wal_cap: bool = True
     psql: Path | None = None
 
 
@@ -166,8 +169,9 @@ async def _run_steps(conn: Any, config: Config, options: SetupOptions, report: S
     await _ensure_role(conn, options, settings, report)
     await _ensure_read_access(conn, config, options, version_num, report)
     _check_restart_settings(settings, report, await _slot_usage(conn, config))
-    await _ensure_slot(conn, config, options, settings, report)
+    # The cap first, so the slot is bounded from the moment it exists.
     await _keep_size(conn, options, version_num, settings, report)
+    await _ensure_slot(conn, config, options, settings, report)
     await _hba(conn, options, settings, report)
     if options.dry_run:
         report.add("reload", "would-change", "would run pg_reload_conf()")
@@ -586,29 +590,38 @@ async def _keep_size(
     current = int(row["setting"])
     wanted = options.max_slot_wal_keep_size
     if current >= 0:
-        report.add("max_slot_wal_keep_size", "ok", f"max_slot_wal_keep_size = {current}MB")
+        report.add(
+            "max_slot_wal_keep_size",
+            "ok",
+            f"max_slot_wal_keep_size = {current}MB: the slot holds at most that much WAL",
+        )
         return
-    if not options.apply:
+    if not options.wal_cap:
         report.add(
             "max_slot_wal_keep_size",
             "warn",
-            "max_slot_wal_keep_size = -1 (unlimited): an abandoned slot can fill the disk",
-            f"recommended: --apply sets ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}' "
-            "(takes effect on reload; the standby re-clones if it falls further behind)",
+            "max_slot_wal_keep_size = -1 (unlimited, --no-wal-cap): an abandoned slot can "
+            "fill the server's disk",
+            f"run prepare-primary without --no-wal-cap to set it to '{wanted}'",
         )
         return
     if options.dry_run:
         report.add(
             "max_slot_wal_keep_size",
             "would-change",
-            f"would ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}'",
+            f"would ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}' and reload: the slot "
+            "would hold at most that much WAL (--no-wal-cap leaves it unlimited)",
         )
         return
     await conn.execute(f"ALTER SYSTEM SET max_slot_wal_keep_size = {quote_literal(wanted)}")
+    # A sighup-level setting: in effect after the reload, before the slot is created.
+    await conn.fetchval("SELECT pg_reload_conf()")
     report.add(
         "max_slot_wal_keep_size",
         "changed",
-        f"ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}' (active after reload)",
+        f"ALTER SYSTEM SET max_slot_wal_keep_size = '{wanted}' (in effect now): the slot "
+        "holds at most that much WAL, so an abandoned standby cannot fill this server's "
+        "disk; a standby further behind is re-cloned (--no-wal-cap leaves it unlimited)",
     )
 
 
@@ -621,18 +634,40 @@ async def _hba(
     report.hba_line = hba_line_for(options.role, client_addr, method)
     hba_row = settings.get("hba_file")
     report.hba_file = str(hba_row["setting"]) if hba_row else None
-    report.add(
-        "pg_hba.conf",
-        "ok",
-        f"a standby on this host needs: {report.hba_line}"
-        + (f" in {report.hba_file}" if report.hba_file else ""),
-    )
+    # Whether the line is there is known only from a real replication connection: the
+    # pg_hba.conf step is added with its result (_test_replication), never "ok" unproven.
+
+
+def _report_hba(report: SetupReport, probe: ReplicationProbe | None, role: str) -> None:
+    """The pg_hba.conf step, judged by the replication connection's answer."""
+    if report.hba_line is None:
+        return
+    where = f" in {report.hba_file}" if report.hba_file else ""
+    needed = f"a standby on this host needs: {report.hba_line}{where}"
+    if probe is None:
+        report.add("pg_hba.conf", "warn", f"not verified (no password known for {role}); {needed}")
+    elif probe.ok or probe.reason in ("auth", "privilege"):
+        # The server got as far as the password or the role: a line admitted us.
+        report.add(
+            "pg_hba.conf", "ok", f"a line{where} admits replication for {role} from this host"
+        )
+    elif probe.reason == "hba":
+        report.add(
+            "pg_hba.conf",
+            "missing",
+            f"no line{where} admits replication for {role} from this host",
+            f"add this line above any 'reject' line, then run prepare-primary again: "
+            f"{report.hba_line}",
+        )
+    else:
+        report.add("pg_hba.conf", "warn", f"not verified ({probe.message}); {needed}")
 
 
 async def _test_replication(config: Config, options: SetupOptions, report: SetupReport) -> None:
     if report.missing and any(step.name == "connect" for step in report.missing):
         return
     if options.role_password is None:
+        _report_hba(report, None, options.role)
         report.add(
             "replication connection",
             "warn",
@@ -648,6 +683,7 @@ async def _test_replication(config: Config, options: SetupOptions, report: Setup
         while not probe.ok and probe.reason == "hba" and loop.time() < deadline:
             await asyncio.sleep(0.3)
             probe = await _probe(config, options)
+    _report_hba(report, probe, options.role)
     if probe.ok:
         report.add("replication connection", "ok", probe.message)
         return
