@@ -446,6 +446,23 @@ def catch_up_reference(catalogue: Catalogue) -> datetime:
     return min(newest.values())
 
 
+def retry_delay(state: State, attempt: int, now: float) -> float | None:
+    """How long to wait before retrying the last scheduled dump run, or None: it did not
+    fail (or a manual run has succeeded since), or the next scheduled run comes first."""
+    last = state.job("dump").last_run
+    if last is None or last.result != "failed":
+        return None
+    backup = state.config.backup
+    delay = min(backup.retry_delay * 2.0 ** min(attempt, 30), backup.retry_delay_max)
+    try:
+        upcoming = next_fire(
+            backup.schedule, datetime.fromtimestamp(now, UTC), state.config.zone
+        ).timestamp()
+    except ValueError:
+        return None
+    return delay if now + delay < upcoming else None
+
+
 def _set_next_fire(state: State, kind: str, expression: str, config: Config) -> None:
     try:
         state.job(kind).next_fire = next_fire(
@@ -524,6 +541,22 @@ async def _run_schedules(ctx: Any, catalogue: Catalogue) -> None:
         chain = await run_backup_chain(state, upload_inline=False)
         if config.upload.enabled:
             upload_wanted.set()
+        attempt = 0
+        # A failed run is tried again by itself: after the primary comes back, backup:<db>
+        # and /healthz must not stay red until the next fire (an hour, a day away).
+        while (delay := retry_delay(state, attempt, time.time())) is not None:
+            attempt += 1
+            logger.warning(
+                "backup run failed run=%s; retry %s in %.1fs (before the next scheduled run)",
+                chain.run_id,
+                attempt,
+                delay,
+            )
+            if await ctx.sleep(delay):
+                break
+            chain = await run_backup_chain(state, upload_inline=False, trigger="retry")
+            if config.upload.enabled:
+                upload_wanted.set()
         return chain
 
     schedules: list[tuple[str, str, Callable[[], Awaitable[object]], datetime | None]] = [

@@ -139,6 +139,10 @@ class BackupConfig:
     max_local_bytes: int | None = field(default=None, metadata=SIZE)
     stale_after: float | None = field(default=None, metadata=DURATION)
     timeout: float = field(default=6 * 3600.0, metadata=DURATION)
+    # A failed scheduled dump run is tried again after retry_delay, doubling up to
+    # retry_delay_max, until one succeeds or the next scheduled run is due.
+    retry_delay: float = field(default=60.0, metadata=DURATION)
+    retry_delay_max: float = field(default=1800.0, metadata=DURATION)
     verify_schedule: str = field(default="30 4 * * *", metadata=CRON)
     restore_drill: bool = False
     optimize_schedule: str | None = field(default=None, metadata=CRON)
