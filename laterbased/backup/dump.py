@@ -274,14 +274,26 @@ class DumpTools:
 
 
 async def discover_databases(server: Server) -> list[str]:
-    """Databases that contain ``public."SM_Project"`` (DaVinci Resolve project libraries)."""
+    """Databases that contain ``public."SM_Project"`` (DaVinci Resolve project libraries),
+    except the ones laterbased restored (marked with ``sql.RESTORED_MARK``)."""
     conn = await server.connect()
     try:
         names = [row["datname"] for row in await conn.fetch(sql.CONNECTABLE_DATABASES)]
+        restored = {
+            row["datname"] for row in await conn.fetch(sql.RESTORED_DATABASES, sql.RESTORED_MARK)
+        }
     finally:
         await conn.close()
+    if restored & set(names):
+        # A library laterbased restored (a look at last Tuesday's state) does not silently
+        # join the hourly backups: restore --back-up, or backup.databases, says it should.
+        logger.info(
+            "discovery: leaving out database(s) laterbased restored: %s (restore --back-up, "
+            "or list them in backup.databases, to back them up)",
+            ", ".join(repr(n) for n in sorted(restored & set(names))),
+        )
     found: list[str] = []
-    for name in names:
+    for name in (n for n in names if n not in restored):
         try:
             conn = await server.connect(name)
         except PgUnavailable as exc:

@@ -93,6 +93,15 @@ WHERE datallowconn AND NOT datistemplate
 ORDER BY datname
 """
 
+# A database laterbased restored carries a comment starting with this (COMMENT ON DATABASE,
+# seen in pgAdmin and psql's \l+): automatic discovery leaves it out of the backups.
+RESTORED_MARK = "laterbased: restored"
+# Databases so marked ($1: RESTORED_MARK; no starts_with() before PostgreSQL 11).
+RESTORED_DATABASES = """
+SELECT datname FROM pg_database
+WHERE left(coalesce(shobj_description(oid, 'pg_database'), ''), length($1)) = $1
+"""
+
 # Run inside each candidate database: is it a DaVinci Resolve project library?
 IS_RESOLVE_DATABASE = """SELECT to_regclass('public."SM_Project"') IS NOT NULL"""
 

@@ -22,6 +22,10 @@ psql for plain .sql.gz backups, and only then given the --target-db name. An exi
 database of that name is refused unless --replace, which renames it aside to
 <name>_before_restore_<UTC time> (never dropped).
 
+A restored database is marked (COMMENT ON DATABASE 'laterbased: restored ...') and left out
+of laterbased's automatic backups, which otherwise take every Resolve library they find:
+--back-up lets it join them (as does listing it in backup.databases).
+
 Then, in DaVinci Resolve: Project Manager → Project Libraries → Add Project Library →
 Connect → the server's address, database name = --target-db, user and password.
 """
@@ -72,6 +76,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="rename an existing --target-db aside (with a timestamp) first",
     )
     parser.add_argument(
+        "--back-up",
+        action="store_true",
+        help="let the restored database join laterbased's automatic backups (by default it "
+        "is marked restored and left out of them)",
+    )
+    parser.add_argument(
         "-j",
         "--jobs",
         type=int,
@@ -110,12 +120,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
         target_password=password,
         replace=args.replace,
         jobs=args.jobs,
+        back_up=args.back_up,
     )
     result = asyncio.run(restore(config, request))
     print(f"restored {result.source}")
     print(f"  into database {result.target_db!r} ({result.tables} tables, {result.seconds:.1f}s)")
     if result.moved_aside:
         print(f"  the previous {result.target_db!r} is now {result.moved_aside!r} (not dropped)")
+    if args.back_up:
+        print("  it joins laterbased's automatic backups (--back-up)")
+    else:
+        print(
+            "  not in laterbased's automatic backups (marked restored; --back-up, or list it "
+            "in backup.databases, to back it up)"
+        )
     print(
         "  In Resolve: Project Manager → Project Libraries → Add Project Library → Connect, "
         f"database {result.target_db!r}"

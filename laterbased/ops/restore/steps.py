@@ -85,6 +85,9 @@ class RestoreRequest:
     target_password: str | None = None
     replace: bool = False
     jobs: int = 1
+    # Join laterbased's automatic backups (discovery). By default a restored database is
+    # marked (COMMENT ON DATABASE, sql.RESTORED_MARK) and left out of them.
+    back_up: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,15 @@ def aside_name(target: str, moment: datetime) -> str:
     suffix = f"_before_restore_{moment.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
     head = target.encode("utf-8")[: MAX_IDENTIFIER_BYTES - len(suffix)]
     return head.decode("utf-8", errors="ignore") + suffix
+
+
+def restored_comment(source: str, moment: datetime) -> str:
+    """The COMMENT ON DATABASE of a restored library: why the hourly backups leave it out."""
+    return (
+        f"{sql.RESTORED_MARK} {moment.strftime('%Y-%m-%d %H:%M:%S UTC')} from {source}; not "
+        "in laterbased's automatic backups (list it in backup.databases, or run COMMENT ON "
+        "DATABASE ... IS NULL, to back it up)"
+    )
 
 
 def utf8_locale(locale: str) -> bool:
@@ -281,7 +293,7 @@ class Restorer:
             return record.path, record.format, f"local {record.path}", record
         if not self.config.upload.enabled:
             raise JobFailed(
-                self._none_found("locally (no rclone remote configured)")
+                await self._none_found("locally (no rclone remote configured)")
                 + self._future_hint(records)
             )
         return await self._download(request.database)
@@ -300,10 +312,26 @@ class Restorer:
     def _local_records(self, database: str) -> list[BackupRecord]:
         return [r for r in self.catalogue.list_backups(database) if r.path.exists()]
 
-    def _none_found(self, where: str) -> str:
+    async def _none_found(self, where: str) -> str:
         request = self.request
         when = f" started at or before {request.at.isoformat()}" if request.at else ""
-        return f"no backup of database {request.database!r}{when} found {where}"
+        known = await asyncio.to_thread(self._known_names)
+        return f"no backup of database {request.database!r}{when} found {where}{known}"
+
+    def _known_names(self) -> str:
+        """The databases there are local backups of, the one differing only in case first:
+        database names are case-sensitive, and Resolve shows them as typed."""
+        names = sorted(
+            {r.database for r in self.catalogue.list_backups() if not r.is_globals}
+        )
+        if not names:
+            return ""
+        wanted = (self.request.database or "").casefold()
+        close = [name for name in names if name.casefold() == wanted]
+        hint = (
+            f"; did you mean --database {close[0]!r}? (names are case-sensitive)" if close else ""
+        )
+        return hint + "; backed-up databases here: " + ", ".join(repr(n) for n in names)
 
     async def _from_file(self, path: Path) -> tuple[Path, str, str, BackupRecord | None]:
         if not await asyncio.to_thread(path.is_file):
@@ -344,7 +372,7 @@ class Restorer:
                 logger.warning("restore: skipping remote manifest %s: %s", entry.name, exc)
         record = choose(records, self.request.at)
         if record is None:
-            raise JobFailed(self._none_found(f"locally or on {folder}"))
+            raise JobFailed(await self._none_found(f"locally or on {folder}"))
         local = self.workdir / record.file
         logger.info("restore: downloading %s/%s size=%s", folder, record.file, record.size)
         await rclone.call("copyto", f"{folder}/{record.file}", str(local))
@@ -389,6 +417,12 @@ class Restorer:
                 f"CREATE DATABASE {quote_ident(work_name)} TEMPLATE template0 ENCODING 'UTF8' "
                 f"LC_COLLATE {quote_literal(collate)} LC_CTYPE {quote_literal(ctype)}"
             )
+            # Marked from the start: discovery must not dump a half-restored library either.
+            # The comment follows the database through the rename.
+            await admin.execute(
+                f"COMMENT ON DATABASE {quote_ident(work_name)} IS "
+                f"{quote_literal(restored_comment(source, datetime.now(UTC)))}"
+            )
             encoding = await admin.fetchval(sql.DATABASE_ENCODING, work_name)
         finally:
             await admin.close()
@@ -407,7 +441,19 @@ class Restorer:
         except BaseException:
             await self._drop_work(work_name)
             raise
+        if request.back_up:
+            await self._unmark(request.target_db)
         return RestoreResult(request.target_db, source, moved, 0.0, tables)
+
+    async def _unmark(self, name: str) -> None:
+        """--back-up: the restored database joins the automatic backups."""
+        admin = await self.target.connect(
+            self.config.primary.database, self.config.primary.connect_timeout
+        )
+        try:
+            await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS NULL")
+        finally:
+            await admin.close()
 
     async def _load(
         self,
