@@ -1,9 +1,10 @@
 """The Docker image recipe and the compose file.
 
-No Docker engine exists on the build machines: the Dockerfile is linted by hadolint, the
+The quick checks, without a Docker engine: both Dockerfiles are linted by hadolint, the
 compose file is checked structurally and against what laterbased really reads from its
-environment, and the image's HEALTHCHECK command is run against a real laterbased HTTP
-server. ``docker compose config`` runs too where the compose plugin is installed.
+environment, the image's HEALTHCHECK command and pgAdmin's entrypoint run for real, and the
+compose tool (v2, else Debian's v1) validates the file. Building and running the image
+against a real primary is test_container.py.
 """
 
 from __future__ import annotations
