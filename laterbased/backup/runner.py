@@ -195,7 +195,9 @@ def intended_databases(state: State, requested: Sequence[str] | None) -> list[st
     globals when ``backup.dump_globals``. Empty when nothing is known yet."""
     config = state.config
     names = list(requested or config.backup.databases) or sorted(
-        name for name in state.backups if name != GLOBALS_KEY
+        name
+        for name, summary in state.backups.items()
+        if name != GLOBALS_KEY and not summary.gone
     )
     if names and config.backup.dump_globals:
         names.append(GLOBALS_KEY)
@@ -232,6 +234,13 @@ def record_outcomes(
             summary.last_run_failed = True
     run_failure = next((o for o in outcomes if o.database == "*" and o.result == "failed"), None)
     if run_failure is None:
+        if not (requested or state.config.backup.databases):
+            # Discovery chose what this run dumped: a database with backups that it no
+            # longer finds is gone from the primary (one that comes back is not).
+            found = {o.key for o in outcomes}
+            for key, summary in state.backups.items():
+                if not summary.is_globals:
+                    summary.gone = key not in found
         return
     reached = {o.key for o in outcomes}
     for database in intended_databases(state, requested):

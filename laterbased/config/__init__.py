@@ -143,6 +143,9 @@ class BackupConfig:
     # retry_delay_max, until one succeeds or the next scheduled run is due.
     retry_delay: float = field(default=60.0, metadata=DURATION)
     retry_delay_max: float = field(default=1800.0, metadata=DURATION)
+    # A discovered database gone from the primary leaves health this long after its last
+    # good backup (a warning until then); its backups stay, listed as "database gone".
+    gone_grace: float = field(default=86400.0, metadata=DURATION)
     verify_schedule: str = field(default="30 4 * * *", metadata=CRON)
     restore_drill: bool = False
     optimize_schedule: str | None = field(default=None, metadata=CRON)

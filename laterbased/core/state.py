@@ -155,6 +155,9 @@ class BackupSummary:
     last_run_failed: bool | None = None
     # Why the newest backup failed verify (or its restore drill), from its manifest.
     verify_failed: str | None = None
+    # Discovery no longer finds it on the primary (dropped, renamed): its backups stay,
+    # and health forgets it backup.gone_grace after its last good backup.
+    gone: bool = False
 
     @property
     def is_globals(self) -> bool:

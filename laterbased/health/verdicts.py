@@ -306,9 +306,27 @@ def backup_check_name(summary: BackupSummary) -> str:
     return "globals" if summary.is_globals else f"backup:{summary.database}"
 
 
+def gone_for_good(summary: BackupSummary, state: State, now: float) -> bool:
+    """Discovery no longer finds it and ``backup.gone_grace`` has passed since its last good
+    backup: health forgets it (its backups stay listed as "database gone")."""
+    if not summary.gone:
+        return False
+    since = summary.last_success or summary.last_failure or state.started_at
+    return now - since > state.config.backup.gone_grace
+
+
 def check_backup(summary: BackupSummary, state: State, now: float) -> Check:
     """One database: a recent good backup, and the last run did not fail."""
     name = backup_check_name(summary)
+    if summary.gone:
+        since = summary.last_success or summary.last_failure or state.started_at
+        left = state.config.backup.gone_grace - (now - since)
+        return Check(
+            name,
+            "warning",
+            f"database gone: {summary.database!r} is no longer on the primary (dropped or "
+            f"renamed?); its backups are kept; this check ends in {format_duration(left)}",
+        )
     stale_after = backup_stale_after(state.config, now)
     if summary.last_run_failed is not None:
         # The latest run's result, in run order: comparing timestamps would let a success
@@ -434,6 +452,8 @@ def evaluate(state: State, now: float) -> list[Check]:
         databases = backup_databases(state)
         for database in databases:
             summary = state.backups.get(database) or BackupSummary(database=database)
+            if gone_for_good(summary, state, now):
+                continue
             checks.append(check_backup(summary, state, now))
             if config.upload.enabled:
                 checks.append(check_upload(summary, state, now))

@@ -92,6 +92,7 @@ def status_document(state: State, now: float) -> dict[str, Any]:
                 "pending_upload": summary.pending_upload,
                 "last_failure": summary.last_failure,
                 "last_error": summary.last_error,
+                "gone": summary.gone,
             }
             for summary in (state.backups[name] for name in sorted(state.backups))
         ],
@@ -265,12 +266,15 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
             "<th>Kept</th><th>Waiting upload</th><th>Last error</th></tr>"
         )
         for backup in doc["backups"]:
+            last = f"<td class=error>{_text(backup['last_error'] or '')}</td>"
+            if backup.get("gone"):
+                # Discovery no longer finds it: its backups are kept, nothing is retried.
+                last = "<td class=muted>database gone (no longer on the primary)</td>"
             parts.append(
                 f"<tr><td>{_text(backup['database'])}</td>"
                 f"<td>{_when(backup['last_success'], zone, now)}</td>"
                 f"<td>{_size(backup['last_size'])}</td><td>{_text(backup['local_count'])}</td>"
-                f"<td>{_text(backup['pending_upload'])}</td>"
-                f"<td class=error>{_text(backup['last_error'] or '')}</td></tr>"
+                f"<td>{_text(backup['pending_upload'])}</td>{last}</tr>"
             )
         parts.append("</table>")
     parts.append("<h2>Scheduled jobs</h2>")
