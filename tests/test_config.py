@@ -419,3 +419,58 @@ def test_secret_file_others_can_read_gives_a_warning_with_the_fix(tmp_path: Path
     result = cli("config", "validate", env=MINIMAL | {"REPL_PASSWORD_FILE": str(secret_file)})
     assert result.returncode == 0, result
     assert "secret file" not in result.stderr, result.stderr
+
+
+def test_relative_paths_from_an_old_env_are_refused_naming_the_variable() -> None:
+    # An old Laterbase .env said LOCAL_BACKUP_PATH=./backups (relative to the compose
+    # directory). laterbased took it as "backups" relative to wherever the daemon runs
+    # (/ under systemd, where the unit may not write), and `config validate` said valid.
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            None,
+            {
+                "PRIMARY_HOST": "192.168.1.50",
+                "LOCAL_BACKUP_PATH": "./backups",
+                "PGDATA": "standby",
+                "LATERBASED_STATE_DIR": "~/laterbased",
+            },
+        )
+    problems = caught.value.problems
+    assert any(
+        p.startswith("backup.directory: must be an absolute path, not './backups'")
+        and "(from LOCAL_BACKUP_PATH)" in p
+        for p in problems
+    ), problems
+    assert any(p.startswith("standby.data_dir: must be an absolute path") for p in problems)
+    assert not any(p.startswith("state_dir") for p in problems), "~ expands to a full path"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, "from-yaml-file"),
+        ({"REPL_PASSWORD": "from-legacy-env"}, "from-legacy-env"),
+        ({"LATERBASED_PRIMARY_PASSWORD": "from-laterbased-env"}, "from-laterbased-env"),
+        ({"LATERBASED_PRIMARY_PASSWORD_FILE": "{env_file}"}, "from-env-file"),
+        (
+            {"REPL_PASSWORD_FILE": "{env_file}", "LATERBASED_PRIMARY_PASSWORD": "top"},
+            "top",
+        ),
+    ],
+)
+def test_password_precedence_holds_for_secret_files(
+    tmp_path: Path, environment: dict[str, str], expected: str
+) -> None:
+    # A YAML `password_file:` beat LATERBASED_PRIMARY_PASSWORD (and REPL_PASSWORD): trying a
+    # new password from the environment silently kept the old one, against the README's
+    # "YAML < legacy .env names < LATERBASED_*".
+    (tmp_path / "yaml.secret").write_text("from-yaml-file\n")
+    (tmp_path / "env.secret").write_text("from-env-file\n")
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(
+        f"primary:\n  host: resolve.local\n  password_file: {tmp_path / 'yaml.secret'}\n"
+    )
+    env = {k: v.format(env_file=tmp_path / "env.secret") for k, v in environment.items()}
+    config = load_config(config_file, env)
+    assert config.primary.password is not None
+    assert config.primary.password.reveal() == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -10,10 +11,15 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from config_support import quiet_config
 from daemon_process import DaemonProcess, free_tcp_port, minimal_config, write_config
+
+from laterbased.daemon import Daemon, Worker
+from laterbased.errors import EXIT_REFUSE, RefuseToRun
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +256,37 @@ async def test_sighup_queued_during_start_up_is_applied(tmp_path: Path) -> None:
         await process.wait_http(timeout=10)
     finally:
         await process.stop()
+
+
+async def test_refusing_daemon_logs_the_exit_code_it_really_ends_with(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A second daemon on a busy data directory refused (exit 3) but logged
+    # "laterbased stopped exit_code=0" as its last line: journalctl readers believed it.
+    async def refuse(ctx: Any) -> None:
+        raise RefuseToRun("someone else's server runs on the data directory")
+
+    daemon = Daemon(quiet_config(), workers=[Worker("standby", refuse)])
+    caplog.set_level(logging.INFO, logger="laterbased.daemon")
+    with pytest.raises(RefuseToRun):
+        await daemon.serve()
+    stopped = [r.getMessage() for r in caplog.records if "laterbased stopped" in r.getMessage()]
+    assert stopped == [f"laterbased stopped exit_code={EXIT_REFUSE}"]
+
+
+async def test_a_refusal_inside_a_workers_task_group_stops_the_daemon_not_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def refuse_from_a_task(ctx: Any) -> None:
+        async with asyncio.TaskGroup() as group:
+
+            async def inner() -> None:
+                raise RefuseToRun("slot name taken by a logical slot")
+
+            group.create_task(inner())
+
+    daemon = Daemon(quiet_config(), workers=[Worker("standby", refuse_from_a_task)])
+    with pytest.raises(RefuseToRun, match="logical slot"):
+        await asyncio.wait_for(daemon.serve(), 10)
+    assert daemon.state.worker_restarts["standby"] == 0
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]

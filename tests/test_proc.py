@@ -9,13 +9,16 @@ import pwd
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pgserver import PgServer, free_port
 from waiting import wait_for
 
 from laterbased.errors import RefuseToRun
 from laterbased.proc import (
+    RepeatCollapser,
     RunAs,
     child_environment,
     pid_alive,
@@ -241,3 +244,78 @@ async def test_pid_alive_is_false_for_an_exited_child() -> None:
     result = await run([PY, "-c", "import os; print(os.getpid())"], capture_stdout=True,
                        log_name="pid")
     assert not pid_alive(int(result.stdout))
+
+
+def test_repeats_are_logged_once_then_summarised_once_a_window() -> None:
+    fatal = (
+        '{} UTC [{}] FATAL:  could not connect to the primary server: connection to server '
+        'at "10.0.0.5", port 5432 failed: Connection refused'
+    )
+    hint = "\tIs the server running on that host and accepting TCP/IP connections?"
+    collapser = RepeatCollapser(window=60)
+    logged: list[str] = []
+    for second in range(0, 130, 5):  # the walreceiver retries every 5 s
+        logged += collapser.feed(fatal.format(f"13:{second:03d}", 1000 + second), float(second))
+        logged += collapser.feed(hint, float(second))
+    assert logged[0].startswith("13:000 UTC [1000] FATAL:  could not connect")
+    assert logged[1] == hint
+    summary = (
+        'FATAL:  could not connect to the primary server: connection to server at "10.0.0.5", '
+        "port 5432 failed: Connection refused (repeated {} times in the last minute)"
+    )
+    # 5 s … 55 s in the first minute, 60 s … 115 s in the second.
+    assert logged[2:] == [summary.format(11), summary.format(12)]
+    assert collapser.next_deadline() == 180.0
+    # The primary is back: a new message is logged at once, the last repeats when due.
+    assert collapser.feed("13:131 UTC [77] LOG:  started streaming WAL", 131.0) == [
+        "13:131 UTC [77] LOG:  started streaming WAL"
+    ]
+    assert collapser.expire(180.0) == [summary.format(2)]
+    assert collapser.expire(240.0) == []  # quiet for a window: forgotten ...
+    assert collapser.feed(fatal.format("13:300", 5), 300.0)[0].startswith("13:300")  # ... so logged
+
+
+async def test_standby_fatal_while_the_primary_is_down_is_collapsed(
+    make_primary: Callable[..., PgServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real postgres in standby mode whose primary does not answer: its walreceiver fails
+    # with the same FATAL every wal_retrieve_retry_interval (5 s by default, 100 ms here).
+    server = make_primary()
+    await asyncio.to_thread(server.stop, "fast")
+    (server.data_dir / "standby.signal").touch()
+    dead = free_port()
+    caplog.set_level(logging.INFO, logger="laterbased.proc")
+    child = await spawn(
+        [
+            str(server.bindir / "postgres"),
+            "-D", str(server.data_dir),
+            "-c", f"primary_conninfo=host=127.0.0.1 port={dead} user=nobody connect_timeout=2",
+            "-c", "wal_retrieve_retry_interval=100ms",
+        ],
+        run_as=resolve_run_as(None),
+        log_name="standby postgres",
+        repeat_window=1.0,
+    )
+    try:
+        await wait_for(
+            lambda: sum(
+                "repeated" in m and "could not connect" in m
+                for m in (r.getMessage() for r in caplog.records)
+            ) >= 2,
+            "two summaries of the repeated FATAL",
+            timeout=30,
+            log=lambda: caplog.text[-3000:],
+        )
+    finally:
+        await child.stop([(signal.SIGINT, 30)])
+    messages = [r.getMessage() for r in caplog.records if r.name == "laterbased.proc"]
+    fatal = [m for m in messages if "could not connect to the primary server" in m]
+    full = [m for m in fatal if "repeated" not in m]
+    summaries = [m for m in fatal if "repeated" in m]
+    assert len(full) == 1, fatal
+    assert len(summaries) >= 2
+    assert all(m.startswith("standby postgres: FATAL:  could not connect") for m in summaries)
+    counted = [int(m.rsplit("(repeated ", 1)[1].split()[0]) for m in summaries]
+    assert sum(counted) >= 5, counted
+    # The postmaster's own lines are still there, once each.
+    assert sum("database system is shut down" in m for m in messages) == 1, messages[-10:]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
 from pgserver import PgServer
+from waiting import wait_for
 
 from laterbased.backup.dump import discover_databases, primary_server, run_dumps
 from laterbased.records.catalogue import Catalogue, encode_name
@@ -203,7 +208,6 @@ async def test_failed_dump_publishes_nothing_and_reports_why(
 
 
 async def test_dump_honours_primary_sslmode(primary: PgServer, backup_dir: Path) -> None:
-    import dataclasses
 
     config = make_config(primary, backup_dir, databases=("postgres",), skip_unchanged=False)
     strict = dataclasses.replace(
@@ -264,3 +268,43 @@ async def test_globals_dump_has_roles_but_no_password_hashes(
     text = record.path.read_text()
     assert "CREATE ROLE replicator" in text
     assert "SCRAM-SHA-256$" not in text and "PASSWORD" not in text
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="laterbased-test-") as base:
+        yield Path(base)
+
+
+async def test_skip_unchanged_does_not_miss_a_write_whose_session_is_still_busy(
+    make_primary: Callable[..., PgServer], work: Path
+) -> None:
+    """A backend reports its write counters to pg_stat_database only when it goes idle. A
+    row committed by a session that is still running something else is invisible to the
+    fingerprint: the run must not call the database unchanged (it used to skip the dump
+    and confirm the old backup as fresh, with a committed row in no backup)."""
+    server = make_primary()
+    server.create_database("proj")
+    server.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (0)", database="proj")
+    config = make_config(server, work / "backups", databases=("proj",))
+    catalogue = Catalogue(config.backup_directory)
+    [first] = await run_dumps(config, catalogue, "review-1")
+    assert first.result == "success", first.detail
+
+    writer = await server.connect("proj")
+    busy = asyncio.create_task(
+        writer.execute("BEGIN; INSERT INTO t VALUES (1); COMMIT; SELECT pg_sleep(30)")
+    )
+    try:
+        await wait_for(
+            lambda: server.sql("SELECT count(*) FROM t", database="proj") == "2",
+            "the busy session's row committed",
+            10,
+        )
+        [second] = await run_dumps(config, catalogue, "review-2")
+    finally:
+        busy.cancel()
+        with contextlib.suppress(asyncio.CancelledError, asyncpg.PostgresError):
+            await busy
+        writer.terminate()
+    assert second.result == "success", f"committed row missed: {second.result} {second.detail}"

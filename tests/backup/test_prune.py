@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from backup_files import publish_real_backup
+from pgserver import PgServer
 
 from laterbased.backup.prune import RetentionPolicy, decide, prune
 from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
@@ -238,3 +242,30 @@ async def test_prune_deletes_only_our_backups_and_leaves_foreign_files(
     assert "did not create" not in caplog.text, "foreign files are logged once"
     for record in outcome.deleted:
         assert not record.path.exists() and not record.manifest_path.exists()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="laterbased-test-") as base:
+        yield Path(base)
+
+
+@pytest.mark.slow
+async def test_retention_never_deletes_the_last_backup_of_a_database(
+    primary: PgServer, work: Path
+) -> None:
+    """Every backup of a database judged damaged by verify (a damaged disk, or a verify that
+    could not run: pg_restore missing, a timeout) and older than retention_days, while the
+    dumps fail (primary down for a week): prune used to delete them all, leaving nothing to
+    try. The newest one that exists stays."""
+    catalogue = Catalogue(work / "backups")
+    now = datetime.now(UTC)
+    for days in (10, 9, 8):
+        started = now - timedelta(days=days)
+        record = publish_real_backup(primary, catalogue, "postgres", started=started)
+        catalogue.mark_verified(record, False, "pg_restore --list timed out")
+    policy = RetentionPolicy(retention_days=7, min_keep=3)
+    outcome = await prune(catalogue, policy, now, UTC, "review-prune")
+    left = catalogue.list_backups("postgres")
+    assert [r.path.exists() for r in left] == [True], f"deleted: {outcome.deleted}"
+    assert max(r.started for r in outcome.deleted) < left[0].started

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from config_support import quiet_config
 from pgserver import PgServer
 
 from laterbased.config import (
@@ -211,3 +212,34 @@ async def test_reload_to_another_primary_reconnects_there(
         assert state.primary.system_identifier not in (None, first_id)
     finally:
         monitor.close()
+
+
+async def test_wrong_password_is_a_refused_login_not_an_unreachable_primary(
+    primary: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /healthz said "primary: unreachable: ... password authentication failed": at 3 a.m.
+    # "unreachable" sends you to the network, not to REPL_PASSWORD.
+    config = quiet_config(
+        primary=PrimaryConfig(
+            host=primary.host,
+            port=primary.port,
+            user=primary.replication_user,
+            password=Secret("certainly-not-the-password"),
+            connect_timeout=5.0,
+        ),
+        timezone="UTC",
+    )
+    state = State(config=config)
+    monitor = Monitor(state)
+    caplog.set_level(logging.INFO, logger="laterbased.monitor")
+    try:
+        await monitor.poll_once()
+    finally:
+        monitor.close()
+    check = health.check_primary(state, state.started_at + 1)
+    assert check.severity == "critical"
+    assert check.reason.startswith("login refused: "), check.reason
+    assert "REPL_PASSWORD" in check.reason
+    assert "primary refused our login" in caplog.text
+    assert "primary unreachable" not in caplog.text
+    assert "certainly-not-the-password" not in check.reason + caplog.text

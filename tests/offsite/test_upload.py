@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,7 @@ from rclone_servers import SECRET_KEY, S3Server
 from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, load_config
 from laterbased.core.state import State
+from laterbased.offsite import rclone as rclone_module
 from laterbased.offsite.rclone import RemoteEntry
 from laterbased.offsite.upload import remote_expired, upload_pending
 from laterbased.records.catalogue import BackupRecord, Catalogue, manifest_name
@@ -295,7 +297,6 @@ def test_daemon_refuses_to_start_when_rclone_is_missing(work: Path) -> None:
 async def test_a_hanging_remote_never_delays_the_scheduled_dumps(
     primary: PgServer, project_db: str, work: Path
 ) -> None:
-    import asyncio
     import socket
     import time
 
@@ -346,3 +347,49 @@ async def test_a_hanging_remote_never_delays_the_scheduled_dumps(
         listener.close()
     assert state.job("upload").last_run is not None
     assert state.job("upload").last_run.result == "cancelled"
+
+
+def with_local_remote(primary: PgServer, work: Path) -> Config:
+    config = make_config(primary, work / "backups")
+    env = {
+        "PRIMARY_HOST": "resolve.local",
+        "HOME": "/nonexistent-home",
+        "RCLONE_REMOTE_NAME": "offsite",
+        "RCLONE_REMOTE_PATH": str(work / "remote"),
+        "RCLONE_REMOTE_1_NAME": "offsite",
+        "RCLONE_REMOTE_1_TYPE": "local",
+        "LATERBASED_UPLOAD_RETRIES": "0",
+    }
+    return dataclasses.replace(config, upload=load_config(None, env).upload)
+
+
+async def test_upload_finishing_after_verify_keeps_the_verify_verdict(
+    primary: PgServer, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload job reads the catalogue when it starts and marks each backup uploaded
+    when its copy is done; the verify job runs on its own schedule meanwhile. A verdict
+    'damaged' written while the upload was running must survive the upload's mark (it
+    used to rewrite the manifest from its stale copy: the bad backup became 'good')."""
+    config = with_local_remote(primary, work)
+    catalogue = Catalogue(config.backup_directory)
+    record = publish_real_backup(primary, catalogue, "postgres")
+
+    real_copyto = rclone_module.Rclone.copyto
+    verdicts: list[str] = []
+
+    async def copyto_while_verify_runs(
+        self: rclone_module.Rclone, local: Path, remote: str
+    ) -> None:
+        if not verdicts:  # the verify job lands its verdict while the data is on its way
+            verdicts.append("damaged")
+            catalogue.mark_verified(record, False, "checksum mismatch (test)")
+        await real_copyto(self, local, remote)
+
+    monkeypatch.setattr(rclone_module.Rclone, "copyto", copyto_while_verify_runs)
+    result = await upload_pending(config, State(config=config), catalogue)
+    assert result.result == "success", result.detail
+    [listed] = catalogue.list_backups()
+    assert listed.uploaded_at is not None, "the upload mark is recorded"
+    assert listed.verified is False, "the verify verdict was lost by the upload's mark"
+    assert listed.verify_detail == "checksum mismatch (test)"
+    assert not listed.good

@@ -14,9 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backup_files import publish_real_backup
 from backup_support import CLI_DB, ROOT, cli, environment, make_config, publish
 from pgserver import PgServer, free_port
 
+from laterbased import cli as laterbased_cli
 from laterbased.backup.runner import run_verify_job
 from laterbased.core.state import State
 from laterbased.records.catalogue import Catalogue
@@ -177,3 +179,23 @@ def test_backups_list_escapes_names_that_would_break_the_table_and_flags_future_
     rows = json.loads(listed.stdout)
     assert [row["database"] for row in rows if row["future"]] == [DB]
     assert broken in [row["database"] for row in rows]
+
+
+def test_backups_list_for_a_mistyped_database_names_the_ones_there_are(
+    primary: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `backups list --database nope` said "no backups in DIR": at 3 a.m. that reads as
+    # "everything is gone", when it was a typo.
+    publish_real_backup(primary, Catalogue(tmp_path / "backups"))
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(
+        f"primary:\n  host: resolve.local\nbackup:\n  directory: {tmp_path / 'backups'}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
+    code = laterbased_cli.main(
+        ["backups", "list", "--config", str(config_file), "--database", "Postgres"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "no backups of 'Postgres' in " in out
+    assert "backed-up databases: 'postgres'" in out

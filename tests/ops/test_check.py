@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -12,13 +13,16 @@ from pathlib import Path
 
 import pytest
 from backup_files import publish_real_backup
+from config_support import quiet_config
 from pgserver import NASTY_PASSWORD, PgServer, free_port
 from streaming_standby import StreamingStandby
 
 from laterbased import cli
-from laterbased.config import Config, load_config
-from laterbased.ops.check.checks import CheckResult, exit_code, run_checks
+from laterbased.config import Config, HttpConfig, load_config
+from laterbased.core.state import State
+from laterbased.ops.check.checks import CheckResult, Facts, check_http_port, exit_code, run_checks
 from laterbased.records.catalogue import Catalogue
+from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 
@@ -244,3 +248,30 @@ def test_invalid_configuration_is_a_failure_line(
     out = capsys.readouterr().out
     assert code == 2
     assert "FAIL  configuration  primary.port" in out
+
+
+async def test_check_is_ok_when_the_port_is_held_by_the_running_laterbased() -> None:
+    # `laterbased check` from cron/Nagios next to a healthy daemon exited 1 forever
+    # ("127.0.0.1:8434 is in use"): the daemon itself is the one holding the port.
+    server = HttpServer(build_app(State(config=quiet_config())), "127.0.0.1", 0)
+    await server.start()
+    try:
+        config = quiet_config(http=HttpConfig(host="127.0.0.1", port=server.port))
+        line = await check_http_port(Facts(config))
+    finally:
+        await server.stop()
+    assert line is not None
+    assert line.status == "OK", line
+    assert "served by a running laterbased" in line.message
+
+
+async def test_check_warns_when_another_program_holds_the_port() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        config = quiet_config(http=HttpConfig(host="127.0.0.1", port=port))
+        line = await check_http_port(Facts(config))
+    assert line is not None
+    assert line.status == "WARN", line
+    assert "not a laterbased" in line.message

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from pgserver import free_port
+import yaml
+from pgserver import PgServer, free_port
 
+from laterbased.config import load_config
+from laterbased.ops.demo.session import DemoOptions, demo_config
 from laterbased.proc import pids_with_cwd_under
 
 pytestmark = pytest.mark.slow
@@ -98,3 +102,18 @@ async def test_demo_streams_backs_up_and_cleans_up_after_ctrl_c() -> None:
     assert not port_open(primary_port), "the demo's primary is still running"
     assert pids_with_cwd_under(workdir.parent) == []
     workdir.parent.rmdir()
+
+
+def test_demo_config_has_a_token_so_backup_now_reaches_the_demo_daemon(
+    primary: PgServer, tmp_path: Path
+) -> None:
+    # `laterbased backup-now --config <demo>/laterbased.yaml` (README: Backups) failed with
+    # "set http.token" next to the running demo; `promote` fell back to a direct promote.
+    data = demo_config(tmp_path, primary, DemoOptions(upload=False, http_port=free_port()))
+    config_file = tmp_path / "laterbased.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    config = load_config(config_file, {})
+    assert config.http.token is not None and len(config.http.token.reveal()) >= 24
+    token_file = Path(data["http"]["token_file"])
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert config.http.token.reveal() not in config_file.read_text()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from backup_files import publish_real_backup
 from pgserver import PgServer
@@ -14,7 +16,7 @@ from pgserver import PgServer
 from laterbased import cli
 from laterbased.config import Config, load_config
 from laterbased.errors import JobFailed, RefuseToRun
-from laterbased.ops.restore.steps import RestoreRequest, aside_name, restore
+from laterbased.ops.restore.steps import Restorer, RestoreRequest, aside_name, restore
 from laterbased.records.catalogue import Catalogue, encode_name
 
 pytestmark = pytest.mark.slow
@@ -224,3 +226,81 @@ def test_aside_name_fits_postgresql_identifier_limit() -> None:
     name = aside_name("ü" * 40, moment)
     assert len(name.encode("utf-8")) <= 63
     assert name.endswith("_before_restore_20261126T140000Z")
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="laterbased-test-") as base:
+        yield Path(base)
+
+
+LOOSE_SOURCE = "review proj"
+
+
+def restore_config(server: PgServer, work: Path) -> Config:
+    return load_config(
+        None,
+        {
+            "PRIMARY_HOST": server.host,
+            "PRIMARY_PORT": str(server.port),
+            "PRIMARY_USER": server.superuser,
+            "REPL_PASSWORD": server.superuser_password,
+            "LOCAL_BACKUP_PATH": str(work / "backups"),
+            "LATERBASED_STATE_DIR": str(work / "state"),
+        },
+    )
+
+
+def database_names(server: PgServer) -> set[str]:
+    return set(server.sql("SELECT datname FROM pg_database").splitlines())
+
+
+async def test_replace_that_fails_halfway_leaves_the_target_under_its_name(
+    make_primary: Callable[..., PgServer], work: Path
+) -> None:
+    """--replace renames the old database aside, then the restored one in. When the second
+    rename fails, the old one must still carry the name Resolve opens (it used to stay
+    renamed aside, and the restored copy was dropped: the project library vanished)."""
+    server = make_primary()
+    server.create_database("Target")
+    server.sql("CREATE TABLE keep (id int); INSERT INTO keep VALUES (1)", database="Target")
+    work_name = "laterbased_restore_review"
+    server.create_database(work_name)
+    config = restore_config(server, work)
+    restorer = Restorer(config, RestoreRequest(target_db="Target", replace=True))
+    holder = await server.connect(work_name)  # the second rename cannot proceed
+    try:
+        with pytest.raises(asyncpg.PostgresError, match="accessed by other users"):
+            await restorer._swap(work_name)
+    finally:
+        await holder.close()
+    names = database_names(server)
+    assert "Target" in names, f"the target lost its name: {sorted(names)}"
+    assert not [n for n in names if n.startswith("Target_before_restore_")]
+    assert server.sql("SELECT count(*) FROM keep", database="Target") == "1"
+
+
+async def test_truncated_plain_gzip_file_fails_the_restore(
+    make_primary: Callable[..., PgServer], work: Path
+) -> None:
+    """A .sql.gz without a manifest (--file) cannot be checked by sha256; a truncated one
+    must fail the restore, not restore part of the database and report success."""
+    server = make_primary()
+    server.create_database(LOOSE_SOURCE)
+    server.sql(
+        "CREATE TABLE clips (id int PRIMARY KEY, note text);"
+        "INSERT INTO clips SELECT g, md5(g::text) FROM generate_series(1, 200000) g;"
+        "CREATE TABLE later (id int); INSERT INTO later VALUES (1);",
+        database=LOOSE_SOURCE,
+    )
+    config = restore_config(server, work)
+    record = publish_real_backup(
+        server, Catalogue(config.backup_directory), LOOSE_SOURCE, "plain-gzip"
+    )
+    loose = work / "loose.sql.gz"
+    data = record.path.read_bytes()
+    loose.write_bytes(data[: len(data) // 2])
+    with pytest.raises(JobFailed, match="damaged|truncated|ended"):
+        await restore(config, RestoreRequest(target_db="Truncated", file=loose))
+    assert "Truncated" not in database_names(server)
+    assert not [n for n in database_names(server) if n.startswith("laterbased_restore_")]

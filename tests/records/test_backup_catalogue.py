@@ -7,16 +7,21 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backup_files import publish_real_backup
 from backup_support import publish
 from hypothesis import given
 from hypothesis import strategies as st
+from pgserver import PgServer
 
 from laterbased.config import BackupConfig, Config
 from laterbased.core.state import State
+from laterbased.records import catalogue as backups_module
 from laterbased.records.catalogue import (
     GLOBALS_KEY,
     BackupRecord,
@@ -249,3 +254,44 @@ def test_globals_of_an_earlier_version_are_their_own_series_beside_a_database_so
     assert state.backups["(globals)"].last_file == str(database.path)
     assert state.backups[GLOBALS_KEY].last_file == str(folder / f"globals-{stamp}.sql")
     assert state.backups[GLOBALS_KEY].label == "(globals)"
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="laterbased-test-") as base:
+        yield Path(base)
+
+
+@pytest.mark.slow
+def test_marks_from_a_stale_record_keep_each_others_fields(primary: PgServer, work: Path) -> None:
+    """mark_uploaded / mark_verified / mark_confirmed change only their own fields."""
+    catalogue = Catalogue(work / "backups")
+    stale = publish_real_backup(primary, catalogue, "postgres")
+    when = datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
+    catalogue.mark_uploaded(stale, "offsite:/x", when)
+    catalogue.mark_verified(stale, True, "sha256 ok", when, drill={"ok": True})
+    catalogue.mark_confirmed(stale, when)
+    [listed] = catalogue.list_backups()
+    assert listed.uploaded_to == "offsite:/x" and listed.uploaded_at == when
+    assert listed.verified is True and listed.drill == {"ok": True}
+    assert listed.confirmed_at == when
+
+
+@pytest.mark.slow
+def test_first_backup_of_a_database_makes_its_new_directory_durable(
+    primary: PgServer, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync of a file does not put a *new* directory's entry on disk: the root that holds
+    ``<root>/<db>/`` must be fsynced too when the first backup of a database creates it."""
+    synced: list[Path] = []
+    real = backups_module.fsync_directory
+
+    def record_fsync(directory: Path) -> None:
+        synced.append(Path(directory))
+        real(directory)
+
+    monkeypatch.setattr(backups_module, "fsync_directory", record_fsync)
+    catalogue = Catalogue(work / "backups")
+    record = publish_real_backup(primary, catalogue, "postgres")
+    assert record.directory in synced
+    assert catalogue.root in synced, f"the new {record.directory.name}/ entry was never synced"
