@@ -279,6 +279,55 @@ _PG_MESSAGE = re.compile(
 )
 
 
+# PostgreSQL's severities as ours: a standby's FATAL (it cannot reach the primary, its
+# replication broke) must not hide among INFO lines. Lower ones keep the child's level.
+_PG_LEVELS = {
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "FATAL": logging.ERROR,
+    "PANIC": logging.CRITICAL,
+}
+# Lines that belong to the message before them.
+_PG_CONTINUATIONS = ("DETAIL", "HINT", "CONTEXT", "STATEMENT", "LOCATION")
+# FATALs of an ordinary start or stop: a client turned away while starting up or shutting
+# down (our own liveness check among them), sessions ended by a fast shutdown.
+_PG_ROUTINE = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is not yet accepting connections",
+    "terminating connection due to administrator command",
+    "terminating walreceiver process due to administrator command",
+)
+
+
+class PostgresSeverity:
+    """The log level for each line of a PostgreSQL server's output: its own severity
+    mapped to ours (FATAL and ERROR → ERROR, PANIC → CRITICAL, WARNING → WARNING), the
+    child's level for the rest; DETAIL/HINT/… and tab-continued lines follow the line they
+    belong to."""
+
+    def __init__(self, default: int) -> None:
+        self.default = default
+        self._current = default
+
+    def level(self, text: str) -> int:
+        if text[:1] in ("\t", " "):
+            return self._current
+        match = _PG_MESSAGE.search(text)
+        if match is None:
+            self._current = self.default
+            return self.default
+        message = match.group(1)
+        severity = message.split(":", 1)[0]
+        if severity in _PG_CONTINUATIONS:
+            return self._current
+        level = max(self.default, _PG_LEVELS.get(severity, self.default))
+        if any(routine in message for routine in _PG_ROUTINE):
+            level = self.default
+        self._current = level
+        return level
+
+
 @dataclass
 class _Repeats:
     since: float
@@ -373,9 +422,15 @@ async def _pump_lines(
     tail: deque[str] | None = None,
     on_line: Callable[[str], None] | None = None,
     collapser: RepeatCollapser | None = None,
+    severity: PostgresSeverity | None = None,
 ) -> None:
     """Read ``stream`` to its end line by line: each line goes to ``on_line`` when given,
-    else to the log (through ``collapser`` when given); ``tail`` keeps the last ones."""
+    else to the log (through ``collapser`` when given) at ``level``, or at the level
+    ``severity`` reads in the line; ``tail`` keeps the last ones."""
+
+    def level_of(text: str) -> int:
+        return level if severity is None else severity.level(text)
+
     pending = b""
     final = False
     while not final:
@@ -385,7 +440,7 @@ async def _pump_lines(
             assert collapser is not None and deadline is not None  # noqa: S101
             # The timer may fire a hair early by our clock: the window is over all the same.
             for text in collapser.expire(max(time.monotonic(), deadline)):
-                logger.log(level, "%s: %s", log_name, text)
+                logger.log(level_of(text), "%s: %s", log_name, text)
             continue
         final = not chunk
         lines, pending = split_lines(pending + chunk, final=final)
@@ -397,12 +452,12 @@ async def _pump_lines(
                 on_line(line)
             elif collapser is not None:
                 for text in collapser.feed(line, time.monotonic()):
-                    logger.log(level, "%s: %s", log_name, text)
+                    logger.log(level_of(text), "%s: %s", log_name, text)
             else:
-                logger.log(level, "%s: %s", log_name, line)
+                logger.log(level_of(line), "%s: %s", log_name, line)
     if collapser is not None:
         for text in collapser.flush():
-            logger.log(level, "%s: %s", log_name, text)
+            logger.log(level_of(text), "%s: %s", log_name, text)
 
 
 async def _read_all(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
@@ -526,7 +581,13 @@ class Child:
         assert process.stdout is not None  # noqa: S101 - guaranteed by spawn()
         collapser = RepeatCollapser(repeat_window) if repeat_window else None
         self._pump = asyncio.create_task(
-            _pump_lines(process.stdout, log_name, logging.INFO, collapser=collapser)
+            _pump_lines(
+                process.stdout,
+                log_name,
+                logging.INFO,
+                collapser=collapser,
+                severity=PostgresSeverity(logging.INFO),
+            )
         )
 
     @property
