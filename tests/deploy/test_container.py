@@ -234,12 +234,18 @@ def container_pids(env: dict[str, str], name: str) -> list[int]:
     return [int(word) for word in lines if word.isdigit()]
 
 
-def uids_of(pid: int) -> list[int]:
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return [int(value) for value in line.split()[1:]]
-    return []
+def uids_and_environ(pid: int) -> tuple[list[int], bytes] | None:
+    """Real/effective/saved/fs uids and the environment of a process, None once gone (a
+    postgres backend may end between `docker top` and here)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return [int(value) for value in line.split()[1:]], environ
+    return None
 
 
 @pytest.mark.pg_majors(13)
@@ -306,11 +312,13 @@ async def test_container_from_old_env_streams_backs_up_is_healthy_and_stops_clea
 
         await wait_for(lambda: health() == "healthy", "HEALTHCHECK healthy", timeout=120,
                        log=logs)
-        pids = container_pids(docker_env, name)
-        assert len(pids) >= 3, pids  # init, laterbased, postgres and its children
-        for pid in pids:
-            uids = uids_of(pid)
-            assert uids and 0 not in uids, (pid, uids)
+        processes = {pid: uids_and_environ(pid) for pid in container_pids(docker_env, name)}
+        seen = {pid: facts for pid, facts in processes.items() if facts is not None}
+        assert len(seen) >= 3, processes  # init, laterbased, postgres and its children
+        secrets = (primary.superuser_password.encode(), b"pgadmin-secret-1234")
+        for pid, (uids, environ) in seen.items():
+            assert 0 not in uids, (pid, uids)
+            assert not any(secret in environ for secret in secrets), f"password in {pid}'s env"
         inspect = json.loads(run([docker, "inspect", name], docker_env).stdout)[0]
         environment = "\n".join(inspect["Config"]["Env"])
         assert primary.superuser_password not in environment
