@@ -29,6 +29,9 @@ from laterbased.health import verdicts as health
 PREFIX = "laterbased_"
 
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost")
+# Why the standby supervisor restarts postgres (standby/supervisor.py): each is exported at 0
+# from the first scrape, so increase() sees the first restart and panels show 0, not "No data".
+RESTART_REASONS = ("crash", "exited", "killed", "stuck")
 RECEIVER_STATUSES = ("streaming", "starting", "waiting", "restarting", "stopping", "stopped")
 
 
@@ -95,14 +98,21 @@ def daemon_metrics(state: State) -> Iterator[Metric]:
     for level, at in sorted(newest.items()):
         last_event.add_metric([level], at)
     yield last_event
+    # The configured channels start at 0 (failures also count in "queue" and "error"), so
+    # the first notification is an increase and panels show 0 rather than "No data".
+    notify = state.config.notify
+    channels = (["webhook"] if notify.webhook_url else []) + (["command"] if notify.command else [])
+    sent_counts = dict.fromkeys(channels, 0) | dict(state.notifications_sent)
+    failure_channels = [*channels, "queue", "error"] if channels else []
+    failed_counts = dict.fromkeys(failure_channels, 0) | dict(state.notifications_failed)
     sent = _counter("notifications_sent", "Notifications delivered, by channel", ["channel"])
-    for channel, count in sorted(state.notifications_sent.items()):
+    for channel, count in sorted(sent_counts.items()):
         sent.add_metric([channel], float(count))
     yield sent
     failed = _counter(
         "notifications_failed", "Notifications that could not be delivered", ["channel"]
     )
-    for channel, count in sorted(state.notifications_failed.items()):
+    for channel, count in sorted(failed_counts.items()):
         failed.add_metric([channel], float(count))
     yield failed
 
@@ -115,7 +125,8 @@ def standby_metrics(state: State) -> Iterator[Metric]:
     restarts = _counter(
         "standby_restarts", "Restarts of the local standby postgres, by reason", ["reason"]
     )
-    for reason, count in sorted(standby.restarts.items()):
+    known = dict.fromkeys(RESTART_REASONS, 0) if state.config.standby.enabled else {}
+    for reason, count in sorted((known | dict(standby.restarts)).items()):
         restarts.add_metric([reason], float(count))
     yield restarts
     done = _gauge("standby_bootstrap_done_bytes", "Bytes copied by the running base backup")
@@ -253,7 +264,10 @@ def job_metrics(state: State) -> Iterator[Metric]:
         "Finished job runs by kind (dump, upload, prune, verify, optimize) and result",
         ["kind", "result"],
     )
-    duration = _gauge("job_duration_seconds", "Duration of the last finished run", ["kind"])
+    # A gauge of the last run, named for what it is (not a histogram of all runs).
+    duration = _gauge(
+        "job_last_duration_seconds", "Duration of the last finished run", ["kind"]
+    )
     last_success = _gauge(
         "job_last_success_timestamp_seconds", "Unix time of the last successful run", ["kind"]
     )

@@ -237,7 +237,7 @@ DESIGN_METRICS = [
     "laterbased_replication_lag_bytes", "laterbased_replication_lag_seconds",
     "laterbased_replication_slot_active", "laterbased_replication_slot_retained_wal_bytes",
     "laterbased_replication_slot_safe_wal_size_bytes", "laterbased_replication_slot_wal_status",
-    "laterbased_job_runs_total", "laterbased_job_duration_seconds",
+    "laterbased_job_runs_total", "laterbased_job_last_duration_seconds",
     "laterbased_job_last_success_timestamp_seconds",
     "laterbased_backup_last_success_timestamp_seconds", "laterbased_backup_last_size_bytes",
     # DESIGN.md says backups_local_count; promtool rejects "_count" outside histograms.
