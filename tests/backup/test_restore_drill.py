@@ -241,7 +241,7 @@ def test_leftover_drill_directories_of_a_killed_daemon_are_removed_but_not_a_for
     leftover = state_dir / f"{DRILL_PREFIX}killed"
     (leftover / "data").mkdir(parents=True)
     # Not a postgres (an operator's shell looking inside): never killed. A real orphaned
-    # postgres is: test_faults_ownership.py.
+    # postgres is: test_backup_ownership.py.
     orphan = subprocess.Popen(["sleep", "120"], cwd=leftover / "data")
     try:
         assert pids_with_cwd_under(state_dir) == [orphan.pid]

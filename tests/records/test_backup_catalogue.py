@@ -144,7 +144,7 @@ def test_clean_partial_removes_leftovers_but_never_kills_a_program_that_is_not_p
     leftover = catalogue.new_partial("db-x.dump")
     leftover.write_bytes(b"half a dump")
     # A process whose stdout is a file in .partial, but not a pg_dump: not provably ours.
-    # (A real leftover pg_dump is killed: test_faults_ownership.py.)
+    # (A real leftover pg_dump is killed: backup/test_backup_ownership.py.)
     with open(catalogue.partial / "writer.out", "wb") as out:
         writer = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(60)"], stdout=out
