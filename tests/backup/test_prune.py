@@ -97,6 +97,12 @@ DAY = 24.0
             [1.0],
         ),
         (
+            "max_local_bytes smaller than the newest backup alone still keeps the newest",
+            [1, 2, 3],
+            RetentionPolicy(retention_days=7, min_keep=3, max_local_bytes=5),
+            [1.0],
+        ),
+        (
             "a backup dated 2 days ahead (clock ran fast) does not push out the newest real one",
             [-48, DAY * 10, DAY * 11],
             RetentionPolicy(retention_days=7, min_keep=1),
