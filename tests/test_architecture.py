@@ -154,3 +154,38 @@ def test_the_package_root_holds_only_entry_points_and_shared_leaves() -> None:
     root = {path.stem for path in PACKAGE.glob("*.py")}
     assert root <= ROOT_MODULES, f"new module at the root: {sorted(root - ROOT_MODULES)}"
     assert len(root) <= 10
+
+
+TESTS = Path(__file__).resolve().parent
+# Test folders beside the package's parts: the shared helpers, and the deployment files that
+# are no Python part (Docker, systemd, the install script).
+TEST_FOLDERS_BESIDE_PARTS = {"support", "deploy"}
+
+
+def test_tests_mirror_the_package_and_share_helpers_only_through_support() -> None:
+    parts = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    folders = {
+        path.name
+        for path in TESTS.iterdir()
+        if path.is_dir() and not path.name.startswith((".", "__"))
+    }
+    strays = folders - parts - TEST_FOLDERS_BESIDE_PARTS
+    assert not strays, f"test folders that are no part of the package: {sorted(strays)}"
+    test_files = sorted(TESTS.rglob("test_*.py"))
+    assert not [path for path in test_files if path.parent.name == "support"]
+    # Without __init__.py, pytest imports each test module by its base name: one per name.
+    assert not list(TESTS.rglob("__init__.py"))
+    stems = [path.stem for path in test_files]
+    assert sorted({s for s in stems if stems.count(s) > 1}) == []
+    # A helper two test files need lives in tests/support/, never in one of them.
+    borrowed = []
+    for path in [*test_files, *(TESTS / "support").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            borrowed += [f"{path.relative_to(TESTS)}: {n}" for n in names if n.startswith("test_")]
+    assert borrowed == [], "test modules importing test modules:\n" + "\n".join(borrowed)
