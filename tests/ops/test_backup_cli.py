@@ -72,10 +72,40 @@ def test_backup_now_without_daemon_cleans_partial_first_unless_another_process_h
     catalogue.prepare()
     leftover = catalogue.new_partial("db-x.dump")
     leftover.write_bytes(b"half a dump of an interrupted run")
-    # An orphaned pg_dump of a killed run: a process whose stdout is a file in .partial.
+    # An orphaned pg_dump of a killed run, still writing into .partial: a real pg_dump,
+    # kept waiting by a lock held on another database (only a provable pg_dump of ours is
+    # ever killed; a stand-in program would rightly be left alone).
+    other = "orphan source " + os.urandom(3).hex()
+    primary.create_database(other)
+    primary.sql("CREATE TABLE held (id int)", other)
+    env_pg = {**os.environ, "PGPASSFILE": str(primary.passfile)}
+    holder = subprocess.Popen(
+        [*primary.psql_argv(other), "-c",
+         "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120)"],
+        env=env_pg, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    primary.wait_until(
+        lambda: primary.sql(
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' "
+            "AND relation IS NOT NULL AND granted"
+        ) != "0",
+        30,
+        "the lock holder to take its lock",
+    )
     with open(catalogue.partial / "orphan.out", "wb") as out:
-        orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                                  stdout=out)
+        orphan = subprocess.Popen(
+            [str(primary.bindir / "pg_dump"), "--no-password", "-Fc", "-h", primary.host,
+             "-p", str(primary.port), "-U", primary.superuser, "-d", other],
+            env=env_pg, stdout=out, stderr=subprocess.DEVNULL,
+        )
+    primary.wait_until(
+        lambda: primary.sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+            "AND wait_event_type = 'Lock'"
+        ) != "0",
+        30,
+        "the orphan pg_dump to wait for its lock",
+    )
     try:
         # Another laterbased process owns the directory (a daemon with HTTP off): hands off.
         with catalogue.lock():
@@ -92,9 +122,10 @@ def test_backup_now_without_daemon_cleans_partial_first_unless_another_process_h
         assert "removed 2 unfinished backup file(s)" in done.stderr
         assert len(catalogue.list_backups()) == 1
     finally:
-        if orphan.poll() is None:
-            orphan.kill()
-            orphan.wait()
+        for process in (orphan, holder):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_backup_now_asks_the_running_daemon_with_its_token(
