@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from backup_support import RESOLVE_DB, build_resolve_db, db_digest, make_config
+from child_argv import record_child_argv
 from pgserver import PgServer
 from waiting import wait_for
 
@@ -268,6 +269,21 @@ async def test_globals_dump_has_roles_but_no_password_hashes(
     text = record.path.read_text()
     assert "CREATE ROLE replicator" in text
     assert "SCRAM-SHA-256$" not in text and "PASSWORD" not in text
+
+
+async def test_the_password_never_reaches_pg_dump_or_pg_dumpall_argv(
+    primary: PgServer, resolve_db: str, backup_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user can read a child's argv (ps, /proc/<pid>/cmdline): the password goes
+    through the passfile only."""
+    children = record_child_argv(monkeypatch)
+    config = make_config(
+        primary, backup_dir, databases=(resolve_db,), dump_globals=True, skip_unchanged=False
+    )
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "dump-test-argv")
+    assert [o.result for o in outcomes] == ["success", "success"], outcomes
+    assert {"pg_dump", "pg_dumpall"} <= set(children.programs()), children.argvs
+    assert children.containing(primary.superuser_password) == []
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from backup_files import publish_real_backup
+from child_argv import record_child_argv
 from pgserver import PgServer
 
 from laterbased import cli
@@ -101,6 +102,22 @@ async def test_restore_latest_local_backup_into_a_quoted_name(
     at = datetime.now(UTC) - timedelta(hours=1)
     await restore(config, RestoreRequest(target_db=older, database=SOURCE, at=at))
     assert counts(server, older) == (str(ROWS), "4000")
+
+
+@pytest.mark.parametrize("fmt", ["custom", "plain-gzip"])
+async def test_the_password_never_reaches_pg_restore_or_psql_argv(
+    server: PgServer, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any local user can read a child's argv (ps, /proc/<pid>/cmdline): the password goes
+    through the passfile only, for both kinds of backup."""
+    config = config_for(server, tmp_path)
+    publish_real_backup(server, Catalogue(config.backup_directory), SOURCE, fmt=fmt)
+    children = record_child_argv(monkeypatch)
+    await restore(config, RestoreRequest(target_db=TARGET, database=SOURCE))
+    assert counts(server, TARGET) == counts(server, SOURCE)
+    program = "pg_restore" if fmt == "custom" else "psql"
+    assert program in children.programs(), children.argvs
+    assert children.containing(server.superuser_password) == []
 
 
 async def test_latest_never_picks_a_backup_dated_in_the_future(
