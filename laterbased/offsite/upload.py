@@ -6,9 +6,11 @@ valuable copy leaves first when the line is slow):
 1. ask the remote whether it already holds the file with the same size (and hash, when the
    backend has one we can compare): then it is not sent again;
 2. otherwise ``rclone copyto`` the file to ``<remote>:<path>/<db dir>/<file>``;
-3. verify: same size, and the same sha256 / md5 / sha1 when the backend reports one;
-4. copy the manifest next to it (recording where and when), then record ``uploaded_to``
-   and ``uploaded_at`` in the local manifest.
+3. verify: same size, and the same hash: the best of sha256 / md5 / sha1 the remote has
+   (rclone is asked only for those its backend offers: S3 has md5 alone);
+4. copy the manifest next to it (recording where, when and how it was verified), then
+   record ``uploaded_to``, ``uploaded_at`` and ``uploaded_verified`` ("size+md5", ...) in
+   the local manifest.
 
 A failure leaves the backup "pending upload" for the next run (and local retention keeps
 it). Optional remote retention (``upload.retention_days``) deletes only files that have our
@@ -157,7 +159,9 @@ async def upload_one(
         )
     destination = file_target
     now = datetime.now(UTC)
-    marked = dataclasses.replace(record, uploaded_to=destination, uploaded_at=now)
+    marked = dataclasses.replace(
+        record, uploaded_to=destination, uploaded_at=now, uploaded_verified=how
+    )
     temp = await asyncio.to_thread(_write_manifest_copy, catalogue, marked)
     try:
         await rclone.copyto(temp, manifest_target)
@@ -167,7 +171,7 @@ async def upload_one(
     manifest_entry = await rclone.stat(manifest_target, hashes=False)
     if manifest_entry is None:
         raise RcloneFailed(f"{manifest_target}: manifest missing right after upload", None)
-    await asyncio.to_thread(catalogue.mark_uploaded, record, destination, now)
+    await asyncio.to_thread(catalogue.mark_uploaded, record, destination, now, how)
 
 
 async def upload_pending(

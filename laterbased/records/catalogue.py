@@ -143,6 +143,8 @@ class BackupRecord:
     confirmed_at: datetime | None = None
     uploaded_to: str | None = None
     uploaded_at: datetime | None = None
+    # How the off-site copy was checked: "size+sha256", "size+md5", ... or "size only".
+    uploaded_verified: str | None = None
     verified: bool | None = None
     verified_at: datetime | None = None
     verify_detail: str | None = None
@@ -220,6 +222,7 @@ class BackupRecord:
             "confirmed_at": _iso(self.confirmed_at),
             "uploaded_to": self.uploaded_to,
             "uploaded_at": _iso(self.uploaded_at),
+            "uploaded_verified": self.uploaded_verified,
             "verified": self.verified,
             "verified_at": _iso(self.verified_at),
             "verify_detail": self.verify_detail,
@@ -259,6 +262,7 @@ class BackupRecord:
             confirmed_at=_parse_iso(data.get("confirmed_at")),
             uploaded_to=data.get("uploaded_to"),
             uploaded_at=_parse_iso(data.get("uploaded_at")),
+            uploaded_verified=_optional_text(data.get("uploaded_verified")),
             verified=data.get("verified"),
             verified_at=_parse_iso(data.get("verified_at")),
             verify_detail=data.get("verify_detail"),
@@ -506,11 +510,19 @@ class Catalogue:
         return updated
 
     def mark_uploaded(
-        self, record: BackupRecord, destination: str, when: datetime | None = None
+        self,
+        record: BackupRecord,
+        destination: str,
+        when: datetime | None = None,
+        verified: str | None = None,
     ) -> BackupRecord:
-        """Record that ``record`` now has a copy at ``destination`` (for the upload step)."""
+        """Record that ``record`` now has a copy at ``destination`` (for the upload step),
+        checked as ``verified`` says ("size+md5", ...)."""
         return self._update_manifest(
-            record, uploaded_to=destination, uploaded_at=when or datetime.now(UTC)
+            record,
+            uploaded_to=destination,
+            uploaded_at=when or datetime.now(UTC),
+            uploaded_verified=verified,
         )
 
     def mark_verified(
