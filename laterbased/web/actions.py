@@ -76,6 +76,11 @@ async def post_action(request: web.Request) -> web.Response:
         response = json_response({"error": "missing or wrong bearer token"}, status=401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="laterbased"'
         return response
+    # A malformed request is a 400 whatever the daemon's state: parse before anything else.
+    try:
+        params = await _json_object(request)
+    except ActionInvalid as exc:
+        return json_response({"error": str(exc)}, status=400)
     action = state.actions.get(name)
     if action is None:
         return json_response(
@@ -86,7 +91,6 @@ async def post_action(request: web.Request) -> web.Response:
             status=409,
         )
     try:
-        params = await _json_object(request)
         outcome = await action(params)
     except ActionInvalid as exc:
         return json_response({"error": str(exc)}, status=400)
