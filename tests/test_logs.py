@@ -8,7 +8,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from config_support import quiet_config
 
+from laterbased.config import PrimaryConfig, Secret
+from laterbased.daemon import Daemon
 from laterbased.logs import SecretMasker, masker, setup_logging
 
 
@@ -102,3 +105,21 @@ def test_setup_logging_keeps_handlers_it_did_not_install() -> None:
         for handler in saved:
             if handler is not foreign:
                 root.addHandler(handler)
+
+
+def test_a_password_introduced_by_a_reload_is_masked_from_then_on(
+    captured: io.StringIO,
+) -> None:
+    # The masker learns the secrets at start; a password first set by a SIGHUP reload (the
+    # operator fixing a wrong one) must be masked as well, in every later line.
+    new_password = "reloaded-Pa55word"  # noqa: S105 - a test value
+    reloaded = quiet_config(
+        primary=PrimaryConfig(host="127.0.0.1", password=Secret(new_password))
+    )
+    daemon = Daemon(quiet_config(), loader=lambda: reloaded)
+    assert daemon.reload()
+    assert daemon.state.config is reloaded
+    logging.getLogger("laterbased.test").error("primary refused password=%s", new_password)
+    out = captured.getvalue()
+    assert "primary refused password=********" in out
+    assert new_password not in out
