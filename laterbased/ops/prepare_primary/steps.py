@@ -293,6 +293,8 @@ async def _ensure_read_access(
         report.add(
             "backup access", "changed", f"granted pg_read_all_data to {options.role} (for pg_dump)"
         )
+    # pg_read_all_data does not cover large objects: pg_dump would stop at the first one.
+    await _grant_read_per_database(conn, config, options, report, tables=False)
 
 
 # What pg_dump as a non-superuser needs in each schema of a library, before PostgreSQL 14
@@ -367,12 +369,17 @@ async def _connect_admin(config: Config, options: SetupOptions, database: str) -
 
 
 async def _grant_read_per_database(
-    conn: Any, config: Config, options: SetupOptions, report: SetupReport
+    conn: Any, config: Config, options: SetupOptions, report: SetupReport, *, tables: bool = True
 ) -> None:
-    """PostgreSQL < 14: give the role read access inside each Resolve library (schema USAGE,
-    SELECT on tables and sequences, default privileges for what their owners add later)."""
+    """Give the role read access inside each Resolve library: on PostgreSQL < 14 (``tables``)
+    schema USAGE, SELECT on tables and sequences, default privileges for what their owners
+    add later; on every major SELECT on the large objects, which no predefined role and no
+    default privilege covers (step "large objects" when ``tables`` is off)."""
     role = quote_ident(options.role)
+    step = "backup access" if tables else "large objects"
     libraries = await _libraries(conn, config, options)
+    if not libraries and not tables:
+        return
     if not libraries:
         report.add(
             "backup access",
@@ -392,7 +399,7 @@ async def _grant_read_per_database(
             continue
         try:
             statements: list[str] = []
-            for row in await db.fetch(MISSING_READ_ACCESS, options.role):
+            for row in await db.fetch(MISSING_READ_ACCESS, options.role) if tables else []:
                 schema = quote_ident(row["schema"])
                 if row["lacks_usage"]:
                     statements.append(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
@@ -430,27 +437,36 @@ async def _grant_read_per_database(
             problems.append(f"{library}: {exc}")
         finally:
             await db.close()
+    what = "read access" if tables else "read access to large objects"
     if problems:
         report.add(
-            "backup access",
+            step,
             "warn",
-            f"cannot give {options.role} read access in: " + "; ".join(problems),
+            f"cannot give {options.role} {what} in: " + "; ".join(problems),
             "run prepare-primary as the 'postgres' superuser, or keep primary.user = postgres",
         )
     elif changed:
         verb = "would grant" if options.dry_run else "granted"
+        why = (
+            "PostgreSQL < 14 has no pg_read_all_data"
+            if tables
+            else "pg_read_all_data does not cover them"
+        )
         report.add(
-            "backup access",
+            step,
             "would-change" if options.dry_run else "changed",
-            f"{verb} {options.role} read access (PostgreSQL < 14 has no pg_read_all_data) in "
+            f"{verb} {options.role} {what} ({why}) in "
             + ", ".join(repr(name) for name in changed)
-            + "; large objects created later need a new run",
+            + "; large objects created later need prepare-primary again (no default "
+            "privilege exists for them)",
         )
     else:
         report.add(
-            "backup access",
+            step,
             "ok",
-            f"{options.role} can read every table of "
+            f"{options.role} can read every "
+            + ("table" if tables else "large object")
+            + " of "
             + ", ".join(repr(name) for name in libraries),
         )
 
