@@ -143,8 +143,6 @@ async def test_prepare_makes_fresh_primary_ready_and_a_standby_streams(
                 "REPL_PASSWORD": NASTY_PASSWORD,
                 "PRIMARY_DB": LIBRARY,
                 "LOCAL_BACKUP_PATH": str(backups),
-                # Its own state dir: the accepted primary identity is kept there.
-                "LATERBASED_STATE_DIR": str(backups / "state"),
                 # Not the default /var/lib/laterbased: the accepted primary identity written
                 # there made every later run of this test refuse its new server.
                 "LATERBASED_STATE_DIR": str(backups / "state"),
