@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from laterbased.config.rclone_names import upload_config_problems
+from laterbased.config.rclone_names import is_secret_option, upload_config_problems
 from laterbased.errors import ConfigError
 from laterbased.schedule.cron import validate_expression
 from laterbased.units import parse_duration, parse_size
@@ -157,7 +157,7 @@ class RcloneRemote:
 
     name: str
     type: str
-    params: Mapping[str, Secret] = field(default_factory=dict)
+    params: Mapping[str, str | Secret] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -451,14 +451,24 @@ def _flatten(
 
 def rclone_environment(env: Mapping[str, str]) -> dict[str, str | Secret]:
     """The ``RCLONE_*`` variables in ``env`` that rclone itself reads (our legacy
-    ``RCLONE_REMOTE_*`` names are translated instead). A remote's options
-    (``RCLONE_CONFIG_<NAME>_<OPTION>``, except ``_TYPE``) and the config password are
-    secrets, as ``RCLONE_REMOTE_<N>_PARAM_*`` are."""
+    ``RCLONE_REMOTE_*`` names are translated instead). A remote's options that rclone keeps
+    secret (``RCLONE_CONFIG_<NAME>_<OPTION>``; every option of a remote whose type is not
+    known) and the config password are secrets, as in ``RCLONE_REMOTE_<N>_PARAM_*``."""
     found: dict[str, str | Secret] = {}
+    backends = {
+        name[len("RCLONE_CONFIG_") : -len("_TYPE")]: value
+        for name, value in env.items()
+        if name.startswith("RCLONE_CONFIG_") and name.endswith("_TYPE")
+    }
     for name, value in env.items():
         if not name.startswith("RCLONE_") or name.startswith("RCLONE_REMOTE_"):
             continue
         secret = name.startswith("RCLONE_CONFIG_") and not name.endswith("_TYPE")
+        rest = name[len("RCLONE_CONFIG_") :]
+        for remote, backend in backends.items():
+            if secret and rest.startswith(remote + "_"):
+                # Only what rclone keeps secret for that backend (an endpoint is not).
+                secret = is_secret_option(backend, rest[len(remote) + 1 :])
         found[name] = Secret(value) if secret else value
     return found
 
@@ -750,7 +760,12 @@ def _build_remote(entry: Any, path: tuple[str, ...], raw: _Raw) -> RcloneRemote 
     return RcloneRemote(
         name=name,
         type=remote_type,
-        params={str(k).lower(): Secret(str(v)) for k, v in params.items()},
+        # Secret exactly where rclone keeps a secret: an endpoint or a provider stays
+        # readable in config show (a typo there must be seen), a key never is.
+        params={
+            str(k).lower(): Secret(str(v)) if is_secret_option(remote_type, str(k)) else str(v)
+            for k, v in params.items()
+        },
     )
 
 

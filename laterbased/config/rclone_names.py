@@ -51,6 +51,242 @@ def option_name(key: str) -> str:
     """rclone's spelling of an option: lower case, '-' as '_' (``access-key-id``)."""
     return key.strip().lower().replace("-", "_")
 
+# The options rclone itself treats as secret (``IsPassword`` or ``Sensitive`` in
+# ``rclone config providers``, rclone 1.75; tests/test_rclone_secret_options.py checks this
+# table against the installed rclone), by backend. ``config show`` masks exactly these, so a
+# typo in a non-secret option (an S3 ``endpoint``, ``provider``, ``region``) can be seen. A
+# backend missing here (newer than this table, or a typo) has every option masked.
+SECRET_OPTIONS: Mapping[str, frozenset[str]] = {
+    "alias": frozenset(),
+    "archive": frozenset(),
+    "azureblob": frozenset(
+        {
+            "account",
+            "client_certificate_password",
+            "client_id",
+            "client_secret",
+            "connection_string",
+            "key",
+            "msi_client_id",
+            "msi_mi_res_id",
+            "msi_object_id",
+            "password",
+            "sas_url",
+            "tenant",
+            "username",
+        }
+    ),
+    "azurefiles": frozenset(
+        {
+            "account",
+            "client_certificate_password",
+            "client_id",
+            "client_secret",
+            "connection_string",
+            "key",
+            "msi_client_id",
+            "msi_mi_res_id",
+            "msi_object_id",
+            "password",
+            "sas_url",
+            "tenant",
+            "username",
+        }
+    ),
+    "b2": frozenset(
+        {
+            "account",
+            "key",
+            "sse_customer_key",
+            "sse_customer_key_base64",
+            "sse_customer_key_md5",
+        }
+    ),
+    "box": frozenset(
+        {
+            "access_token",
+            "client_id",
+            "client_secret",
+            "config_credentials",
+            "impersonate",
+            "root_folder_id",
+            "token",
+        }
+    ),
+    "cache": frozenset({"plex_password", "plex_token", "plex_username"}),
+    "chunker": frozenset(),
+    "cloudinary": frozenset({"api_key", "api_secret", "cloud_name"}),
+    "combine": frozenset(),
+    "compress": frozenset(),
+    "crypt": frozenset({"password", "password2"}),
+    "doi": frozenset(),
+    "drime": frozenset({"access_token", "root_folder_id", "workspace_id"}),
+    "drive": frozenset(
+        {
+            "client_id",
+            "client_secret",
+            "impersonate",
+            "resource_key",
+            "root_folder_id",
+            "service_account_credentials",
+            "team_drive",
+            "token",
+        }
+    ),
+    "dropbox": frozenset(
+        {
+            "client_id",
+            "client_secret",
+            "impersonate",
+            "impersonate_admin",
+            "token",
+        }
+    ),
+    "fichier": frozenset({"api_key", "file_password", "folder_password"}),
+    "filefabric": frozenset({"permanent_token", "root_folder_id", "token"}),
+    "filelu": frozenset({"key"}),
+    "filen": frozenset(
+        {
+            "api_key",
+            "base_folder_uuid",
+            "master_keys",
+            "password",
+            "private_key",
+            "public_key",
+        }
+    ),
+    "filescom": frozenset({"api_key", "password"}),
+    "ftp": frozenset({"host", "pass", "user"}),
+    "gcs": frozenset(
+        {
+            "access_token",
+            "client_id",
+            "client_secret",
+            "project_number",
+            "service_account_credentials",
+            "token",
+            "user_project",
+        }
+    ),
+    "gofile": frozenset({"access_token", "account_id", "root_folder_id"}),
+    "gphotos": frozenset({"client_id", "client_secret", "token"}),
+    "hasher": frozenset(),
+    "hdfs": frozenset({"namenode", "service_principal_name", "username"}),
+    "hidrive": frozenset({"client_id", "client_secret", "token"}),
+    "http": frozenset(),
+    "huaweidrive": frozenset({"client_id", "client_secret", "token"}),
+    "iclouddrive": frozenset({"apple_id", "cookies", "password", "trust_token"}),
+    "imagekit": frozenset({"private_key", "public_key"}),
+    "internetarchive": frozenset({"access_key_id", "secret_access_key"}),
+    "internxt": frozenset({"email", "mnemonic", "pass"}),
+    "jottacloud": frozenset({"client_id", "client_secret", "token"}),
+    "koofr": frozenset({"password", "user"}),
+    "linkbox": frozenset({"email", "password", "token"}),
+    "local": frozenset(),
+    "mailru": frozenset({"client_id", "client_secret", "pass", "token", "user"}),
+    "mega": frozenset({"master_key", "pass", "session_id", "user"}),
+    "memory": frozenset(),
+    "netstorage": frozenset({"account", "host", "secret"}),
+    "onedrive": frozenset(
+        {
+            "client_id",
+            "client_secret",
+            "drive_id",
+            "link_password",
+            "root_folder_id",
+            "tenant",
+            "token",
+        }
+    ),
+    "oos": frozenset({"compartment", "namespace"}),
+    "opendrive": frozenset({"password", "username"}),
+    "pcloud": frozenset(
+        {
+            "client_id",
+            "client_secret",
+            "password",
+            "root_folder_id",
+            "token",
+            "username",
+        }
+    ),
+    "pikpak": frozenset({"device_id", "pass", "root_folder_id", "user"}),
+    "pixeldrain": frozenset({"api_key"}),
+    "premiumizeme": frozenset({"api_key", "client_id", "client_secret", "token"}),
+    "protondrive": frozenset(
+        {
+            "client_access_token",
+            "client_refresh_token",
+            "client_salted_key_pass",
+            "client_uid",
+            "mailbox_password",
+            "otp_secret_key",
+            "password",
+        }
+    ),
+    "putio": frozenset({"client_id", "client_secret", "token"}),
+    "qingstor": frozenset({"access_key_id", "secret_access_key"}),
+    "quatrix": frozenset({"api_key"}),
+    "s3": frozenset(
+        {
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "sse_customer_key",
+            "sse_customer_key_base64",
+            "sse_customer_key_md5",
+            "sse_kms_key_id",
+        }
+    ),
+    "seafile": frozenset({"auth_token", "library_key", "pass", "url", "user"}),
+    "sftp": frozenset({"host", "key_file_pass", "key_pem", "pass", "user"}),
+    "shade": frozenset({"api_key"}),
+    "sharefile": frozenset({"client_id", "client_secret", "root_folder_id", "token"}),
+    "sia": frozenset({"api_password", "api_url"}),
+    "smb": frozenset({"domain", "host", "pass", "spn", "user"}),
+    "storj": frozenset({"access_grant", "api_key", "passphrase"}),
+    "sugarsync": frozenset(
+        {
+            "access_key_id",
+            "app_id",
+            "authorization",
+            "deleted_id",
+            "private_access_key",
+            "refresh_token",
+            "root_id",
+            "user",
+        }
+    ),
+    "swift": frozenset(
+        {
+            "application_credential_id",
+            "application_credential_name",
+            "application_credential_secret",
+            "auth_token",
+            "domain",
+            "key",
+            "tenant",
+            "tenant_domain",
+            "tenant_id",
+            "user",
+            "user_id",
+        }
+    ),
+    "tardigrade": frozenset({"access_grant", "api_key", "passphrase"}),
+    "ulozto": frozenset({"app_token", "password", "root_folder_slug", "username"}),
+    "union": frozenset(),
+    "webdav": frozenset({"bearer_token", "pass", "user"}),
+    "yandex": frozenset({"client_id", "client_secret", "token"}),
+    "zoho": frozenset({"client_id", "client_secret", "root_folder_id", "token"}),
+}
+
+
+def is_secret_option(backend: str, option: str) -> bool:
+    """Does rclone treat ``option`` of a ``backend`` remote as secret? Unknown backends:
+    every option is (better a masked endpoint than a shown key)."""
+    known = SECRET_OPTIONS.get(backend.strip().lower())
+    return known is None or option_name(option) in known
+
 
 def config_env_name(remote: str, option: str) -> str:
     """The variable rclone reads for ``option`` of ``remote``.

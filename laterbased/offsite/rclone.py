@@ -505,9 +505,9 @@ async def remote_variables(remote: RcloneRemote, binary: str) -> dict[str, str]:
     """``RCLONE_CONFIG_<NAME>_*`` for one remote, password options obscured as rclone wants."""
     variables = {config_env_name(remote.name, "type"): remote.type}
     passwords = PASSWORD_OPTIONS.get(remote.type.lower(), frozenset())
-    for key, secret in remote.params.items():
+    for key, given in remote.params.items():
         option = option_name(key)
-        value = secret.reveal()
+        value = given.reveal() if isinstance(given, Secret) else given
         if option in passwords and value and not looks_obscured(value):
             value = await obscure(binary, value)
         variables[config_env_name(remote.name, option)] = value
