@@ -138,6 +138,40 @@ async def test_a_copy_already_on_the_remote_is_not_sent_again_but_a_bad_one_is(
     assert sha256_of(remote_copy(dest, record)) == record.sha256
 
 
+async def test_a_copy_the_remote_truncated_is_not_recorded_as_uploaded(
+    primary: PgServer, project_db: str, work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rclone said the copy went well, but the object off-site is short (a remote that lost
+    the end of it): the upload fails and the backup stays not-uploaded, so retention keeps
+    it and the next run sends it again."""
+    catalogue = Catalogue(work / "backups")
+    record = publish_real_backup(primary, catalogue, project_db)
+    dest = work / "offsite"
+    config = with_upload(primary, work / "backups", local_remote_env(dest))
+    state = State(config=config)
+    real_copyto = rclone_module.Rclone.copyto
+
+    async def copy_then_lose_the_end(self: rclone_module.Rclone, local: Path, remote: str) -> None:
+        await real_copyto(self, local, remote)
+        arrived = remote_copy(dest, record)
+        if local == record.path and arrived.exists():
+            os.truncate(arrived, record.size // 2)
+
+    monkeypatch.setattr(rclone_module.Rclone, "copyto", copy_then_lose_the_end)
+    result = await upload_pending(config, state, catalogue, "truncated")
+    assert result.result == "failed"
+    assert "verification after upload failed" in (result.detail or ""), result.detail
+    assert result.uploaded == []
+    local = catalogue.list_backups(project_db)[0]
+    assert local.uploaded_at is None and local.uploaded_to is None
+    assert not (remote_copy(dest, record).parent / manifest_name(record.file)).exists()
+
+    monkeypatch.setattr(rclone_module.Rclone, "copyto", real_copyto)
+    again = await upload_pending(config, state, catalogue, "again")
+    assert again.uploaded == [record.file]
+    assert sha256_of(remote_copy(dest, record)) == record.sha256
+
+
 async def test_s3_upload_is_verified_by_md5_and_recorded(
     primary: PgServer, project_db: str, work: Path
 ) -> None:
