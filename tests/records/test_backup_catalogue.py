@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -174,6 +175,112 @@ def test_publish_failure_leaves_nothing_outside_partial(tmp_path: Path) -> None:
         [first.file, first.manifest_path.name]
     )
     os.unlink(partial)
+
+
+class DiskSteps:
+    """What publish asks of the disk, in order: ``("fsync", path)`` and ``("rename", src,
+    dst)``. Observation of the real calls (they still happen), so the crash-safety order can
+    be checked; ``fail_at`` makes one step fail as a full or broken disk would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps: list[tuple[str, ...]] = []
+        self.fail_at: tuple[str, ...] | None = None
+        real_fsync, real_rename = os.fsync, os.rename
+
+        def fsync(fd: int) -> None:
+            step = ("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+            self._happen(step)
+            real_fsync(fd)
+
+        def rename(src: object, dst: object) -> None:
+            step = ("rename", str(src), str(dst))
+            self._happen(step)
+            real_rename(src, dst)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(backups_module.os, "fsync", fsync)
+        monkeypatch.setattr(backups_module.os, "rename", rename)
+
+    def _happen(self, step: tuple[str, ...]) -> None:
+        self.steps.append(step)
+        if step == self.fail_at:
+            raise OSError(errno.EIO, "Input/output error (test)")
+
+    def index(self, step: tuple[str, ...]) -> int:
+        assert step in self.steps, f"{step} never happened: {self.steps}"
+        return self.steps.index(step)
+
+
+def partial_backup(catalogue: Catalogue, data: bytes = b"PGDMP data") -> tuple[Path, BackupRecord]:
+    name = catalogue.file_name("db", "custom", T0)
+    partial = catalogue.new_partial(name)
+    partial.write_bytes(data)
+    record = BackupRecord(
+        database="db", file=name, directory=catalogue.database_dir("db"), format="custom",
+        size=len(data), sha256="ab" * 32, started=T0, finished=T0 + timedelta(seconds=3),
+        source="primary",
+    )
+    return partial, record
+
+
+def test_publish_syncs_the_data_then_places_it_before_its_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut at any point leaves either no backup or a whole one: the data is on disk
+    before it is renamed into place, and the manifest (what makes it a backup) comes last."""
+    catalogue = Catalogue(tmp_path.resolve() / "backups")
+    catalogue.prepare()
+    partial, record = partial_backup(catalogue)
+    disk = DiskSteps(monkeypatch)
+    catalogue.publish(partial, record)
+    place_data = next(s for s in disk.steps if s[:3] == ("rename", str(partial), str(record.path)))
+    place_manifest = next(
+        s for s in disk.steps if s[0] == "rename" and s[2] == str(record.manifest_path)
+    )
+    assert disk.index(("fsync", str(partial))) < disk.index(place_data), "data file not fsynced"
+    assert disk.index(("fsync", place_manifest[1])) < disk.index(place_manifest)
+    assert disk.index(place_data) < disk.index(place_manifest), "manifest placed before its data"
+    last_directory_sync = max(
+        i for i, s in enumerate(disk.steps) if s == ("fsync", str(record.directory))
+    )
+    assert last_directory_sync > disk.index(place_manifest), "directory not fsynced after"
+    assert [r.file for r in catalogue.list_backups()] == [record.file]
+
+
+@pytest.mark.parametrize("failing", ["manifest rename", "directory fsync"])
+def test_a_publish_failing_halfway_takes_back_what_it_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The disk fails after the data file was renamed into place: nothing of this backup
+    stays outside ``.partial/`` (a data file without manifest would sit there unlisted,
+    never pruned, taking space forever)."""
+    catalogue = Catalogue(tmp_path.resolve() / "backups")
+    catalogue.prepare()
+    older = publish(catalogue, "db", T0 - timedelta(days=1), b"older")
+    partial, record = partial_backup(catalogue)
+    disk = DiskSteps(monkeypatch)
+    # The manifest's temporary name is random: fail the step by its destination.
+    real_happen = disk._happen
+
+    def happen(step: tuple[str, ...]) -> None:
+        if failing == "manifest rename" and step[0] == "rename":
+            if step[2] == str(record.manifest_path):
+                disk.fail_at = step
+        if failing == "directory fsync" and step == ("fsync", str(record.directory)):
+            if record.manifest_path.exists():
+                disk.fail_at = step
+        real_happen(step)
+
+    monkeypatch.setattr(disk, "_happen", happen)
+    with pytest.raises(OSError, match="Input/output error"):
+        catalogue.publish(partial, record)
+    assert not record.path.exists(), "the data file stayed in place without its manifest"
+    assert not record.manifest_path.exists()
+    assert sorted(p.name for p in record.directory.iterdir()) == sorted(
+        [older.file, older.manifest_path.name]
+    )
+    assert [r.file for r in catalogue.list_backups()] == [older.file]
+    assert catalogue.foreign_files() == []
+    assert list(catalogue.partial.iterdir()) == [], "the manifest's temporary file stayed"
 
 
 def test_catch_up_reference_is_the_stalest_database_newest_backup(tmp_path: Path) -> None:
