@@ -12,6 +12,7 @@ path it belongs to, and raised together as one :class:`ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -91,6 +92,12 @@ class StandbyConfig:
     data_dir: Path | None = None
     port: int = 5433
     listen_addresses: str = "127.0.0.1"
+    # The failover plan: where the server listens once promoted. Addresses of this host
+    # that the Resolve workstations reach (its LAN address), and the port they connect to:
+    # Resolve's "Add Project Library" dialog takes no port, it always uses 5432. Empty: a
+    # promoted server keeps listen_addresses and port (no workstation reaches it).
+    failover_address: tuple[str, ...] = ()
+    failover_port: int = 5432
     slot_name: str = "laterbase_standby_slot"
     application_name: str = "laterbased"
     run_as: str | None = None
@@ -100,6 +107,24 @@ class StandbyConfig:
     restart_backoff_max: float = field(default=60.0, metadata=DURATION)
     stop_timeout: float = field(default=60.0, metadata=DURATION)
     bootstrap_retry_max: float = field(default=300.0, metadata=DURATION)
+
+    @property
+    def promoted_port(self) -> int:
+        """The port of the promoted server: ``failover_port`` once a failover address is
+        planned, else ``port`` (nothing to move to)."""
+        return self.failover_port if self.failover_address else self.port
+
+    @property
+    def promoted_listen_addresses(self) -> str:
+        """``listen_addresses`` of the promoted server: the standby's own (laterbased keeps
+        reaching it there) plus the failover addresses."""
+        addresses = [a.strip() for a in self.listen_addresses.split(",") if a.strip()]
+        if "*" in addresses:
+            return "*"
+        for address in self.failover_address:
+            if address not in addresses:
+                addresses.append(address)
+        return ",".join(addresses)
 
 
 @dataclass(frozen=True)
@@ -780,10 +805,20 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
     for key, port in (
         ("primary.port", config.primary.port),
         ("standby.port", config.standby.port),
+        ("standby.failover_port", config.standby.failover_port),
         ("http.port", config.http.port),
     ):
         if not 1 <= port <= 65535:
             problem(key, f"port must be 1-65535, not {port}")
+    for address in config.standby.failover_address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            problem(
+                "standby.failover_address",
+                f"{address!r} is not an IP address (give this host's address the Resolve "
+                "workstations reach, e.g. 192.168.1.20)",
+            )
     if config.primary.connect_timeout <= 0:
         problem("primary.connect_timeout", "must be greater than 0")
     if config.monitor.interval <= 0:
