@@ -90,7 +90,7 @@ HASH_CHUNK = 1 << 20
 class Server:
     """Where to connect for dumping: the primary, or the local standby."""
 
-    role: str  # primary | standby
+    role: str  # primary | standby | promoted (our own standby, a primary since a failover)
     host: str
     port: int
     user: str
@@ -160,6 +160,26 @@ def source_server(config: Config) -> Server:
     )
 
 
+def promoted_server(config: Config, port: int) -> Server:
+    """Our own standby once promoted: the primary of the new world after a failover.
+
+    Reached where laterbased itself reaches it (loopback, the port it runs on now), with
+    the primary's login: the promoted server holds the primary's roles and passwords.
+    """
+    primary = primary_server(config)
+    first = config.standby.listen_addresses.split(",")[0].strip()
+    host = "127.0.0.1" if first in {"", "*", "0.0.0.0", "::"} else first  # noqa: S104
+    return Server(
+        role="promoted",
+        host=host,
+        port=port,
+        user=primary.user,
+        password=primary.password,
+        maintenance_db=primary.maintenance_db,
+        connect_timeout=primary.connect_timeout,
+    )
+
+
 STANDBY_WAIT_POLL = 1.0
 
 
@@ -170,7 +190,7 @@ async def standby_or_primary(config: Config, server: Server, run_id: str) -> Ser
 
     A refused login or TLS setting is not waited for: time does not fix it.
     """
-    if server.role != "standby":
+    if server.role not in {"standby", "promoted"}:
         return server
     started = time.monotonic()
     deadline = started + config.backup.standby_wait
@@ -198,10 +218,23 @@ async def standby_or_primary(config: Config, server: Server, run_id: str) -> Ser
         await conn.close()
         if announced:
             logger.info(
-                "dump source: the standby accepts connections after %.1fs run=%s",
+                "dump source: the local server accepts connections after %.1fs run=%s",
                 time.monotonic() - started,
                 run_id,
             )
+        return server
+    if server.role == "promoted":
+        # The old primary is gone (promoted away): nothing to fall back to. The dump
+        # fails with the promoted server's own error.
+        logger.warning(
+            "dump source: the promoted server %s:%s is not accepting connections after "
+            "%.0fs (%s) run=%s",
+            server.host,
+            server.port,
+            time.monotonic() - started,
+            reason,
+            run_id,
+        )
         return server
     logger.warning(
         "dump source: the standby %s:%s is not accepting connections after %.0fs (%s); "
@@ -383,7 +416,9 @@ async def check_server_identity(
         sslmode=server.sslmode,
         timeout=config.monitor.query_timeout,
     )
-    what = "the primary's address" if server.role == "primary" else "the standby"
+    what = {"primary": "the primary's address", "promoted": "the promoted server"}.get(
+        server.role, "the standby"
+    )
     await identity.check_identity(config, observed, f"{server.host}:{server.port}", what)
     return observed
 
@@ -449,12 +484,19 @@ class DumpFailed(Exception):
 class Dumper:
     """Dumps databases of one server into one catalogue, for one run."""
 
-    def __init__(self, config: Config, catalogue: Catalogue, run_id: str) -> None:
+    def __init__(
+        self, config: Config, catalogue: Catalogue, run_id: str, promoted_port: int | None = None
+    ) -> None:
         self.config = config
         self.catalogue = catalogue
         self.run_id = run_id
-        self.server = source_server(config)
-        self.primary = primary_server(config)
+        if promoted_port is not None:
+            # After a failover our promoted standby is the primary: dump it, discover on
+            # it (primary.host is the old, gone server).
+            self.server = self.primary = promoted_server(config, promoted_port)
+        else:
+            self.server = source_server(config)
+            self.primary = primary_server(config)
         self.passfile: Path | None = None
 
     async def __aenter__(self) -> Dumper:
@@ -596,20 +638,37 @@ class Dumper:
         paused = False
         try:
             if await conn.fetchval(sql.IS_IN_RECOVERY):
+                # Counted as paused before the call returns: a cancellation that lands while
+                # the pause is in flight (done on the server, not yet acknowledged) must still
+                # resume, or the standby stays paused for good.
+                paused = True
                 try:
                     await conn.execute("SELECT pg_wal_replay_pause()")
-                    paused = True
                     logger.info("paused WAL replay on the standby for the dump run=%s", self.run_id)
+                except asyncio.CancelledError:
+                    raise
                 except Exception as exc:  # permission denied: fall back to retrying
+                    paused = False
                     logger.warning("cannot pause WAL replay run=%s: %s", self.run_id, exc)
             yield
         finally:
-            try:
-                if paused:
-                    await asyncio.shield(conn.execute("SELECT pg_wal_replay_resume()"))
-                    logger.info("resumed WAL replay on the standby run=%s", self.run_id)
-            finally:
-                await asyncio.shield(conn.close())
+            # Resumed before this returns, even when cancelled (again) meanwhile.
+            await proc.finish_uncancellable(
+                asyncio.ensure_future(self._resume_and_close(conn, paused))
+            )
+
+    async def _resume_and_close(self, conn: Any, paused: bool) -> None:
+        try:
+            if paused:
+                try:
+                    await conn.execute("SELECT pg_wal_replay_resume()")
+                except Exception:  # noqa: BLE001 - a cancelled pause can leave it unusable
+                    await conn.close()
+                    conn = await self.server.connect()
+                    await conn.execute("SELECT pg_wal_replay_resume()")
+                logger.info("resumed WAL replay on the standby run=%s", self.run_id)
+        finally:
+            await conn.close()
 
     async def _fingerprint_seen_by_source(
         self, database: str, fingerprint: Fingerprint
@@ -837,15 +896,18 @@ async def run_dumps(
     catalogue: Catalogue,
     run_id: str,
     databases: Sequence[str] | None = None,
+    promoted_port: int | None = None,
 ) -> list[DumpOutcome]:
     """Dump ``databases`` (default: configured, else discovered), then globals if asked.
+
+    ``promoted_port``: our standby was promoted and runs there; it is the source.
 
     Failures of single databases are outcomes, not exceptions; a failure before any dump
     (server unreachable, no pg_dump) is one outcome for database ``"*"``.
     """
     outcomes: list[DumpOutcome] = []
     try:
-        async with Dumper(config, catalogue, run_id) as dumper:
+        async with Dumper(config, catalogue, run_id, promoted_port) as dumper:
             tools = await select_tools(config, dumper.server)
             names = list(databases or config.backup.databases)
             if not names:

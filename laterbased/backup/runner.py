@@ -257,6 +257,14 @@ def describe_failures(failed: Sequence[DumpOutcome]) -> str | None:
     return "; ".join(parts) or None
 
 
+def promoted_port(state: State) -> int | None:
+    """Where our promoted standby runs (the dump source after a failover), else None."""
+    standby = state.standby
+    if not state.config.standby.enabled or standby.role != "primary":
+        return None
+    return standby.port or state.config.standby.promoted_port
+
+
 async def run_backup_chain(
     state: State,
     *,
@@ -291,7 +299,7 @@ async def run_backup_chain(
     catalogue = Catalogue(config.backup_directory)
     logger.info("backup run started run=%s trigger=%s", run_id, trigger)
     try:
-        outcomes = await run_dumps(config, catalogue, run_id, databases)
+        outcomes = await run_dumps(config, catalogue, run_id, databases, promoted_port(state))
         now = time.time()
         for outcome in outcomes:
             chain.steps.append(outcome.to_json())

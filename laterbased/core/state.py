@@ -46,6 +46,16 @@ class StandbyState:
     promoted_at: float | None = None
     # The system identifier in the data directory postgres runs on (pg/identity.py).
     system_identifier: str | None = None
+    # Where the running postgres listens (listen_addresses), beside ``port``.
+    listen_addresses: str | None = None
+    # After a promotion: why it could not move to standby.failover_address/failover_port
+    # (None when it did, or when no failover is planned), and the Resolve libraries it
+    # serves (listed on the promoted server), for the status page's instructions.
+    failover_problem: str | None = None
+    libraries: tuple[str, ...] = ()
+    # Set to make the supervisor look at its postgres now instead of at its next check
+    # (a promotion asks it to move the server to the failover endpoint).
+    wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     @property
     def running(self) -> bool:

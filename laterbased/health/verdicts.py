@@ -54,6 +54,8 @@ def _poll_grace(config: Config) -> float:
 
 
 def check_primary(state: State, now: float) -> Check:
+    if is_promoted(state):
+        return check_old_primary(state)
     primary = state.primary
     if primary.reachable is None:
         return Check("primary", "warning", "not polled yet")
@@ -93,6 +95,40 @@ def check_primary(state: State, now: float) -> Check:
             "was another server promoted?",
         )
     return Check("primary", "ok", "reachable")
+
+
+def check_old_primary(state: State) -> Check:
+    """After a failover the configured primary is the old one: gone is what we expect."""
+    primary, config = state.primary, state.config
+    where = f"{config.primary.host}:{config.primary.port}"
+    if primary_is_this_server(state):
+        return Check("primary", "ok", f"{where} is this promoted server")
+    if not primary.reachable:
+        return Check("primary", "ok", f"{where} gone (promoted away): this server is the primary")
+    if primary.in_recovery:
+        return Check("primary", "ok", f"{where} runs again, as a standby (promoted away)")
+    # Not a warning of its own: a promotion with --force knows it, and our slot left there
+    # (check_slot) is what harms it; the advice stays on the page.
+    return Check(
+        "primary",
+        "ok",
+        f"the old primary {where} runs again and accepts writes, beside this promoted "
+        "server: keep Resolve away from it (writes there never reach this server); stop "
+        "its PostgreSQL, or make it a standby of this server (move its data directory "
+        "aside and clone it from here)",
+    )
+
+
+def primary_is_this_server(state: State) -> bool:
+    """``primary.host``/``port`` name our own promoted server (an operator pointed them
+    here after the failover, as older instructions said)."""
+    config, standby = state.config, state.standby
+    port = standby.port or config.standby.promoted_port
+    if config.primary.port != port:
+        return False
+    ours = {"127.0.0.1", "localhost", "::1", *config.standby.failover_address}
+    ours |= {a.strip() for a in config.standby.listen_addresses.split(",")}
+    return config.primary.host in ours
 
 
 def check_standby(state: State, now: float) -> Check:

@@ -298,6 +298,11 @@ class Monitor:
                 state.record_event(
                     "error", f"primary {where} refused our login: {primary.last_error}"
                 )
+            elif primary.reachable is False and health.is_promoted(state):
+                # After a failover the old primary being gone is the expected world.
+                logger.info("old primary gone (promoted away) host=%s error=%s", where,
+                            primary.last_error)
+                state.record_event("info", f"old primary {where} gone (promoted away)")
             elif primary.reachable is False:
                 logger.error("primary unreachable host=%s error=%s", where, primary.last_error)
                 state.record_event("error", f"primary {where} unreachable: {primary.last_error}")

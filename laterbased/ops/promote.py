@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from laterbased.config import Config
+from laterbased.core.failover import old_primary_advice, workstation_steps
 from laterbased.core.local_token import client_token
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, EXIT_REFUSE, JobFailed
 from laterbased.ops.args import configure_logging, load_from_args
@@ -31,8 +32,14 @@ servers mean two diverging project libraries. Stop PostgreSQL there first, or pa
 
 With the daemon running, this goes through its HTTP API (POST /api/promote, with
 http.token or the local token the daemon keeps in state_dir; the daemon runs the same check,
---force is passed on); without it, the standby postgres is promoted directly. Then point
-Resolve's Project Manager at this host and the standby port (see README, "Standby and failover").
+--force is passed on); without it, the standby postgres is promoted directly. The server
+then moves to the failover endpoint (standby.failover_address, standby.failover_port;
+laterbased check verifies that plan beforehand), and this prints what each workstation
+enters in Resolve's Project Manager.
+
+--rehearse changes nothing real: it clones the standby into a throw-away copy, promotes
+that on a side port, proves every library opens (SM_Project read, a write accepted),
+reports the time it took and removes it; the standby keeps streaming throughout.
 
 exit codes: 0 promoted, 1 failed (or nothing to promote), 3 refused: the old primary still
 answers, 78 bad configuration
@@ -53,13 +60,48 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         help="promote even though the old primary still answers (you are switching it off "
         "yourself and accept that writes made there after now are not on this server)",
     )
+    parser.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="a failover drill that changes nothing: clone the standby into a throw-away "
+        "copy, promote it on a side port, open every library (SM_Project read, a write "
+        "accepted), report the time, remove it; the standby keeps streaming",
+    )
     parser.set_defaults(handler=cmd_promote)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     config = load_from_args(args)
     configure_logging(args, config)
+    if args.rehearse:
+        return asyncio.run(rehearse(config))
     return asyncio.run(promote(config, force=args.force))
+
+
+async def rehearse(config: Config) -> int:
+    """``--rehearse``: print what the drill proved, exit 0 only when every library opened."""
+    from laterbased.standby.rehearsal import rehearse as run_rehearsal
+
+    if not config.standby.enabled:
+        print("laterbased: no standby is configured (standby.enabled is false)", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        report = await run_rehearsal(config)
+    except (JobFailed, OSError) as exc:
+        print(f"laterbased: rehearsal failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"rehearsal: cloned the standby in {report.clone_seconds:.1f}s; the copy was "
+        f"promoted and every library opened {report.failover_seconds:.1f}s after it started "
+        f"(side port {report.side_port}); the copy is removed, the standby kept streaming"
+    )
+    for name, projects in sorted(report.opened.items()):
+        print(f"  ok    {name}: SM_Project readable ({projects} projects), a write accepted")
+    for name, error in sorted(report.failed.items()):
+        print(f"  FAIL  {name}: {error}")
+    if not report.opened and not report.failed:
+        print('  FAIL  no Resolve library (a database with public."SM_Project") found')
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 async def _ask_daemon(
@@ -115,8 +157,18 @@ async def promote(config: Config, *, force: bool = False) -> int:
             if body.get("forced_past"):
                 print(f"laterbased: {body['forced_past']}; promoted anyway (--force)",
                       file=sys.stderr)
-            print(f"promoted by the running daemon ({body.get('method')}); role: primary")
-            _print_next_steps(config)
+            print(
+                f"promoted by the running daemon ({body.get('method')}) in "
+                f"{body.get('seconds', '?')}s; role: primary"
+            )
+            if body.get("failover_problem"):
+                print(f"laterbased: {body['failover_problem']}", file=sys.stderr)
+            _print_next_steps(
+                config,
+                port=int(body.get("port") or config.standby.port),
+                listen_addresses=str(body.get("listen_addresses") or ""),
+                libraries=[str(name) for name in body.get("libraries") or []],
+            )
             return EXIT_OK
         if status == 409 and body.get("reason") == OLD_PRIMARY_RUNNING:
             print(f"laterbased: {body.get('error')}", file=sys.stderr)
@@ -142,13 +194,29 @@ async def promote(config: Config, *, force: bool = False) -> int:
         print(f"laterbased: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"promoted with {how}; role: primary")
-    _print_next_steps(config)
+    standby = config.standby
+    if standby.promoted_port != standby.port or (
+        standby.promoted_listen_addresses != standby.listen_addresses
+    ):
+        print(
+            f"the running laterbased moves it to the failover endpoint within its check "
+            f"interval (start laterbased if it is not running): listen_addresses "
+            f"{standby.promoted_listen_addresses} port {standby.promoted_port}"
+        )
+    _print_next_steps(
+        config,
+        port=standby.promoted_port,
+        listen_addresses=standby.promoted_listen_addresses,
+        libraries=list(config.backup.databases),
+    )
     return EXIT_OK
 
 
-def _print_next_steps(config: Config) -> None:
-    print(
-        f"next: in DaVinci Resolve's Project Manager, connect the project library on this "
-        f"host, port {config.standby.port} (listen_addresses: "
-        f"{config.standby.listen_addresses}); keep the old primary switched off"
-    )
+def _print_next_steps(
+    config: Config, *, port: int, listen_addresses: str, libraries: list[str]
+) -> None:
+    """What each workstation enters in Resolve, and what to do with the old primary."""
+    print(f"the promoted server listens on {listen_addresses or '?'} port {port}")
+    for line in workstation_steps(config, libraries, port):
+        print(line)
+    print(old_primary_advice(config))

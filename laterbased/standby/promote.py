@@ -22,17 +22,20 @@ import asyncpg
 
 from laterbased.config import Config
 from laterbased.core.actions import ActionInvalid, ActionOutcome
-from laterbased.core.state import State
+from laterbased.core.state import GLOBALS_KEY, State
 from laterbased.errors import EXIT_REFUSE, JobFailed, LaterbasedError
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.proc import resolve_run_as, run
-from laterbased.standby import configure, safety
+from laterbased.standby import configure, failover, safety
 from laterbased.standby.layout import Layout
 
 logger = logging.getLogger(__name__)
 
 PROMOTE_WAIT = 60
+# How long a promotion waits for the server to come up again on the failover endpoint
+# (beyond standby.stop_timeout for the stop): crash recovery is not needed, it was clean.
+FAILOVER_MOVE_WAIT = 60.0
 # How long to try the old primary before calling it gone: a dead host must not stall a
 # failover at 3 a.m. for the full connect_timeout.
 PRIMARY_PROBE_TIMEOUT = 5.0
@@ -211,12 +214,69 @@ async def promote_in_daemon(
             config = dataclasses.replace(
                 config, standby=dataclasses.replace(config.standby, port=st.port)
             )
+        started = time.monotonic()
         how = await promote_server(config)
         mark_promoted(state, how=how)
-        result: dict[str, Any] = {"role": st.role, "promoted_at": st.promoted_at, "method": how}
+        await _wait_on_failover_endpoint(state)
+        st.libraries = tuple(await _list_libraries(state))
+        result: dict[str, Any] = {
+            "role": st.role,
+            "promoted_at": st.promoted_at,
+            "method": how,
+            "seconds": round(time.monotonic() - started, 1),
+            "port": st.port,
+            "listen_addresses": st.listen_addresses,
+            "libraries": list(st.libraries),
+        }
+        if st.failover_problem is not None:
+            result["failover_problem"] = st.failover_problem
         if forced_past is not None:
             result["forced_past"] = forced_past
         return result
+
+
+async def _wait_on_failover_endpoint(state: State) -> None:
+    """Wake the supervisor and wait until the promoted server accepts connections on the
+    failover endpoint (or the supervisor said why it cannot move there)."""
+    st, standby = state.standby, state.config.standby
+    st.wake.set()
+    deadline = time.monotonic() + FAILOVER_MOVE_WAIT + standby.stop_timeout
+    while time.monotonic() < deadline:
+        if st.failover_problem is not None:
+            return
+        on_endpoint = st.port == standby.promoted_port and (
+            st.listen_addresses == standby.promoted_listen_addresses
+        )
+        if on_endpoint and st.phase == "promoted" and st.pid is not None:
+            return
+        await asyncio.sleep(0.1)
+    logger.warning(
+        "the promoted server did not come up on port %s within %.0fs; see the log",
+        standby.promoted_port,
+        FAILOVER_MOVE_WAIT + standby.stop_timeout,
+    )
+
+
+async def _list_libraries(state: State) -> list[str]:
+    """The Resolve libraries on the promoted server (names for the workstations), or the
+    ones laterbased backs up when it cannot look (the answer must not fail for this)."""
+    config, st = state.config, state.standby
+    known = sorted(set(config.backup.databases) | set(state.backups) - {GLOBALS_KEY})
+    primary = config.primary
+    try:
+        proof = await failover.prove_libraries(
+            host=local_host(config),
+            port=st.port or config.standby.promoted_port,
+            user=primary.user,
+            password=primary.password.reveal() if primary.password else None,
+            maintenance_db=primary.database,
+            connect_timeout=primary.connect_timeout,
+            write=False,
+        )
+    except (PgUnavailable, asyncpg.PostgresError, OSError) as exc:
+        logger.warning("cannot list the libraries on the promoted server: %s", exc)
+        return known
+    return sorted(proof.opened) or known
 
 
 def _force_requested(params: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ import asyncpg
 
 from laterbased.config import Config
 from laterbased.core.context import WorkerContext
-from laterbased.core.state import StandbyState
+from laterbased.core.state import StandbyState, State
 from laterbased.errors import JobFailed, RefuseToRun
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable
@@ -34,7 +34,7 @@ from laterbased.proc import (
     stop_unrelated_process,
 )
 from laterbased.records import identity
-from laterbased.standby import bootstrap, configure, safety, source
+from laterbased.standby import bootstrap, configure, failover, safety, source
 from laterbased.standby.layout import Layout, prepare_directories
 from laterbased.standby.promote import mark_promoted, register_actions
 from laterbased.standby.slot_guard import SlotGuard
@@ -72,6 +72,9 @@ class StandbySupervisor:
         self.bindir = Path()
         self.slot_guard = SlotGuard()
         self._told_other_cluster = False
+        self._told_failover_problem: str | None = None
+        standby = self.config.standby
+        self._starting_endpoint: tuple[int, str] = (standby.port, standby.listen_addresses)
 
     # --- the worker -----------------------------------------------------------------------
 
@@ -239,6 +242,44 @@ class StandbySupervisor:
 
     # --- running postgres -----------------------------------------------------------------------
 
+    def _endpoint(self, held: tuple[int, str] | None = None) -> tuple[int, str]:
+        """(port, listen_addresses) postgres should run on: the standby's own, or once
+        promoted the failover plan's, unless this host cannot listen there right now (then
+        the standby's own, with ``failover_problem`` saying why). ``held``: the endpoint of
+        the running postgres, whose own sockets do not count as "in use". Blocking (binds)."""
+        standby = self.config.standby
+        own = (standby.port, standby.listen_addresses)
+        wanted = (standby.promoted_port, standby.promoted_listen_addresses)
+        if self.state.role != "primary" or wanted == own:
+            self.state.failover_problem = None
+            return own
+        problems = []
+        for address in wanted[1].split(","):
+            address = {"*": "0.0.0.0", "localhost": "127.0.0.1"}.get(address, address)  # noqa: S104
+            if held is not None and held[0] == wanted[0] and (
+                address in held[1].split(",") or held[1] == "*"
+            ):
+                continue  # our running postgres listens there already
+            problem = failover.bind_problem(address, wanted[0])
+            if problem is not None:
+                problems.append(problem)
+        if not problems:
+            self.state.failover_problem = None
+            return wanted
+        message = (
+            f"cannot move the promoted server to the failover endpoint "
+            f"{','.join(standby.failover_address)} port {standby.promoted_port}: "
+            f"{'; '.join(problems)}; it keeps listening on {own[1]} port {own[0]}, which no "
+            "workstation reaches. Free the port (or fix standby.failover_address) and "
+            "restart laterbased"
+        )
+        self.state.failover_problem = message
+        if self._told_failover_problem != message:
+            self._told_failover_problem = message
+            logger.error("%s", message)
+            self.ctx.state.record_event("error", message)
+        return held or own
+
     def _argv(self) -> list[str]:
         data_dir = self.layout.data_dir
         primary_settings: dict[str, str] = {}
@@ -246,12 +287,14 @@ class StandbySupervisor:
             path = data_dir / name
             if path.exists():
                 primary_settings.update(configure.parse_settings(path.read_text("utf-8")))
+        port, listen_addresses = self._endpoint()
+        self._starting_endpoint = (port, listen_addresses)
         overrides = configure.server_overrides(
             self.major,
             primary_settings,
             data_dir=data_dir,
-            port=self.config.standby.port,
-            listen_addresses=self.config.standby.listen_addresses,
+            port=port,
+            listen_addresses=listen_addresses,
             socket_dir=self.layout.socket_dir,
         )
         return configure.server_argv(self.bindir / "postgres", data_dir, overrides)
@@ -269,6 +312,11 @@ class StandbySupervisor:
             reason, description = await self._run_once()
             if reason == "reclone":
                 return True
+            if reason == "endpoint":
+                # Not a failure: a promoted server moving to the failover endpoint.
+                logger.warning("standby postgres %s", description)
+                self.ctx.state.record_event("warning", f"promoted server {description}")
+                continue
             ran = time.monotonic() - started
             if ran > RESTART_RESET_AFTER:
                 delay = 0.0
@@ -299,7 +347,7 @@ class StandbySupervisor:
         await self._stop_left_postmaster()
         await self._kill_leftovers()
         argv = await asyncio.to_thread(self._argv)
-        port = self.config.standby.port  # what _argv just used
+        port, listen_addresses = self._starting_endpoint  # what _argv just used
         self.state.system_identifier = await asyncio.to_thread(
             identity.control_file_identifier, data_dir
         )
@@ -314,6 +362,7 @@ class StandbySupervisor:
         )
         self.state.pid = child.pid
         self.state.port = port
+        self.state.listen_addresses = listen_addresses
         self.state.started_at = time.time()
         outcome: tuple[str, str] | None = None
         try:
@@ -340,6 +389,7 @@ class StandbySupervisor:
             await finish_uncancellable(asyncio.ensure_future(stop_and_sweep()))
             self.state.pid = None
             self.state.port = None
+            self.state.listen_addresses = None
 
     async def _stop_left_postmaster(self) -> None:
         """Stop a postmaster an earlier laterbased left on our data directory (it was
@@ -387,15 +437,24 @@ class StandbySupervisor:
         async with asyncio.TaskGroup() as group:
             exit_task = group.create_task(child.wait())
             reload_task = group.create_task(self.ctx.wait_reload())
+            wake_task = group.create_task(self.state.wake.wait())
             try:
                 while True:
                     await asyncio.wait(
-                        {exit_task, reload_task},
-                        timeout=interval,
+                        {exit_task, reload_task, wake_task},
+                        # A starting server is asked soon: a promotion waits for it.
+                        timeout=min(interval, 0.5) if self.state.phase == "starting" else interval,
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                     if exit_task.done():
                         return exit_reason(exit_task.result())
+                    if wake_task.done():
+                        self.state.wake.clear()
+                        wake_task = group.create_task(self.state.wake.wait())
+                        moved = await self._move_to_failover_endpoint()
+                        if moved is not None:
+                            return "endpoint", moved
+                        continue
                     if reload_task.done():
                         await self._apply_reload(reload_task.result(), child)
                         reload_task = group.create_task(self.ctx.wait_reload())
@@ -419,9 +478,28 @@ class StandbySupervisor:
                             f"{self.state.system_identifier}, not the accepted primary "
                             f"{self.ctx.state.accepted_system_identifier}"
                         )
+                    moved = await self._move_to_failover_endpoint()
+                    if moved is not None:
+                        return "endpoint", moved
             finally:
                 exit_task.cancel()
                 reload_task.cancel()
+                wake_task.cancel()
+
+    async def _move_to_failover_endpoint(self) -> str | None:
+        """Once promoted: a description when postgres must restart on the failover
+        endpoint (standby.failover_address, failover_port), else None."""
+        st = self.state
+        if st.role != "primary" or st.port is None or st.listen_addresses is None:
+            return None
+        held = (st.port, st.listen_addresses)
+        wanted = await asyncio.to_thread(self._endpoint, held)
+        if wanted == held:
+            return None
+        return (
+            f"restarting on the failover endpoint: listen_addresses {wanted[1]} port "
+            f"{wanted[0]} (was {held[1]} port {held[0]})"
+        )
 
     async def _ping(self) -> int:
         """pg_isready on our socket: 0 accepting, 1 rejecting (starting), 2 no answer."""
@@ -580,5 +658,17 @@ async def run_standby(ctx: WorkerContext) -> None:
     await StandbySupervisor(ctx).run()
 
 
-# The standby worker answers ``promote`` (POST /api/promote).
-offer_actions = register_actions
+def offer_actions(state: State) -> None:
+    """Before any worker starts: the standby answers ``promote`` (POST /api/promote), and
+    a data directory promoted before this start makes the daemon serve the new world from
+    its first moment (dumps from it, the old primary "gone (promoted away)"), instead of
+    after the supervisor's first look at it."""
+    register_actions(state)
+    data_dir = Layout.from_config(state.config).data_dir
+    try:
+        # Two small local files, once, before the event loop has anything else to do.
+        major = (data_dir / "PG_VERSION").read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return
+    if configure.is_promoted(data_dir, major):
+        state.standby.role = "primary"

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from laterbased import __version__
-from laterbased.core.state import State
+from laterbased.core.failover import old_primary_advice, workstation_address, workstation_steps
+from laterbased.core.state import GLOBALS_KEY, State
 from laterbased.health import verdicts as health
 from laterbased.units import format_duration, format_size
 from laterbased.web.roles import local_role
@@ -111,6 +112,29 @@ def status_document(state: State, now: float) -> dict[str, Any]:
             {"at": event.at, "level": event.level, "message": event.message}
             for event in list(state.events)[::-1][:MAX_EVENTS]
         ],
+        "failover": failover_document(state),
+    }
+
+
+def failover_document(state: State) -> dict[str, Any] | None:
+    """After a promotion: what each workstation enters in Resolve, and what to do with the
+    old primary (the same text ``laterbased promote`` prints). None before."""
+    config, standby = state.config, state.standby
+    if not config.standby.enabled or not health.is_promoted(state):
+        return None
+    port = standby.port or config.standby.promoted_port
+    libraries = list(standby.libraries) or [
+        name for name in health.backup_databases(state) if name != GLOBALS_KEY
+    ]
+    return {
+        "address": workstation_address(config),
+        "port": port,
+        "listen_addresses": standby.listen_addresses,
+        "libraries": libraries,
+        "user": config.primary.user,
+        "problem": standby.failover_problem,
+        "workstations": workstation_steps(config, libraries, port),
+        "old_primary": old_primary_advice(config),
     }
 
 
@@ -230,8 +254,16 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
             ]
         ),
         "</table>",
-        "<h2>Checks</h2><table id=checks>",
     ]
+    failover = doc.get("failover")
+    if failover:
+        # At 3 a.m. this is what the page is for: the steps first, before the details.
+        parts.append("<h2>After the failover</h2><div id=failover>")
+        if failover["problem"]:
+            parts.append(f"<p class=critical>{_text(failover['problem'])}</p>")
+        parts.append("<pre>" + escape("\n".join(failover["workstations"])) + "</pre>")
+        parts.append(f"<p>{_text(failover['old_primary'])}</p></div>")
+    parts.append("<h2>Checks</h2><table id=checks>")
     for check in doc["health"]["checks"]:
         severity = escape(check["severity"])
         parts.append(

@@ -10,7 +10,8 @@ from typing import Any
 from laterbased.config import Config
 from laterbased.errors import ConfigError
 from laterbased.ops.args import configure_logging, load_from_args
-from laterbased.ops.check.checks import CheckResult, as_json, exit_code, fail, run_checks
+from laterbased.ops.check.checks import CheckResult, as_json, exit_code, fail
+from laterbased.ops.check.failover import run_all_checks
 
 DESCRIPTION = """\
 Check whether this setup will work, one line per check with a hint when it is not OK:
@@ -20,7 +21,10 @@ retained WAL, wal_status); PostgreSQL binaries for the standby and pg_dump match
 primary's major version; the local standby's system identifier; collation and platform of
 the primary (macOS/Windows vs this Linux standby); primary settings that would stop the
 standby here; backup directory writable with free space; age of the newest backup; rclone
-and the remote; the HTTP port.
+and the remote; the HTTP port. The failover plan, while the primary is still healthy:
+standby.failover_address is an address of this host, standby.failover_port is free, the
+standby's pg_hba.conf admits the workstations (primary.user into each library), a firewall
+reminder. Once the standby was promoted, it is checked as the primary (no slot advice).
 """
 
 EPILOG = "exit codes (like a monitoring plugin): 0 all OK, 1 warnings, 2 failures"
@@ -61,7 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         results = [fail("configuration", problem) for problem in exc.problems]
     configure_logging(args, config)
     if config is not None:
-        results = asyncio.run(run_checks(config))
+        results = asyncio.run(run_all_checks(config))
     if args.json:
         print(json.dumps(as_json(results), indent=2))
     else:

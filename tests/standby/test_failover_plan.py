@@ -1,0 +1,287 @@
+"""Failover planned before the disaster (issue 19), end to end on loopback: 127.0.0.2 stands
+for the host's LAN address (Linux routes all of 127/8 to lo), a free port for 5432.
+
+The plan is checked while the primary runs; then the primary stops, ``laterbased promote``
+moves the server to the failover address and port and says what each workstation enters;
+a client with the primary's user and password opens the library there and writes; the
+daemon serves the new world (health green, the old primary "gone (promoted away)", the
+next backup from the promoted server); ``check`` judges a primary. The rehearsal clones
+the standby, promotes the copy on a side port and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from daemon_process import DaemonProcess, write_config
+from pgserver import PgServer, free_port
+from waiting import wait_for
+
+from laterbased.proc import pids_with_cwd_under
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "failover-token-" + os.urandom(6).hex()
+LIBRARY = "Resolve Library"
+LAN_ADDRESS = "127.0.0.2"
+
+
+def resolve_primary(make_primary: Callable[..., PgServer], *, lan_rule: bool = True) -> PgServer:
+    """A primary with one Resolve library owned by laterbased's login (as Resolve's own
+    ``postgres`` user owns its libraries) and, like a Resolve server, a pg_hba.conf line
+    for the workstations' network."""
+    primary = make_primary()
+    if lan_rule:
+        primary.append_hba("host all all 127.0.0.0/8 scram-sha-256")
+    primary.sql(f'CREATE DATABASE "{LIBRARY}" OWNER {primary.replication_user}')
+    primary.sql(
+        'CREATE TABLE public."SM_Project" (id serial PRIMARY KEY, "ProjectName" text);'
+        'INSERT INTO public."SM_Project" ("ProjectName") VALUES (\'Feature Film\');'
+        f'ALTER TABLE public."SM_Project" OWNER TO {primary.replication_user}',
+        database=LIBRARY,
+    )
+    return primary
+
+
+def failover_config(primary: PgServer, state_dir: Path, failover_port: int) -> dict[str, Any]:
+    return {
+        "primary": {
+            "host": primary.host,
+            "port": primary.port,
+            "user": primary.replication_user,
+            "password": primary.replication_password,
+        },
+        "standby": {
+            "port": free_port(),
+            "failover_address": [LAN_ADDRESS],
+            "failover_port": failover_port,
+        },
+        "monitor": {"interval": "1s"},
+        "backup": {
+            "directory": str(state_dir / "backups"),
+            "schedule": "0 0 1 1 *",
+            "catch_up": False,
+        },
+        "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
+        "state_dir": str(state_dir),
+    }
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "laterbased", *args,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def health(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{daemon.url}/healthz") as response:
+            return response.status, await response.json()
+
+
+async def healthy(daemon: DaemonProcess) -> bool:
+    try:
+        return (await health(daemon))[0] == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def library_connection(primary: PgServer, host: str, port: int) -> Any:
+    """What a Resolve workstation does: the primary's user and password, the library."""
+    return await asyncpg.connect(
+        host=host,
+        port=port,
+        user=primary.replication_user,
+        password=primary.replication_password,
+        database=LIBRARY,
+        timeout=10,
+    )
+
+
+def line_of(output: str, name: str) -> str:
+    for line in output.splitlines():
+        if name in line:
+            return line
+    raise AssertionError(f"no line {name!r} in:\n{output}")
+
+
+async def test_failover_to_the_planned_address_serves_workstations_and_the_new_world(
+    make_primary: Callable[..., PgServer], state_dir: Path, pg_bindir: Path
+) -> None:
+    primary = resolve_primary(make_primary)
+    failover_port = free_port()
+    config = failover_config(primary, state_dir, failover_port)
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    restarted: DaemonProcess | None = None
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        await wait_for(lambda: healthy(daemon), f"healthy standby:\n{daemon.log[-3000:]}", 120)
+
+        # The plan, checked while the primary is healthy.
+        code, out = await run_cli("check", "--config", str(config_path))
+        assert line_of(out, f"failover {LAN_ADDRESS}").startswith("OK"), out
+        assert line_of(out, "failover pg_hba").startswith("OK"), out
+        assert "127.0.0.0/8" in line_of(out, "failover pg_hba")
+        assert "firewall" in out
+
+        primary.stop("fast")
+        code, out = await run_cli("promote", "--config", str(config_path))
+        assert code == 0, out + daemon.log[-3000:]
+        assert f"Location (IP address): {LAN_ADDRESS}" in out
+        assert f"Database name: {LIBRARY}" in out
+        assert f"User: {primary.replication_user}" in out
+        assert f"port {failover_port}" in out
+        assert "old primary" in out
+
+        conn = await library_connection(primary, LAN_ADDRESS, failover_port)
+        try:
+            assert await conn.fetchval('SELECT "ProjectName" FROM public."SM_Project"') == (
+                "Feature Film"
+            )
+            await conn.execute(
+                'INSERT INTO public."SM_Project" ("ProjectName") VALUES (\'after-failover\')'
+            )
+        finally:
+            await conn.close()
+
+        await wait_for(lambda: healthy(daemon), f"health green:\n{daemon.log[-3000:]}", 60)
+        _status, body = await health(daemon)
+        reasons = {check["name"]: check["reason"] for check in body["checks"]}
+        assert "gone (promoted away)" in reasons["primary"]
+        assert "primary unreachable" not in daemon.log.split("promoted")[-1]
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.url}/status") as response:
+                page = await response.text()
+        assert "After the failover" in page and LAN_ADDRESS in page
+
+        code, out = await run_cli("check", "--config", str(config_path))
+        assert code in (0, 1), out
+        assert "slot" not in out and "prepare-primary" not in out, out
+        assert line_of(out, "role").startswith("OK"), out
+        assert LIBRARY in line_of(out, "failover pg_hba"), out
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{daemon.url}/api/backup",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                json={},
+            ) as response:
+                answer = await response.json()
+                assert response.status == 200, answer
+        manifests = sorted((state_dir / "backups").rglob("*.json"))
+        newest = [m for m in manifests if json.loads(m.read_text()).get("database") == LIBRARY]
+        assert newest, manifests
+        manifest = json.loads(newest[-1].read_text())
+        assert manifest["source"] == "promoted"
+        dump = newest[-1].parent / manifest["file"]
+        restored = subprocess.run(
+            [str(pg_bindir / "pg_restore"), "-f", "-", "--data-only", str(dump)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert "after-failover" in restored
+
+        # A restart as a primary: no ERROR about the old primary while our postgres starts.
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+        restarted = await DaemonProcess.start(config_path, config["http"]["port"])
+        await wait_for(lambda: healthy(restarted), f"green again:\n{restarted.log[-3000:]}", 90)
+        assert "ERROR" not in restarted.log, restarted.log
+        conn = await library_connection(primary, LAN_ADDRESS, failover_port)
+        await conn.close()
+        restarted.send(signal.SIGTERM)
+        assert await restarted.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
+        if restarted is not None:
+            await restarted.stop()
+    assert pids_with_cwd_under(state_dir) == []
+
+
+async def test_check_fails_a_plan_whose_address_is_not_here_or_whose_hba_refuses_workstations(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = resolve_primary(make_primary, lan_rule=False)
+    config = failover_config(primary, state_dir, free_port())
+    # TEST-NET-1 (RFC 5737): never an address of this host.
+    config["standby"]["failover_address"] = ["192.0.2.10", LAN_ADDRESS]
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        code, out = await run_cli("check", "--config", str(config_path))
+        assert code == 2, out
+        assert line_of(out, "failover 192.0.2.10").startswith("FAIL"), out
+        assert "not an address of this host" in out
+        hba = line_of(out, "failover pg_hba")
+        assert hba.startswith("FAIL") and LIBRARY in hba, out
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
+
+
+async def test_rehearsal_promotes_a_throwaway_copy_and_leaves_the_standby_streaming(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = resolve_primary(make_primary)
+    config = failover_config(primary, state_dir, free_port())
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        await wait_for(lambda: healthy(daemon), f"healthy standby:\n{daemon.log[-3000:]}", 120)
+        postmaster = (state_dir / "standby" / "postmaster.pid").read_text().split()[0]
+
+        code, out = await run_cli("promote", "--rehearse", "--config", str(config_path))
+        assert code == 0, out
+        assert f"ok    {LIBRARY}: SM_Project readable (1 projects), a write accepted" in out
+        assert "promoted and every library opened" in out
+
+        assert [p.name for p in state_dir.iterdir() if p.name.startswith("rehearsal-")] == []
+        assert (state_dir / "standby" / "postmaster.pid").read_text().split()[0] == postmaster
+        primary.sql(
+            'INSERT INTO public."SM_Project" ("ProjectName") VALUES (\'after-rehearsal\')',
+            database=LIBRARY,
+        )
+        standby_port = config["standby"]["port"]
+
+        async def replicated() -> bool:
+            try:
+                conn = await library_connection(primary, "127.0.0.1", standby_port)
+            except (OSError, asyncpg.PostgresError):
+                return False
+            try:
+                return bool(await conn.fetchval(
+                    'SELECT count(*) FROM public."SM_Project" '
+                    "WHERE \"ProjectName\" = 'after-rehearsal'"
+                ))
+            finally:
+                await conn.close()
+
+        await wait_for(replicated, "the standby still streams after the rehearsal")
+        await wait_for(lambda: healthy(daemon), f"still healthy:\n{daemon.log[-3000:]}", 60)
+        assert "rehearsal postgres" in daemon.log or "rehearsal" in out
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
+    assert pids_with_cwd_under(state_dir) == []
