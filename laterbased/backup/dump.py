@@ -638,20 +638,37 @@ class Dumper:
         paused = False
         try:
             if await conn.fetchval(sql.IS_IN_RECOVERY):
+                # Counted as paused before the call returns: a cancellation that lands while
+                # the pause is in flight (done on the server, not yet acknowledged) must still
+                # resume, or the standby stays paused for good.
+                paused = True
                 try:
                     await conn.execute("SELECT pg_wal_replay_pause()")
-                    paused = True
                     logger.info("paused WAL replay on the standby for the dump run=%s", self.run_id)
+                except asyncio.CancelledError:
+                    raise
                 except Exception as exc:  # permission denied: fall back to retrying
+                    paused = False
                     logger.warning("cannot pause WAL replay run=%s: %s", self.run_id, exc)
             yield
         finally:
-            try:
-                if paused:
-                    await asyncio.shield(conn.execute("SELECT pg_wal_replay_resume()"))
-                    logger.info("resumed WAL replay on the standby run=%s", self.run_id)
-            finally:
-                await asyncio.shield(conn.close())
+            # Resumed before this returns, even when cancelled (again) meanwhile.
+            await proc.finish_uncancellable(
+                asyncio.ensure_future(self._resume_and_close(conn, paused))
+            )
+
+    async def _resume_and_close(self, conn: Any, paused: bool) -> None:
+        try:
+            if paused:
+                try:
+                    await conn.execute("SELECT pg_wal_replay_resume()")
+                except Exception:  # noqa: BLE001 - a cancelled pause can leave it unusable
+                    await conn.close()
+                    conn = await self.server.connect()
+                    await conn.execute("SELECT pg_wal_replay_resume()")
+                logger.info("resumed WAL replay on the standby run=%s", self.run_id)
+        finally:
+            await conn.close()
 
     async def _fingerprint_seen_by_source(
         self, database: str, fingerprint: Fingerprint

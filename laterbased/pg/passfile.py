@@ -6,6 +6,7 @@ so the file is created 0600 from the start and handed to the run-as user.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from laterbased.proc import RunAs
+from laterbased.proc import RunAs, finish_uncancellable
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,23 @@ async def write_passfile(path: Path, lines: Iterable[str], run_as: RunAs | None)
             raise
         return fd
 
-    try:
-        async with aiofiles.open(temp, "wb", opener=create) as handle:
-            await handle.write(content)
-            await handle.flush()
-            await _fsync(handle.fileno())
-        await aiofiles.os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            await aiofiles.os.unlink(temp)
-        raise
-    await _fsync_directory(directory)
-    logger.debug("wrote passfile %s", path)
+    async def write() -> None:
+        try:
+            async with aiofiles.open(temp, "wb", opener=create) as handle:
+                await handle.write(content)
+                await handle.flush()
+                await _fsync(handle.fileno())
+            await aiofiles.os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                await aiofiles.os.unlink(temp)
+            raise
+        await _fsync_directory(directory)
+        logger.debug("wrote passfile %s", path)
+
+    # A few milliseconds of work: finished even when the caller is cancelled meanwhile, or a
+    # file opened in aiofiles' thread would be left open and its temporary file behind.
+    await finish_uncancellable(asyncio.ensure_future(write()))
 
 
 _fsync = aiofiles.os.wrap(os.fsync)

@@ -7,6 +7,7 @@ pg_dump, after cancellation, and when a lock replayed from the primary blocks th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -174,6 +175,24 @@ async def test_cancelled_standby_dump_resumes_replay(
         await lock.execute("ROLLBACK")
         await lock.close()
     assert list((backup_dir / ".partial").glob("*.backup")) == []
+
+
+async def test_a_dump_cancelled_at_any_moment_leaves_replay_running(
+    primary: PgServer, standby: StreamingStandby, backup_dir: Path
+) -> None:
+    """Cancelled while the pause itself is in flight (done on the server, not yet answered),
+    the dump still resumes replay: before, it left the standby paused for good."""
+    config = standby_config(primary, standby, backup_dir)
+    for round_number in range(12):
+        dump = asyncio.create_task(
+            run_dumps(config, Catalogue(backup_dir), f"dump-standby-cancel-{round_number}")
+        )
+        # From "not started" to "pausing" to "dumping": a different moment each round.
+        await asyncio.sleep(0.005 * round_number)
+        dump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dump
+        assert not replay_paused(standby), f"replay left paused (round {round_number})"
 
 
 async def test_lock_replayed_before_the_pause_does_not_block_the_dump_for_hours(
