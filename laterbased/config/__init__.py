@@ -177,6 +177,25 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class PitrConfig:
+    """Point-in-time restore: a continuous WAL archive plus scheduled base backups."""
+
+    enabled: bool = False
+    base_backup_schedule: str = field(default="0 2 * * *", metadata=CRON)
+    # How far back a restore to a moment can reach; default backup.retention_days days.
+    window: float | None = field(default=None, metadata=DURATION)
+    slot_name: str = "laterbase_wal_slot"
+    # gzip level 1-9 of the archived WAL segments, or "none".
+    compression: str = "5"
+
+    @property
+    def compression_level(self) -> int:
+        """The gzip level for pg_receivewal --compress; 0 means segments stay plain."""
+        text = self.compression.strip().lower()
+        return 0 if text in ("none", "0") else int(text)
+
+
+@dataclass(frozen=True)
 class RcloneRemote:
     """A remote defined in our configuration (the legacy ``RCLONE_REMOTE_<N>_*``)."""
 
@@ -248,6 +267,7 @@ class Config:
     standby: StandbyConfig = field(default_factory=StandbyConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    pitr: PitrConfig = field(default_factory=PitrConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
@@ -267,6 +287,13 @@ class Config:
     @property
     def backup_directory(self) -> Path:
         return self.backup.directory or self.state_dir / "backups"
+
+    @property
+    def pitr_window(self) -> float:
+        """Seconds a restore to a moment reaches back: pitr.window or the dumps' retention."""
+        if self.pitr.window is not None:
+            return self.pitr.window
+        return self.backup.retention_days * 86400.0
 
     @property
     def standby_data_dir(self) -> Path:
@@ -842,6 +869,21 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
                 "backup.databases",
                 f"{database!r} contains a NUL character, which no PostgreSQL name can hold",
             )
+    if not _SLOT_NAME.match(config.pitr.slot_name):
+        problem(
+            "pitr.slot_name",
+            f"{config.pitr.slot_name!r} is not a valid slot name "
+            "(lower-case letters, digits and '_', at most 63)",
+        )
+    elif config.pitr.slot_name == config.standby.slot_name:
+        problem("pitr.slot_name", "must differ from standby.slot_name (each needs its own slot)")
+    if config.pitr.compression.strip().lower() not in {"none", *(str(n) for n in range(10))}:
+        problem(
+            "pitr.compression",
+            f"must be a gzip level 1-9 or none, not {config.pitr.compression!r}",
+        )
+    if config.pitr.window is not None and config.pitr.window <= 0:
+        problem("pitr.window", "must be greater than 0")
     if config.upload.retries < 0:
         problem("upload.retries", "must be 0 or more")
     if not _SLOT_NAME.match(config.standby.slot_name):
