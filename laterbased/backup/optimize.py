@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from laterbased.backup.dump import discover_databases, primary_server
+from laterbased.backup.dump import discover_databases, primary_server, promoted_server
 from laterbased.config import Config
 from laterbased.errors import LaterbasedError
 
@@ -22,9 +22,15 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def optimize_databases(config: Config, run_id: str) -> list[str]:
-    """Run the maintenance on every backed-up database; return the failures (empty: ok)."""
-    server = primary_server(config)
+async def optimize_databases(
+    config: Config, run_id: str, promoted_port: int | None = None
+) -> list[str]:
+    """Run the maintenance on every backed-up database; return the failures (empty: ok).
+    ``promoted_port``: our promoted standby is the primary now (after a failover)."""
+    if promoted_port is not None:
+        server = promoted_server(config, promoted_port)
+    else:
+        server = primary_server(config)
     failures: list[str] = []
     try:
         names = list(config.backup.databases) or await discover_databases(server)

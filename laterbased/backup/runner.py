@@ -434,7 +434,7 @@ async def run_optimize_job(state: State) -> dict[str, Any]:
     if run is None:
         return {"run": run_id, "result": "skipped"}
     try:
-        failures = await optimize_databases(state.config, run_id)
+        failures = await optimize_databases(state.config, run_id, promoted_port(state))
     except asyncio.CancelledError:
         finish_job(state, run, "cancelled")
         raise
