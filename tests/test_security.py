@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from daemon_process import DaemonProcess, free_tcp_port
 from pgserver import PgServer
+from waiting import wait_for
 
 from laterbased.config import load_config
 from laterbased.core.state import State
@@ -160,9 +163,51 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+class RefusingServer:
+    """A loopback server standing in for both the S3 endpoint and the webhook receiver:
+    S3 requests get 403 AccessDenied (rclone fails at once and says why on its stderr), webhook POSTs a 500 (the daemon logs a failed call). It keeps what it got."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.port = 0
+        self.webhook_calls: list[str] = []
+        self.s3_requests: list[str] = []
+
+
+S3_ACCESS_DENIED = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    "<Message>Access Denied (test)</Message></Error>"
+)
+
+
+@pytest.fixture
+async def refusing_server() -> AsyncIterator[RefusingServer]:
+    server = RefusingServer()
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST" and request.path.startswith("/hook/"):
+            server.webhook_calls.append(await request.text())
+            return web.Response(status=500, text="receiver broken (test)")
+        server.s3_requests.append(f"{request.method} {request.path}")
+        return web.Response(status=403, text=S3_ACCESS_DENIED, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{server.port}"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.slow
 async def test_debug_logs_pages_and_config_show_carry_no_secret_and_files_are_private(
-    primary: PgServer, workdir: Path
+    primary: PgServer, workdir: Path, refusing_server: RefusingServer
 ) -> None:
     database = "security probe ü"
     if primary.sql(f"SELECT count(*) FROM pg_database WHERE datname = '{database}'") == "0":
@@ -171,62 +216,77 @@ async def test_debug_logs_pages_and_config_show_carry_no_secret_and_files_are_pr
                     database)
     http_port = free_tcp_port()
     backups = workdir / "backups"
-    with silent_endpoint() as s3_port:
-        env = {
-            "PRIMARY_HOST": primary.host,
-            "PRIMARY_PORT": str(primary.port),
-            "PRIMARY_USER": primary.superuser,
-            "LOCAL_BACKUP_PATH": str(backups),
-            "LATERBASED_STANDBY_ENABLED": "false",
-            "LATERBASED_BACKUP_DATABASES": database,
-            "LATERBASED_STATE_DIR": str(workdir / "state"),
-            "LATERBASED_HTTP_PORT": str(http_port),
-            "LATERBASED_UPLOAD_RETRIES": "0",
-            "LATERBASED_UPLOAD_TIMEOUT": "5s",
-            "LATERBASED_NOTIFY_WEBHOOK_URL": f"http://127.0.0.1:{s3_port}/hook?k={WEBHOOK_SECRET}",
-            **s3_environment(s3_port),
-        }
-        # The secrets themselves come from files and an env file, as in production.
-        env_file = workdir / "laterbased.env"
-        env_file.write_text(
-            f"REPL_PASSWORD={primary.superuser_password}\nLATERBASED_HTTP_TOKEN={TOKEN}\n"
-        )
-        env_file.chmod(0o600)
-        secrets = [primary.superuser_password, TOKEN, S3_SECRET, WEBHOOK_SECRET]
+    hook = f"{refusing_server.url}/hook/{WEBHOOK_SECRET}?k={WEBHOOK_SECRET}"
+    env = {
+        "PRIMARY_HOST": primary.host,
+        "PRIMARY_PORT": str(primary.port),
+        "PRIMARY_USER": primary.superuser,
+        "LOCAL_BACKUP_PATH": str(backups),
+        "LATERBASED_STANDBY_ENABLED": "false",
+        "LATERBASED_BACKUP_DATABASES": database,
+        "LATERBASED_STATE_DIR": str(workdir / "state"),
+        "LATERBASED_HTTP_PORT": str(http_port),
+        "LATERBASED_UPLOAD_RETRIES": "0",
+        "LATERBASED_UPLOAD_TIMEOUT": "5s",
+        "LATERBASED_NOTIFY_WEBHOOK_URL": hook,
+        **s3_environment(refusing_server.port),
+    }
+    # The secrets themselves come from files and an env file, as in production.
+    env_file = workdir / "laterbased.env"
+    env_file.write_text(
+        f"REPL_PASSWORD={primary.superuser_password}\nLATERBASED_HTTP_TOKEN={TOKEN}\n"
+    )
+    env_file.chmod(0o600)
+    secrets = [primary.superuser_password, TOKEN, S3_SECRET, WEBHOOK_SECRET]
 
-        daemon = await DaemonProcess.start(
-            Path(os.devnull), http_port, env=env,
-            args=("--env-file", str(env_file), "--log-level", "debug"),
+    daemon = await DaemonProcess.start(
+        Path(os.devnull), http_port, env=env,
+        args=("--env-file", str(env_file), "--log-level", "debug"),
+    )
+    try:
+        await daemon.wait_http(timeout=60)
+        deadline = time.monotonic() + 90
+        while not list(backups.rglob("*.json")):
+            assert time.monotonic() < deadline, f"no backup published:\n{daemon.log}"
+            assert daemon.proc.returncode is None, daemon.log
+            await asyncio.sleep(0.2)
+        # The secrets checks below mean something only once the paths that carry secrets
+        # have run: rclone's failure against the S3 stub (its error output logged) and
+        # the webhook called (with its secret URL) about that failed upload.
+        await daemon.wait_log("upload failed run=", timeout=120)
+        await wait_for(
+            lambda: refusing_server.webhook_calls, "the webhook called", 60,
+            log=lambda: daemon.log,
         )
-        try:
-            await daemon.wait_http(timeout=60)
-            deadline = time.monotonic() + 90
-            while not list(backups.rglob("*.json")):
-                assert time.monotonic() < deadline, f"no backup published:\n{daemon.log}"
-                assert daemon.proc.returncode is None, daemon.log
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(1)  # let the upload step try (and fail) against the S3 stub
-            pages = {}
-            async with aiohttp.ClientSession() as session:
-                for page in ("/healthz", "/status", "/status.json", "/metrics", "/liveness"):
-                    async with session.get(daemon.url + page) as response:
-                        pages[page] = await response.text()
-            status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
-            umask = next(x for x in status.splitlines() if x.startswith("Umask:"))
-            assert umask.split()[1] == "0077", umask
-            assert listening_addresses(http_port) == {"0100007F"}, "HTTP not bound to 127.0.0.1"
-            for path in backups.rglob("*"):
-                if ".partial" in path.parts:
-                    continue
-                mode = stat.S_IMODE(path.stat().st_mode)
-                assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
-            daemon.send(signal.SIGTERM)
-            assert await daemon.wait_exit(timeout=60) == 0
-        finally:
-            await daemon.stop()
+        await daemon.wait_log("notification failed channel=webhook", timeout=60)
+        pages = {}
+        async with aiohttp.ClientSession() as session:
+            for page in ("/healthz", "/status", "/status.json", "/metrics", "/liveness"):
+                async with session.get(daemon.url + page) as response:
+                    pages[page] = await response.text()
+        status = Path(f"/proc/{daemon.proc.pid}/status").read_text()
+        umask = next(x for x in status.splitlines() if x.startswith("Umask:"))
+        assert umask.split()[1] == "0077", umask
+        assert listening_addresses(http_port) == {"0100007F"}, "HTTP not bound to 127.0.0.1"
+        for path in backups.rglob("*"):
+            if ".partial" in path.parts:
+                continue
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), f"{path}: {oct(mode)}"
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=60) == 0
+    finally:
+        await daemon.stop()
 
     log = daemon.log
-    assert " DEBUG " in log or '"DEBUG"' in log or "debug" in log.lower(), "not at debug level"
+    # A line only --log-level debug writes (each child's start), in the text format.
+    assert re.search(r" DEBUG +laterbased\.proc: pg_dump .*: started pid=\d+", log), "not debug"
+    assert refusing_server.s3_requests, "rclone never reached the S3 endpoint"
+    assert "StatusCode: 403" in log, "rclone's own error output was not logged"
+    assert "HTTP 500" in log  # the webhook's answer, logged with the URL redacted
+    for secret in secrets:
+        for call in refusing_server.webhook_calls:
+            assert secret not in call, "a secret in the webhook's message"
     for secret in secrets:
         assert secret not in log, "a secret reached the debug log"
         for page, text in pages.items():
