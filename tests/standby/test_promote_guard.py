@@ -99,12 +99,14 @@ async def test_promote_goes_through_the_daemon_without_force_once_the_old_primar
         await daemon.stop()
 
 
-def promote_config(tmp_path: Path, host: str, port: int, password: str) -> Path:
+def promote_config(
+    tmp_path: Path, host: str, port: int, password: str, user: str = "postgres"
+) -> Path:
     config_file = tmp_path / "laterbased.yaml"
     (tmp_path / "password").write_text(password)
     config_file.write_text(
         "primary:\n"
-        f"  host: {host}\n  port: {port}\n  user: postgres\n"
+        f"  host: {host}\n  port: {port}\n  user: {user}\n"
         f"  password_file: {tmp_path / 'password'}\n"
         "  connect_timeout: 3s\n"
         f"standby:\n  data_dir: {tmp_path / 'standby'}\n"
@@ -132,11 +134,18 @@ async def test_promote_refuses_while_the_old_primary_still_runs(
     # `laterbased promote` promoted the demo's standby in 0.5 s while the primary was up
     # and Resolve kept writing to it: two writable project libraries, exit 0, /healthz
     # "healthy". A refused login is an answer too: the server is running.
-    secret = primary.replication_password if password == "right" else "not-it"
-    config_file = promote_config(tmp_path, primary.host, primary.port, secret)
+    secret = primary.superuser_password if password == "right" else "not-it"
+    config_file = promote_config(
+        tmp_path, primary.host, primary.port, secret, user=primary.superuser
+    )
     code, out = await run_promote("--config", str(config_file))
     assert code == EXIT_REFUSE, out
     assert f"refusing to promote: the old primary {primary.host}:{primary.port} is still " in out
+    if password == "right":
+        # Logged in and asked: a primary, not in recovery.
+        assert "is still running and accepting writes" in out, out
+    else:
+        assert "password authentication failed" in out, out
     assert "--force" in out
     # --force goes past the guard; here there is no standby to promote at all.
     code, out = await run_promote("--force", "--config", str(config_file))
