@@ -17,6 +17,8 @@ from laterbased.config import Config
 from laterbased.core.local_token import client_token
 from laterbased.core.state import State
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
+from laterbased.pg import sql
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.units import format_size
 
@@ -94,10 +96,30 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+DATABASE_GONE = "database gone from the primary (its backups stay until retention)"
+
+
+async def _primary_databases(config: Config) -> set[str] | None:
+    """The databases on the primary now, or None when it cannot be asked (then no backup is
+    called "gone": absence from a server we cannot see proves nothing)."""
+    if config.primary.host is None:
+        return None
+    try:
+        conn = await connect_primary(config.primary, application_name="laterbased-backups-list")
+    except PgUnavailable as exc:
+        logger.info("backups list: cannot ask the primary which databases exist: %s", exc)
+        return None
+    try:
+        return {row["datname"] for row in await conn.fetch(sql.CONNECTABLE_DATABASES)}
+    finally:
+        await conn.close()
+
+
 def cmd_backups_list(args: argparse.Namespace) -> int:
     config = _load(args)
     catalogue = Catalogue(config.backup_directory)
     records = catalogue.list_backups()
+    existing = asyncio.run(_primary_databases(config)) if records else None
     policy = RetentionPolicy.from_config(config.backup, config.upload.enabled)
     now = datetime.now(UTC)
     decisions = decide(records, policy, now, config.zone)
@@ -113,6 +135,7 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
                 "keep": d.keep,
                 "globals": d.record.is_globals,
                 "future": d.record.from_the_future(now),
+                "database_gone": _gone(d.record, existing),
             }
             for d in decisions
         ]
@@ -139,6 +162,8 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
         note = ""
         if record.from_the_future(now):
             note = DATED_IN_THE_FUTURE
+        if _gone(record, existing):
+            note = ", ".join(filter(None, (note, DATABASE_GONE)))
         if record.resolve_restore_readable is False:
             note = ", ".join(filter(None, (note, NOT_READABLE_BY_RESOLVE)))
             if record.resolve_restore_detail and record.resolve_restore_detail not in fixes:
@@ -163,6 +188,13 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     for fix in fixes:
         print(fix)
     return EXIT_OK
+
+
+def _gone(record: BackupRecord, existing: set[str] | None) -> bool | None:
+    """Whether the database of ``record`` is no longer on the primary (None: unknown)."""
+    if existing is None or record.is_globals:
+        return None
+    return record.database not in existing
 
 
 def _daemon_url(config: Config) -> str:

@@ -212,6 +212,37 @@ def test_backups_list_escapes_names_that_would_break_the_table_and_flags_future_
     assert broken in [row["database"] for row in rows]
 
 
+def test_backups_list_says_which_databases_are_gone_from_the_primary(
+    primary: PgServer, workdir: Path
+) -> None:
+    """A library dropped on the primary (a restored copy dropped again, a renamed one): its
+    backups stay, listed as "database gone"; one that exists is not marked; with the primary
+    unreachable nothing is called gone."""
+    kept = "kept library " + os.urandom(3).hex()
+    dropped = "dropped library " + os.urandom(3).hex()
+    primary.create_database(kept)
+    env = environment(primary, workdir, free_port(), None)
+    catalogue = Catalogue(workdir / "backups")
+    now = datetime.now(UTC)
+    publish(catalogue, kept, now - timedelta(hours=2), b"1")
+    publish(catalogue, dropped, now - timedelta(hours=1), b"2")
+
+    table = cli(env, "backups", "list")
+    assert table.returncode == 0, table.stderr
+    line_of = {name: next(x for x in table.stdout.splitlines() if x.startswith(name))
+               for name in (kept, dropped)}
+    assert "database gone" in line_of[dropped], table.stdout
+    assert "database gone" not in line_of[kept], table.stdout
+    listed = json.loads(cli(env, "backups", "list", "--json").stdout)
+    rows = {row["database"]: row for row in listed}
+    assert (rows[dropped]["database_gone"], rows[kept]["database_gone"]) == (True, False)
+
+    unreachable = env | {"PRIMARY_PORT": str(free_port())}
+    table = cli(unreachable, "backups", "list")
+    assert table.returncode == 0, table.stderr
+    assert "database gone" not in table.stdout, "absence from an unreachable server proves nothing"
+
+
 def test_backups_list_for_a_mistyped_database_names_the_ones_there_are(
     primary: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
