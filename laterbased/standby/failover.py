@@ -161,6 +161,7 @@ class HbaVerdict:
     refused: list[str] = field(default_factory=list)
     uncertain: list[str] = field(default_factory=list)
     trust: list[str] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)  # library -> method that admits
 
 
 def judge_hba(
@@ -185,8 +186,10 @@ def judge_hba(
             elif rule.method == "trust":
                 verdict.trust.append(where)
                 verdict.admitted.append(where)
+                verdict.methods[library] = rule.method
             else:
                 verdict.admitted.append(where)
+                verdict.methods[library] = rule.method
             break
         else:
             verdict.refused.append(f"{library}: no line matches")

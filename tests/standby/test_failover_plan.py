@@ -239,6 +239,34 @@ async def test_check_fails_a_plan_whose_address_is_not_here_or_whose_hba_refuses
         await daemon.stop()
 
 
+async def test_check_warns_when_the_standbys_pg_hba_admits_with_another_method_than_the_primary(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = resolve_primary(make_primary)
+    config = failover_config(primary, state_dir, free_port())
+    # Resolve's own login is a superuser: it may read the primary's pg_hba.conf to compare.
+    config["primary"]["user"] = primary.superuser
+    config["primary"]["password"] = primary.superuser_password
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        code, out = await run_cli("check", "--config", str(config_path))
+        assert line_of(out, "failover pg_hba").startswith("OK"), out
+        hba = state_dir / "standby" / "pg_hba.conf"
+        hba.write_text(hba.read_text().replace(
+            "host all all 127.0.0.0/8 scram-sha-256", "host all all 127.0.0.0/8 md5"
+        ))
+        code, out = await run_cli("check", "--config", str(config_path))
+        line = line_of(out, "failover pg_hba")
+        assert line.startswith("WARN"), out
+        assert "md5 here, scram-sha-256 on the primary" in line
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
+
+
 async def test_rehearsal_promotes_a_throwaway_copy_and_leaves_the_standby_streaming(
     make_primary: Callable[..., PgServer], state_dir: Path
 ) -> None:

@@ -19,7 +19,7 @@ import laterbased.ops.check.checks as checks
 from laterbased.backup.dump import discover_databases, primary_server
 from laterbased.config import Config
 from laterbased.ops.check.checks import CheckResult, fail, ok, warn
-from laterbased.pg.connect import PgUnavailable
+from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.standby import configure, failover, safety
 from laterbased.standby.promote import local_host, old_primary_still_up
 
@@ -187,6 +187,30 @@ def _endpoint_line(address: str, port: int, running_on: int | None) -> CheckResu
     )
 
 
+async def _methods_unlike_the_primary(
+    config: Config, verdict: failover.HbaVerdict, libraries: list[str], user: str, address: str
+) -> list[str]:
+    """Libraries for which the primary's own pg_hba.conf (read with pg_read_file, which
+    needs a superuser such as Resolve's postgres; skipped otherwise) admits the
+    workstations with another method than the standby's copy."""
+    try:
+        conn = await connect_primary(config.primary, application_name="laterbased-check")
+    except (PgUnavailable, OSError):
+        return []
+    try:
+        text = await conn.fetchval("SELECT pg_read_file(current_setting('hba_file'))")
+    except asyncpg.PostgresError:
+        return []  # not a superuser: the methods cannot be compared from here
+    finally:
+        await conn.close()
+    theirs = failover.judge_hba(failover.parse_hba(str(text or "")), libraries, user, address)
+    return [
+        f"{library}: {method} here, {theirs.methods[library]} on the primary"
+        for library, method in sorted(verdict.methods.items())
+        if library in theirs.methods and theirs.methods[library] != method
+    ]
+
+
 async def _hba_line(config: Config) -> CheckResult:
     """Does the standby's pg_hba.conf admit the workstations (first matching line, as
     postgres reads it) for the primary's user into each library?"""
@@ -234,6 +258,15 @@ async def _hba_line(config: Config) -> CheckResult:
             name,
             "admits the workstations without a password (trust): " + "; ".join(verdict.trust),
             "use the primary's password method (md5 or scram-sha-256)",
+        )
+    differ = await _methods_unlike_the_primary(config, verdict, libraries, user, address)
+    if differ:
+        return warn(
+            name,
+            f"{path} admits the workstations with another method than the primary does: "
+            + "; ".join(differ),
+            "an old copy? Use the primary's lines: a method the stored passwords do not "
+            "fit (scram-sha-256 with md5 passwords) refuses every workstation",
         )
     return ok(
         name,
