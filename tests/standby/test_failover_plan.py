@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -236,6 +237,42 @@ async def test_check_fails_a_plan_whose_address_is_not_here_or_whose_hba_refuses
         daemon.send(signal.SIGTERM)
         assert await daemon.wait_exit(timeout=90) == 0
     finally:
+        await daemon.stop()
+
+
+async def test_a_taken_failover_port_keeps_the_promoted_server_where_it_ran_and_says_why(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    primary = resolve_primary(make_primary)
+    failover_port = free_port()
+    config = failover_config(primary, state_dir, failover_port)
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind((LAN_ADDRESS, failover_port))
+    squatter.listen()
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        primary.stop("fast")
+        code, out = await run_cli("promote", "--config", str(config_path))
+        assert code == 0, out
+        assert "cannot move the promoted server to the failover endpoint" in out, out
+        assert "in use by another program" in out
+        # Still serving where it ran (a crash loop on a taken port would serve nobody).
+        conn = await library_connection(primary, "127.0.0.1", config["standby"]["port"])
+        try:
+            await conn.execute('INSERT INTO public."SM_Project" ("ProjectName") VALUES (\'x\')')
+        finally:
+            await conn.close()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.url}/status") as response:
+                page = await response.text()
+        assert "cannot move the promoted server" in page
+        assert "ERROR" in daemon.log and "cannot move the promoted server" in daemon.log
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        squatter.close()
         await daemon.stop()
 
 
