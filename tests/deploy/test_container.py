@@ -365,12 +365,14 @@ def compose_tool(env: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.pg_majors(13)
-def test_compose_takes_the_old_env_unchanged_and_prepare_primary_dry_run_works(
+async def test_compose_takes_the_old_env_unchanged_prepares_the_primary_and_runs_healthy(
     make_primary: Callable[..., PgServer], docker_env: dict[str, str],
     laterbased_image: str, host_dirs: Path,
 ) -> None:
     compose = compose_tool(docker_env)
     primary = make_primary()
+    primary.create_database(LIBRARY)
+    primary.sql('CREATE TABLE "SM_Project" (id int PRIMARY KEY, name text)', database=LIBRARY)
     project = host_dirs / "docker"
     project.mkdir()
     shutil.copy(ROOT / "docker" / "compose.yaml", project / "compose.yaml")
@@ -380,14 +382,17 @@ def test_compose_takes_the_old_env_unchanged_and_prepare_primary_dry_run_works(
     env = docker_env | {"COMPOSE_PROJECT_NAME": f"laterbased-test-{uuid.uuid4().hex[:8]}"}
 
     try:
-        check_compose_project(compose, env, project, primary, laterbased_image)
+        await check_compose_project(compose, env, project, primary, laterbased_image)
     finally:
-        run([*compose, "-f", "compose.yaml", "-f", "compose.test.yaml", "down", "--volumes"],
-            env, cwd=project, check=False)
+        for first in ("compose.host.yaml", "compose.yaml"):
+            if (project / first).exists():
+                run([*compose, "-f", first, "-f", "compose.test.yaml", "down", "--volumes",
+                     "--timeout", "120"], env, cwd=project, check=False, timeout=240)
+                break
 
 
-def check_compose_project(compose: list[str], env: dict[str, str], project: Path,
-                          primary: PgServer, laterbased_image: str) -> None:
+async def check_compose_project(compose: list[str], env: dict[str, str], project: Path,
+                                primary: PgServer, laterbased_image: str) -> None:
     rendered = yaml.safe_load(run([*compose, "config"], env, cwd=project).stdout)
     services = rendered["services"]
     for service in services.values():
@@ -400,11 +405,26 @@ def check_compose_project(compose: list[str], env: dict[str, str], project: Path
     assert "healthcheck" not in laterbased, "the image's port-aware HEALTHCHECK applies"
     assert services["prepare-primary"]["environment"]["LOCAL_BACKUP_PATH"] == "/backups"
 
-    # This machine has no bridge networking: the one-shot joins the host's network, and
-    # uses the image built above; everything else is the README's command as it is.
+    # This machine has no bridge networking: the services join the host's network (so
+    # their ports are ones free here, on loopback) and use the image built above; the
+    # health check is the image's, asked every 2 s. Everything else is compose.yaml as it is.
+    http_port, standby_port = free_port(), free_port()
     (project / "compose.test.yaml").write_text(yaml.safe_dump({
-        "services": {"prepare-primary": {"image": laterbased_image, "network_mode": "host"}},
+        "services": {
+            "prepare-primary": {"image": laterbased_image, "network_mode": "host"},
+            "laterbased": {
+                "image": laterbased_image, "network_mode": "host",
+                "healthcheck": {"interval": "2s"},
+                "environment": {
+                    "LATERBASED_HTTP_HOST": "127.0.0.1",
+                    "LATERBASED_HTTP_PORT": str(http_port),
+                    "LATERBASED_STANDBY_LISTEN_ADDRESSES": "127.0.0.1",
+                    "LATERBASED_STANDBY_PORT": str(standby_port),
+                },
+            },
+        },
     }))
+    files = ["-f", "compose.yaml", "-f", "compose.test.yaml"]
     result = run(
         [*compose, "-f", "compose.yaml", "-f", "compose.test.yaml", "--profile", "prepare",
          "run", "--rm", "-T", "prepare-primary", "--dry-run"],
@@ -414,3 +434,34 @@ def check_compose_project(compose: list[str], env: dict[str, str], project: Path
     assert result.returncode == 0, output[-3000:]
     assert "dry run: nothing changed" in output, output[-3000:]
     assert primary.superuser_password not in output
+
+    # The laterbased service itself, from the old .env through the compose secret. Its
+    # published ports are the one thing taken out: they cannot go with the host's network.
+    hosted = yaml.safe_load((project / "compose.yaml").read_text())
+    del hosted["services"]["laterbased"]["ports"]
+    (project / "compose.host.yaml").write_text(yaml.safe_dump(hosted))
+    files = ["-f", "compose.host.yaml", "-f", "compose.test.yaml"]
+    run([*compose, *files, "up", "-d", "--no-build", "laterbased"], env, cwd=project,
+        timeout=300)
+    container = run([*compose, *files, "ps", "-q", "laterbased"], env, cwd=project)
+    name = container.stdout.strip()
+    assert name, container.stdout + container.stderr
+    docker = docker_cli()
+
+    def logs() -> str:
+        return run([docker, "logs", "--tail", "60", name], env, check=False).stderr
+
+    def health() -> str:
+        return run([docker, "inspect", "--format", "{{.State.Health.Status}}", name],
+                   env).stdout.strip()
+
+    await wait_for(lambda: _is_200(http_port), "/healthz 200 (compose)", timeout=300,
+                   interval=1, log=logs)
+    await wait_for(lambda: health() == "healthy", "compose service healthy", timeout=120,
+                   log=logs)
+    inspect = json.loads(run([docker, "inspect", name], env).stdout)[0]
+    assert primary.superuser_password not in "\n".join(inspect["Config"]["Env"])
+    run([*compose, *files, "stop", "laterbased"], env, cwd=project, timeout=240)
+    exit_code = run([docker, "inspect", "--format", "{{.State.ExitCode}}", name],
+                    env).stdout.strip()
+    assert exit_code == "0", logs()
