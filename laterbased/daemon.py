@@ -70,6 +70,10 @@ def configured_workers(config: Config) -> list[Worker]:
         from laterbased.backup.runner import backup_worker, offer_actions
 
         workers.append(Worker("backups", backup_worker, offer_actions))
+    if config.pitr.enabled:
+        from laterbased.archive.worker import run_archive
+
+        workers.append(Worker("archive", run_archive))
     if config.backup.enabled and config.upload.enabled:
         from laterbased.offsite.upload import check_upload_tools
 

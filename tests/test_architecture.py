@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "laterbased"
 ROOT_MODULES = {
     "__init__", "__main__", "cli", "daemon", "errors", "logs", "proc", "units",
 }
-WORKERS = {"standby", "monitor", "backup", "offsite"}
+WORKERS = {"standby", "monitor", "backup", "offsite", "archive"}
 # Shared leaves every part may import (the root's errors, units, logs, process handling,
 # configuration and version). Among themselves, ALLOWED below decides.
 LEAVES = {"errors", "units", "logs", "proc", "config", "__init__"}
@@ -32,12 +32,15 @@ ALLOWED: dict[str, set[str]] = {
     "monitor": {"core", "pg", "records", "health"},  # health's pure verdicts, to log changes
     "backup": {"core", "pg", "records", "schedule"},
     "offsite": {"core", "records"},
+    "archive": {"core", "pg", "records", "schedule"},
     # Output reads state (and pure schedule facts); it never calls a worker.
     "health": {"core", "schedule"},
     "web": {"core", "health"},
     # Operator commands may use any part; nothing but the CLI imports them.
-    "ops": {"core", "pg", "records", "schedule", "standby", "backup", "offsite", "daemon"},
-    "daemon": {"core", "standby", "monitor", "backup", "offsite", "health", "web"},
+    "ops": {
+        "core", "pg", "records", "schedule", "standby", "backup", "offsite", "archive", "daemon",
+    },
+    "daemon": {"core", "standby", "monitor", "backup", "offsite", "archive", "health", "web"},
     "cli": {"ops", "daemon"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -180,6 +180,31 @@ class BackupSummary:
 
 
 @dataclass
+class ArchiveState:
+    """The point-in-time archive: the pg_receivewal child and the window it keeps."""
+
+    enabled: bool = False
+    # disabled | starting | streaming | restarting | stopped | failed
+    phase: str = "disabled"
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    last_exit: str | None = None
+    message: str | None = None
+    last_segment: str | None = None  # the newest file in @wal (the .partial while streaming)
+    last_receive: float | None = None  # when WAL last arrived (that file's mtime)
+    # The restorable window (ISO facts as epoch seconds), the holes in it (first, last
+    # missing segment) and when the newest hole began.
+    earliest: float | None = None
+    latest: float | None = None
+    gaps: tuple[tuple[str, str], ...] = ()
+    gap_since: float | None = None
+    base_backups: int = 0
+    last_base_backup: float | None = None
+    last_base_backup_error: str | None = None
+
+
+@dataclass
 class Event:
     """A recent noteworthy event for the status page (errors, restarts, promotions)."""
 
@@ -197,6 +222,7 @@ class State:
     standby: StandbyState = field(default_factory=StandbyState)
     primary: PrimaryState = field(default_factory=PrimaryState)
     local: LocalServerState = field(default_factory=LocalServerState)
+    archive: ArchiveState = field(default_factory=ArchiveState)
     jobs: dict[str, JobStatus] = field(default_factory=dict)
     backups: dict[str, BackupSummary] = field(default_factory=dict)
     events: deque[Event] = field(default_factory=lambda: deque(maxlen=50))

@@ -47,6 +47,7 @@ from laterbased.core.state import GLOBALS_KEY as GLOBALS_KEY  # re-exported: the
 from laterbased.core.state import GLOBALS_LABEL
 from laterbased.errors import JobFailed, UnsafePath
 from laterbased.proc import process_facts
+from laterbased.records.wal_archive import PITR_DIRS
 
 logger = logging.getLogger(__name__)
 
@@ -552,6 +553,8 @@ class Catalogue:
             return
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+                if entry.name in PITR_DIRS:
+                    continue  # the point-in-time archive: no dumps, no manifests of ours
                 yield entry
 
     def list_backups(self, database: str | None = None) -> list[BackupRecord]:

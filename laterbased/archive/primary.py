@@ -1,0 +1,88 @@
+"""What the archive needs from the primary: its major and identity, our slot, a passfile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from laterbased.config import Config
+from laterbased.pg import sql
+from laterbased.pg.binaries import major_from_version_num
+from laterbased.pg.connect import PgUnavailable, connect_primary
+from laterbased.pg.conninfo import build_conninfo
+from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.pg.slot import ensure_physical_slot
+from laterbased.records import identity
+
+APPLICATION_NAME = "laterbased_archive"
+
+
+@dataclass(frozen=True)
+class PrimaryFacts:
+    version_num: int
+    major: str
+    server_version: str
+    system_identifier: str | None
+    segment_size: int
+
+
+async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
+    """Version, identity (never archive a stranger: records/identity.py), segment size, and
+    (``ensure_slot``) the archive's physical slot, created with WAL reserved at once."""
+    primary = config.primary
+    conn = await connect_primary(primary, application_name=APPLICATION_NAME)
+    budget = 4 * config.monitor.query_timeout
+    try:
+        async with asyncio.timeout(budget):
+            version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+            server_version = str(await conn.fetchval("SELECT current_setting('server_version')"))
+            segment_size = int(
+                await conn.fetchval(
+                    "SELECT setting::bigint * CASE unit WHEN 'B' THEN 1 WHEN '8kB' THEN 8192 "
+                    "WHEN 'MB' THEN 1048576 ELSE 1 END FROM pg_settings "
+                    "WHERE name = 'wal_segment_size'"
+                )
+            )
+            sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
+            await identity.check_identity(config, sysid, identity.primary_address(config))
+            if ensure_slot:
+                await ensure_physical_slot(conn, config.pitr.slot_name)
+    except TimeoutError:
+        conn.terminate()
+        raise PgUnavailable(
+            f"the primary {primary.host}:{primary.port} accepted our login but did not "
+            f"answer within {budget:g}s",
+            reason="timeout",
+        ) from None
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.shield(conn.close(timeout=config.monitor.query_timeout))
+    return PrimaryFacts(
+        version_num, major_from_version_num(version_num), server_version, sysid, segment_size
+    )
+
+
+async def write_primary_passfile(config: Config, path: Path) -> None:
+    """A 0600 passfile for pg_receivewal / pg_basebackup: the password never goes in argv."""
+    primary = config.primary
+    lines = []
+    if primary.password and primary.host:
+        lines.append(
+            passfile_line(primary.host, primary.port, "*", primary.user, primary.password.reveal())
+        )
+    await write_passfile(path, lines, None)
+
+
+def primary_conninfo(config: Config, passfile: Path, suffix: str) -> str:
+    primary = config.primary
+    return build_conninfo(
+        host=primary.host,
+        port=primary.port,
+        user=primary.user,
+        passfile=str(passfile),
+        sslmode=primary.sslmode,
+        connect_timeout=max(1, int(primary.connect_timeout)),
+        application_name=f"{APPLICATION_NAME}_{suffix}",
+    )

@@ -1,0 +1,197 @@
+"""pg_receivewal as a supervised child: WAL of the primary into ``<backup_dir>/@wal``.
+
+The primary's major picks the program (pg/binaries.py), the archive's own physical slot
+(``pitr.slot_name``, created with ``immediately_reserve``) keeps the primary from recycling
+WAL we have not received, the password comes from a 0600 passfile. The child runs with
+``--no-loop`` so every lost connection comes back to us: restarted at once after a long run,
+with a doubling delay in a loop. On shutdown it gets SIGINT (pg_receivewal flushes and exits),
+then SIGKILL; a child an earlier daemon left behind (killed with SIGKILL) is found by its
+working directory, the archive, and stopped before ours starts, since the slot admits one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from laterbased.archive.primary import inspect_primary, primary_conninfo, write_primary_passfile
+from laterbased.config import Config
+from laterbased.core.context import WorkerContext
+from laterbased.core.state import ArchiveState
+from laterbased.errors import LaterbasedError, RefuseToRun
+from laterbased.pg.binaries import find_bindir
+from laterbased.proc import (
+    child_environment,
+    finish_uncancellable,
+    pids_with_cwd_under,
+    process_facts,
+    spawn,
+    stop_unrelated_process,
+)
+from laterbased.records import wal_archive
+
+logger = logging.getLogger(__name__)
+
+RESTART_BASE_DELAY = 1.0
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 120.0
+STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGINT, 10.0),)
+REFRESH_INTERVAL = 1.0
+PASSFILE = "pitr-passfile"
+
+
+def receivewal_argv(bindir: Path, config: Config, passfile: Path, directory: Path) -> list[str]:
+    """The pg_receivewal command line (no password: it is in the passfile)."""
+    argv = [
+        str(bindir / "pg_receivewal"),
+        f"--dbname={primary_conninfo(config, passfile, 'receivewal')}",
+        "--no-password",
+        "--directory",
+        str(directory),
+        "--slot",
+        config.pitr.slot_name,
+        "--no-loop",
+        # Each received piece fsynced and its position reported at once: a commit is in the
+        # archive within a second, not at the next segment switch.
+        "--synchronous",
+        "--status-interval=1",
+    ]
+    level = config.pitr.compression_level
+    if level:
+        argv.append(f"--compress={level}")
+    return argv
+
+
+class WalReceiver:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.state: ArchiveState = ctx.state.archive
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    async def run(self) -> None:
+        st = self.state
+        st.enabled = True
+        st.phase = "starting"
+        delay = 0.0
+        try:
+            while not self.ctx.stopping.is_set():
+                started = time.monotonic()
+                try:
+                    description = await self._run_once()
+                except RefuseToRun:
+                    st.phase = "failed"
+                    raise
+                except (LaterbasedError, OSError) as exc:
+                    description = f"could not start: {exc}"
+                if self.ctx.stopping.is_set():
+                    break
+                if time.monotonic() - started > RESTART_RESET_AFTER:
+                    delay = 0.0
+                st.restarts += 1
+                st.last_exit = description
+                st.phase = "restarting"
+                st.message = f"pg_receivewal {description}; restarting in {delay:.0f}s"
+                logger.warning(
+                    "archive: pg_receivewal %s; restarting in %.0fs", description, delay
+                )
+                self.ctx.state.record_event("warning", f"WAL archive: pg_receivewal {description}")
+                if await self.ctx.sleep(delay):
+                    break
+                delay = min(max(delay * 2, RESTART_BASE_DELAY), RESTART_MAX_DELAY)
+        finally:
+            st.pid = None
+            if st.phase != "failed":
+                st.phase = "stopped"
+
+    async def _run_once(self) -> str:
+        config = self.config
+        root = config.backup_directory
+        directory = wal_archive.wal_dir(root)
+        await asyncio.to_thread(directory.mkdir, 0o700, True, True)
+        facts = await inspect_primary(config, ensure_slot=True)
+        bindir = await asyncio.to_thread(
+            find_bindir, facts.major, config.standby.bin_dir, tools=("pg_receivewal",)
+        )
+        await self._stop_leftovers(directory)
+        passfile = config.state_dir / PASSFILE
+        await write_primary_passfile(config, passfile)
+        argv = receivewal_argv(bindir, config, passfile, directory)
+        child = await spawn(
+            argv,
+            env=child_environment({"PGPASSFILE": str(passfile)}),
+            cwd=directory,
+            log_name="pg_receivewal",
+        )
+        st = self.state
+        st.pid = child.pid
+        st.started_at = time.time()
+        st.phase = "streaming"
+        st.message = None
+        try:
+            exit_task = asyncio.ensure_future(child.wait())
+            try:
+                while not exit_task.done():
+                    await self._refresh()
+                    if self.ctx.stopping.is_set():
+                        return "stopped with the daemon"
+                    await asyncio.wait({exit_task}, timeout=REFRESH_INTERVAL)
+            finally:
+                if not exit_task.done():
+                    exit_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await exit_task
+            returncode = exit_task.result()
+            await self._refresh()
+            if returncode < 0:
+                return f"killed by signal {-returncode}"
+            return f"exited with status {returncode}"
+        finally:
+            await finish_uncancellable(asyncio.ensure_future(child.stop(STOP_STEPS)))
+            st.pid = None
+
+    async def _refresh(self) -> None:
+        """Read the window off the disk into state (a thread: it lists the archive)."""
+        await refresh_coverage(self.ctx, self.config.backup_directory)
+
+    async def _stop_leftovers(self, directory: Path) -> None:
+        """Stop a pg_receivewal an earlier daemon left running on this archive (ours by
+        program, user and working directory); anything else there is left alone."""
+        for pid in await asyncio.to_thread(pids_with_cwd_under, directory):
+            facts = await asyncio.to_thread(process_facts, pid)
+            if facts is None or facts.program != "pg_receivewal":
+                continue
+            if any(uid != os.geteuid() for uid in facts.uids):
+                continue
+            logger.warning(
+                "archive: stopping pg_receivewal pid=%s left running on %s by an earlier "
+                "laterbased",
+                pid,
+                directory,
+            )
+            await stop_unrelated_process(pid, STOP_STEPS, "pg_receivewal")
+
+
+async def refresh_coverage(ctx: WorkerContext, root: Path) -> None:
+    window = await asyncio.to_thread(wal_archive.coverage, root)
+    backups = await asyncio.to_thread(wal_archive.list_base_backups, root)
+    st = ctx.state.archive
+    st.earliest = window.earliest.timestamp() if window.earliest else None
+    st.latest = window.latest.timestamp() if window.latest else None
+    st.gaps = window.gaps
+    st.gap_since = window.gap_since.timestamp() if window.gap_since else None
+    st.last_segment = window.last_segment
+    if window.last_segment is not None:
+        with contextlib.suppress(OSError):
+            path = wal_archive.wal_dir(root) / window.last_segment
+            st.last_receive = (await asyncio.to_thread(path.stat)).st_mtime
+    st.base_backups = len(backups)
+    if backups:
+        st.last_base_backup = backups[-1].finished.timestamp()

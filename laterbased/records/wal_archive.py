@@ -1,0 +1,324 @@
+"""The point-in-time archive on disk: WAL segments and base backups, and the window they cover.
+
+Layout under the backup directory::
+
+    <root>/@wal/<24 hex>.gz               a complete WAL segment (pg_receivewal --compress)
+    <root>/@wal/<24 hex>.gz.partial       the segment being received: the last seconds
+    <root>/@wal/<8 hex>.history           timeline history files
+    <root>/@base/<UTC stamp>/base.tar.gz  pg_basebackup -Ft -z -X none (WAL comes from @wal)
+    <root>/@base/<UTC stamp>/backup_manifest
+    <root>/@base/<UTC stamp>/manifest.json  ours: LSNs, times, timeline, server, identity
+    <root>/@base/.partial-<stamp>/        a base backup in progress (removed at start)
+
+``@`` and not ``.``: the catalogue percent-encodes ``@`` in database folder names (``%40``),
+so no database's folder can ever be called ``@wal``, as with ``@globals``; and a folder an
+operator sees with ``ls`` (a dot folder is hidden, like the throw-away ``.partial``) is one
+they will not forget when they copy the backups by hand.
+A base backup exists once its folder is renamed from ``.partial-<stamp>``: the rename is the
+publication. Everything here is blocking file I/O: call it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+WAL_DIR = "@wal"
+BASE_DIR = "@base"
+PITR_DIRS = frozenset({WAL_DIR, BASE_DIR})
+BASE_PARTIAL_PREFIX = ".partial-"
+BASE_MANIFEST = "manifest.json"
+BASE_MANIFEST_KIND = "laterbased-base-backup"
+DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+_SEGMENT = re.compile(r"^(?P<name>[0-9A-F]{24})(?P<gz>\.gz)?(?P<partial>\.partial)?$")
+
+
+def wal_dir(root: Path) -> Path:
+    return root / WAL_DIR
+
+
+def base_dir(root: Path) -> Path:
+    return root / BASE_DIR
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One WAL segment file of the archive."""
+
+    path: Path
+    name: str  # the 24 hex digits PostgreSQL asks restore_command for
+    timeline: int
+    number: int  # log * segments_per_log + seg: consecutive segments differ by one
+    compressed: bool
+    partial: bool
+
+
+def parse_segment(path: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> Segment | None:
+    match = _SEGMENT.match(path.name)
+    if match is None:
+        return None
+    name = match["name"]
+    per_log = 0x100000000 // segment_size
+    number = int(name[8:16], 16) * per_log + int(name[16:24], 16)
+    return Segment(
+        path, name, int(name[:8], 16), number, bool(match["gz"]), bool(match["partial"])
+    )
+
+
+def segment_of_lsn(lsn: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> int:
+    """The segment number holding ``lsn`` ("16/B374D848")."""
+    high, low = lsn.split("/")
+    return ((int(high, 16) << 32) | int(low, 16)) // segment_size
+
+
+def list_segments(root: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[Segment]:
+    """Every segment file of the archive, by timeline and number (a partial after its
+    complete twin, which pg_receivewal leaves only for a moment)."""
+    directory = wal_dir(root)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        segment = parse_segment(entry, segment_size)
+        if segment is not None:
+            found.append(segment)
+    found.sort(key=lambda s: (s.timeline, s.number, s.partial))
+    return found
+
+
+def find_segment(root: Path, name: str) -> Segment | None:
+    """The file holding segment ``name``: complete first, else the partial one."""
+    directory = wal_dir(root)
+    for suffix in (".gz", "", ".gz.partial", ".partial"):
+        path = directory / f"{name}{suffix}"
+        if path.is_file():
+            return parse_segment(path)
+    return None
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """A published base backup and what its manifest says."""
+
+    directory: Path
+    started: datetime
+    finished: datetime  # no later moment of the cluster needs less WAL than from start_lsn
+    start_lsn: str
+    end_lsn: str
+    timeline: int
+    server_version: str
+    server_version_num: int
+    system_identifier: str | None
+    segment_size: int
+
+    @property
+    def tar(self) -> Path:
+        return self.directory / "base.tar.gz"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": BASE_MANIFEST_KIND,
+            "version": 1,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "start_lsn": self.start_lsn,
+            "end_lsn": self.end_lsn,
+            "timeline": self.timeline,
+            "server_version": self.server_version,
+            "server_version_num": self.server_version_num,
+            "system_identifier": self.system_identifier,
+            "wal_segment_size": self.segment_size,
+            "files": sorted(p.name for p in self.directory.iterdir() if p.name != BASE_MANIFEST)
+            if self.directory.is_dir()
+            else [],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], directory: Path) -> BaseBackup:
+        if data.get("kind") != BASE_MANIFEST_KIND:
+            raise ValueError("not a base backup manifest")
+        return cls(
+            directory=directory,
+            started=datetime.fromisoformat(str(data["started"])),
+            finished=datetime.fromisoformat(str(data["finished"])),
+            start_lsn=str(data["start_lsn"]),
+            end_lsn=str(data["end_lsn"]),
+            timeline=int(data["timeline"]),
+            server_version=str(data["server_version"]),
+            server_version_num=int(data["server_version_num"]),
+            system_identifier=(
+                None if data.get("system_identifier") is None else str(data["system_identifier"])
+            ),
+            segment_size=int(data.get("wal_segment_size", DEFAULT_SEGMENT_SIZE)),
+        )
+
+
+def list_base_backups(root: Path) -> list[BaseBackup]:
+    """Every published base backup with a readable manifest, oldest first."""
+    directory = base_dir(root)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            data = json.loads((entry / BASE_MANIFEST).read_text("utf-8"))
+            found.append(BaseBackup.from_json(data, entry))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.debug("not a base backup %s: %s", entry, exc)
+    found.sort(key=lambda b: b.finished)
+    return found
+
+
+def new_base_partial(root: Path, stamp: str) -> Path:
+    directory = base_dir(root)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = directory / f"{BASE_PARTIAL_PREFIX}{stamp}"
+    partial.mkdir(mode=0o700)
+    return partial
+
+
+def publish_base_backup(partial: Path, backup: BaseBackup) -> BaseBackup:
+    """Write the manifest into ``partial`` (fsynced with every file), then rename the folder
+    to its final name and fsync the parent: a base backup is there whole or not at all."""
+    final = backup.directory
+    if final.exists():
+        raise FileExistsError(f"base backup {final} already exists")
+    staged = BaseBackup(**{**backup.__dict__, "directory": partial})
+    manifest = staged.to_json()
+    (partial / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    for entry in partial.iterdir():
+        fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_dir(partial)
+    os.rename(partial, final)
+    _fsync_dir(final.parent)
+    return backup
+
+
+def remove_base_partials(root: Path) -> int:
+    """Delete base backups an interrupted run left in progress."""
+    directory = base_dir(root)
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        if entry.name.startswith(BASE_PARTIAL_PREFIX) and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+            logger.warning("removed the unfinished base backup %s", entry)
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the window ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the archive can restore now: every moment from ``earliest`` to ``latest``."""
+
+    earliest: datetime | None
+    latest: datetime | None
+    last_segment: str | None
+    # Missing segments after the oldest base backup: (first missing, last missing) names.
+    gaps: tuple[tuple[str, str], ...] = ()
+    gap_since: datetime | None = None  # when the newest gap began (the file before it)
+
+    def covers(self, moment: datetime) -> bool:
+        return (
+            self.earliest is not None
+            and self.latest is not None
+            and self.earliest <= moment <= self.latest
+        )
+
+
+def segment_name(timeline: int, number: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
+    per_log = 0x100000000 // segment_size
+    return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
+
+
+def coverage(root: Path) -> Coverage:
+    """The restorable window: from the end of the oldest base backup whose WAL reaches the
+    newest segment without a hole, to the last moment WAL was received."""
+    backups = list_base_backups(root)
+    segment_size = backups[-1].segment_size if backups else DEFAULT_SEGMENT_SIZE
+    segments = list_segments(root, segment_size)
+    if not segments:
+        return Coverage(None, None, None)
+    newest = segments[-1]
+    latest = datetime.fromtimestamp(newest.path.stat().st_mtime, UTC)
+    timeline = newest.timeline
+    numbers = sorted({s.number for s in segments if s.timeline == timeline})
+    gaps: list[tuple[str, str]] = []
+    gap_since: datetime | None = None
+    # After a hole, only base backups started beyond it can restore anything.
+    contiguous_from = numbers[0]
+    for before, after in zip(numbers, numbers[1:], strict=False):
+        if after != before + 1:
+            gaps.append(
+                (
+                    segment_name(timeline, before + 1, segment_size),
+                    segment_name(timeline, after - 1, segment_size),
+                )
+            )
+            contiguous_from = after
+            with contextlib.suppress(OSError):
+                twin = next(s for s in segments if s.number == before and s.timeline == timeline)
+                gap_since = datetime.fromtimestamp(twin.path.stat().st_mtime, UTC)
+    usable = [
+        b
+        for b in backups
+        if b.timeline == timeline
+        and segment_of_lsn(b.start_lsn, segment_size) >= contiguous_from
+        and segment_of_lsn(b.end_lsn, segment_size) <= numbers[-1]
+    ]
+    earliest = usable[0].finished if usable else None
+    if earliest is not None and earliest > latest:
+        latest = earliest
+    return Coverage(
+        earliest, latest if usable else None, newest.path.name, tuple(gaps), gap_since
+    )
+
+
+def base_backup_for(root: Path, moment: datetime) -> BaseBackup | None:
+    """The newest base backup finished at or before ``moment`` that the archive can carry
+    forward to it (its WAL start segment lies after every hole)."""
+    window = coverage(root)
+    if not window.covers(moment):
+        return None
+    backups = list_base_backups(root)
+    segment_size = backups[-1].segment_size if backups else DEFAULT_SEGMENT_SIZE
+    numbers = {s.number for s in list_segments(root, segment_size)}
+    candidates = []
+    for backup in backups:
+        if backup.finished > moment:
+            continue
+        first = segment_of_lsn(backup.start_lsn, segment_size)
+        last = segment_of_lsn(backup.end_lsn, segment_size)
+        newest = max(numbers) if numbers else -1
+        if all(n in numbers for n in range(first, max(last, newest) + 1)):
+            candidates.append(backup)
+    return candidates[-1] if candidates else None
