@@ -14,8 +14,11 @@ from laterbased.ops.args import configure_logging, load_from_args
 from laterbased.ops.restore.steps import RestoreRequest, restore
 
 DESCRIPTION = """\
-Restore a backup into a NEW database: the newest one of --database (or the newest started
-at or before --at), or a file given with --file. A backup that is not in the local backup
+Restore a backup into a NEW database: the newest one of --database, or a file given with
+--file, or --at TIME: with the point-in-time archive on (pitr:) and covering TIME, the
+database exactly as it was then (newest base backup before TIME, WAL replayed to TIME in a
+throw-away cluster, pg_dump of the one database), else the newest backup started at or
+before TIME; the output says which. A backup that is not in the local backup
 directory is downloaded from the rclone remote. Its sha256 is checked against its manifest,
 the database is created UTF8 from template0, filled with pg_restore (-j N in parallel) or
 psql for plain .sql.gz backups, and only then given the --target-db name. An existing
@@ -54,7 +57,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "--at",
         type=_moment,
         metavar="TIME",
-        help="the newest backup started at or before TIME (ISO; no zone = the config's timezone)",
+        help="the database as it was at TIME when the point-in-time archive (pitr:) covers "
+        "it, else the newest backup started at or before TIME (ISO 8601; no zone = the "
+        "config's timezone); the output says which",
     )
     which.add_argument("--file", type=Path, metavar="PATH", help="restore this backup file")
     which.add_argument("--latest", action="store_true", help="the newest backup (default)")
@@ -124,6 +129,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     result = asyncio.run(restore(config, request))
     print(f"restored {result.source}")
+    if result.at_how:
+        print(f"  --at: {result.at_how}")
     print(f"  into database {result.target_db!r} ({result.tables} tables, {result.seconds:.1f}s)")
     if result.moved_aside:
         print(f"  the previous {result.target_db!r} is now {result.moved_aside!r} (not dropped)")

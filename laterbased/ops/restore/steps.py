@@ -97,6 +97,9 @@ class RestoreResult:
     moved_aside: str | None
     seconds: float
     tables: int
+    # With --at: which way it went (the moment itself from the point-in-time archive, or
+    # the newest dump at or before it, and why), for the operator to read.
+    at_how: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,9 @@ class Restorer:
         )
         self.catalogue = Catalogue(config.backup_directory)
         self.workdir: Path | None = None
+        # --at: restored from the point-in-time archive, or why not (its window).
+        self.point_in_time = False
+        self.point_in_time_miss: str | None = None
 
     async def run(self) -> RestoreResult:
         started = asyncio.get_running_loop().time()
@@ -272,8 +278,16 @@ class Restorer:
             seconds,
             result.moved_aside,
         )
+        at_how = None
+        if request.at is not None and self.point_in_time:
+            at_how = "point in time: exactly as it was at that moment"
+        elif request.at is not None:
+            at_how = (
+                "the newest dump at or before that moment, not the moment itself: "
+                f"{self.point_in_time_miss or 'no point-in-time archive'}"
+            )
         return RestoreResult(
-            result.target_db, result.source, result.moved_aside, seconds, result.tables
+            result.target_db, result.source, result.moved_aside, seconds, result.tables, at_how
         )
 
     # --- which backup -------------------------------------------------------------------
@@ -286,6 +300,19 @@ class Restorer:
             return await self._from_file(request.file)
         if request.database is None:
             raise JobFailed("say which backup: --database NAME (with --at/--latest) or --file")
+        if request.at is not None:
+            assert self.workdir is not None  # noqa: S101 - set by run()
+            from laterbased.ops.restore.point_in_time import dump_at, window_text
+
+            moment_file = self.workdir / "point-in-time.backup"
+            how = await dump_at(
+                self.config, request.database, request.at, moment_file, self.workdir.name
+            )
+            if how is not None:
+                self.point_in_time = True
+                return moment_file, "custom", f"{request.database!r} as it was at "\
+                    f"{request.at.isoformat()} ({how})", None
+            self.point_in_time_miss = await asyncio.to_thread(window_text, self.config)
         records = await asyncio.to_thread(self._local_records, request.database)
         record = choose(records, request.at)
         if record is not None:

@@ -1,0 +1,355 @@
+"""One database as it was at a moment, from the point-in-time archive, as a pg_dump file.
+
+Newest base backup finished before the moment → extracted into a throw-away cluster in
+``<state_dir>/pitr-restore-<random>/`` (the standby's run-as user, a unix socket in that 0700
+directory only, ``trust`` for local connections) → recovery with ``restore_command`` reading
+the WAL and ``recovery_target_time`` = the moment, ``recovery_target_action = promote``
+(``postgresql.auto.conf`` + ``recovery.signal``, PostgreSQL 12 and later) → ``pg_dump -Fc``
+of the one database with the server's major → the caller restores that file as any dump.
+Whatever happens, including cancellation, the server is stopped and the directory removed.
+
+The WAL the recovery needs is staged, decompressed, in the throw-away directory before the
+server starts: the archive is private to laterbased (0600), the server runs as another user,
+so ``restore_command`` only copies from the staging folder. The segment being received
+(``.partial``) is staged padded to a whole segment, as recovery expects. When no commit
+follows the moment in the archive, PostgreSQL (13 and later) refuses to end recovery short
+of the target: then everything archived is replayed, which is the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from laterbased import proc
+from laterbased.config import Config
+from laterbased.errors import JobFailed, LaterbasedError
+from laterbased.pg.binaries import find_bindir, major_from_version_num
+from laterbased.records import wal_archive
+
+logger = logging.getLogger(__name__)
+
+WORK_PREFIX = "pitr-restore-"
+SOCKET_PORT = 5432  # names the socket file inside our private directory only
+START_TIMEOUT = 60.0
+STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
+    (signal.SIGINT, 15.0),
+    (signal.SIGQUIT, 10.0),
+)
+SETTINGS = {
+    "listen_addresses": "''",
+    "port": str(SOCKET_PORT),
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "hot_standby": "off",
+    "archive_mode": "off",
+    "max_wal_senders": "10",
+    "autovacuum": "off",
+    "logging_collector": "off",
+    "shared_buffers": "32MB",
+    "shared_preload_libraries": "''",
+}
+
+
+class PointInTimeError(LaterbasedError):
+    """The archive cannot give this moment back."""
+
+
+def remove_leftovers(root: Path) -> None:
+    """Kill what still runs in, and delete, throw-away clusters of an interrupted restore."""
+    for directory in sorted(root.glob(f"{WORK_PREFIX}*")):
+        if directory.is_dir() and not directory.is_symlink():
+            remove_work_dir(directory)
+            logger.warning("restore: removed the leftover throw-away cluster %s", directory)
+
+
+def remove_work_dir(directory: Path) -> None:
+    """Kill the postgres processes of the directory's owner working in it, then delete it."""
+    with contextlib.suppress(OSError):
+        owner = directory.stat().st_uid
+        for pid in proc.pids_with_cwd_under(directory):
+            facts = proc.process_facts(pid)
+            if facts and facts.program in ("postgres", "postmaster") and all(
+                uid == owner for uid in facts.uids
+            ):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> Path:
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
+    for name in ("data", "socket", "wal"):
+        (work / name).mkdir(mode=0o700)
+    if run_as is not None:
+        for path in (work, work / "data", work / "socket", work / "wal"):
+            os.chown(path, run_as.uid, run_as.gid)
+        proc.ensure_reachable(work, run_as, fix_up_to=root)
+    return work
+
+
+def _stage_wal(
+    archive_root: Path, staging: Path, backup: wal_archive.BaseBackup, run_as: proc.RunAs | None
+) -> int:
+    """Decompress every segment from the base backup's start on (and the history files)
+    into ``staging``; a partial segment is padded to a whole one. Returns how many."""
+    size = backup.segment_size
+    first = wal_archive.segment_of_lsn(backup.start_lsn, size)
+    staged: dict[str, bool] = {}
+    for segment in wal_archive.list_segments(archive_root, size):
+        if segment.number < first or segment.timeline < backup.timeline:
+            continue
+        if segment.name in staged and not staged[segment.name]:
+            continue  # the complete file is there already; its partial twin adds nothing
+        target = staging / segment.name
+        _decompress(segment.path, target, segment.compressed, size if segment.partial else None)
+        staged[segment.name] = segment.partial
+    for history in wal_archive.wal_dir(archive_root).glob("*.history*"):
+        name = history.name.removesuffix(".gz")
+        _decompress(history, staging / name, history.name.endswith(".gz"), None)
+    if run_as is not None:
+        for entry in staging.iterdir():
+            os.chown(entry, run_as.uid, run_as.gid)
+    return len(staged)
+
+
+def _decompress(source: Path, target: Path, compressed: bool, pad_to: int | None) -> None:
+    # A partial segment's gzip stream is still being written: decompress what is there.
+    with source.open("rb") as reader, target.open("wb") as writer:
+        inflater = zlib.decompressobj(wbits=31) if compressed else None
+        written = 0
+        while chunk := reader.read(1 << 20):
+            data = inflater.decompress(chunk) if inflater is not None else chunk
+            writer.write(data)
+            written += len(data)
+        if pad_to is not None and written < pad_to:
+            writer.write(bytes(pad_to - written))
+
+
+def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None:
+    """Our own configuration: the primary's may name files of its machine."""
+    settings = dict(SETTINGS)
+    settings["unix_socket_directories"] = f"'{work / 'socket'}'"
+    # Asked for files that do not exist too (the next timeline's history): not an error.
+    settings["restore_command"] = f"'cp \"{work / 'wal'}/%f\" \"%p\" 2>/dev/null'"
+    if target is not None:
+        settings["recovery_target_time"] = f"'{target.astimezone(UTC).isoformat()}'"
+        settings["recovery_target_action"] = "'promote'"
+        settings["recovery_target_inclusive"] = "on"
+    text = "".join(f"{name} = {value}\n" for name, value in settings.items())
+    (data_dir / "postgresql.conf").write_text(text)
+    (data_dir / "postgresql.auto.conf").write_text("")
+    (data_dir / "pg_hba.conf").write_text("local all all trust\n")
+    (data_dir / "pg_ident.conf").write_text("")
+    for name in ("standby.signal", "postmaster.pid", "postmaster.opts"):
+        (data_dir / name).unlink(missing_ok=True)
+    (data_dir / "recovery.signal").write_text("")
+
+
+class ThrowAwayCluster:
+    def __init__(self, config: Config, backup: wal_archive.BaseBackup, run_id: str) -> None:
+        self.config = config
+        self.backup = backup
+        self.run_id = run_id
+        self.run_as: proc.RunAs | None = None
+        self.work: Path | None = None
+        self.child: proc.Child | None = None
+        self.bindir = Path()
+
+    @property
+    def data_dir(self) -> Path:
+        assert self.work is not None  # noqa: S101 - only after prepare()
+        return self.work / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self.work is not None  # noqa: S101 - only after prepare()
+        return self.work / "socket"
+
+    def environment(self) -> dict[str, str]:
+        return proc.child_environment({"LC_ALL": "C", "LC_MESSAGES": "C", "TZ": "UTC"})
+
+    async def prepare(self, target: datetime) -> None:
+        config = self.config
+        major = major_from_version_num(self.backup.server_version_num)
+        self.bindir = await asyncio.to_thread(
+            find_bindir, major, config.standby.bin_dir, tools=("postgres", "pg_dump")
+        )
+        self.run_as = proc.resolve_run_as(config.standby.run_as)
+        root = config.state_dir.absolute()
+        await asyncio.to_thread(remove_leftovers, root)
+        self.work = await asyncio.to_thread(_make_work_dir, root, self.run_as)
+        logger.info(
+            "restore: extracting base backup %s into %s", self.backup.directory, self.work
+        )
+        fd = await asyncio.to_thread(os.open, self.backup.tar, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            gz = "-xzf" if self.backup.tar.name.endswith(".gz") else "-xf"
+            extracted = await proc.run(
+                ["tar", gz, "-", "-C", str(self.data_dir)],
+                stdin=fd,
+                env=self.environment(),
+                run_as=self.run_as,
+                cwd=self.work,
+                log_name=f"restore tar run={self.run_id}",
+                stderr_level=logging.WARNING,
+            )
+        finally:
+            os.close(fd)
+        if extracted.returncode != 0:
+            raise JobFailed(f"extracting {self.backup.tar} failed: {extracted.stderr_tail[-1:]}")
+        staged = await asyncio.to_thread(
+            _stage_wal, config.backup_directory, self.work / "wal", self.backup, self.run_as
+        )
+        logger.info("restore: %s WAL segment(s) staged for recovery run=%s", staged, self.run_id)
+        await asyncio.to_thread(self._configure, target)
+
+    def _configure(self, target: datetime | None) -> None:
+        assert self.work is not None  # noqa: S101 - only after prepare()
+        _write_settings(self.data_dir, self.work, target)
+        if self.run_as is not None:
+            for name in (
+                "postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf",
+                "recovery.signal",
+            ):
+                os.chown(self.data_dir / name, self.run_as.uid, self.run_as.gid)
+
+    async def recover(self, target: datetime) -> str:
+        """Start the server and wait until it is promoted at ``target``; what it did."""
+        if await self._start_and_wait():
+            return f"recovered to {target.astimezone(UTC).isoformat()}"
+        # PostgreSQL stopped: no commit after the moment was archived yet (13+ refuse to
+        # end short of the target). Everything archived is the state at the moment.
+        logger.info(
+            "restore: no transaction after %s in the archive; replaying all of it run=%s",
+            target.isoformat(),
+            self.run_id,
+        )
+        await asyncio.to_thread(self._configure, None)
+        if await self._start_and_wait():
+            return "recovered to the end of the archive (nothing was committed after the moment)"
+        raise PointInTimeError(
+            "the throw-away cluster stopped during recovery (see the 'restore postgres' log "
+            "lines)"
+        )
+
+    async def _start_and_wait(self) -> bool:
+        if self.child is not None:
+            await self.child.stop(STOP_STEPS)
+        self.child = await proc.spawn(
+            [str(self.bindir / "postgres"), "-D", str(self.data_dir)],
+            env=self.environment(),
+            run_as=self.run_as,
+            cwd=self.work,
+            log_name=f"restore postgres run={self.run_id}",
+        )
+        deadline = time.monotonic() + max(START_TIMEOUT, self.config.backup.timeout)
+        while time.monotonic() < deadline:
+            if self.child.returncode is not None:
+                await self.child.stop(STOP_STEPS)
+                return False
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn = await self.connect("postgres")
+                try:
+                    if not await conn.fetchval("SELECT pg_is_in_recovery()"):
+                        return True
+                finally:
+                    await conn.close()
+            await asyncio.sleep(0.2)
+        raise PointInTimeError("recovery did not finish within backup.timeout")
+
+    async def connect(self, database: str) -> Any:
+        return await asyncpg.connect(
+            host=str(self.socket_dir),
+            port=SOCKET_PORT,
+            user=self.config.primary.user,
+            database=database,
+            timeout=10,
+            server_settings={"application_name": "laterbased-restore"},
+        )
+
+    async def dump(self, database: str, target: Path) -> None:
+        result = await proc.run(
+            [
+                str(self.bindir / "pg_dump"),
+                "-Fc",
+                "--no-password",
+                f"--host={self.socket_dir}",
+                f"--port={SOCKET_PORT}",
+                f"--username={self.config.primary.user}",
+                f"--file={target}",
+                f"--dbname={database}",
+            ],
+            env=self.environment(),
+            log_name=f"restore pg_dump run={self.run_id}",
+            timeout=self.config.backup.timeout,
+            stderr_level=logging.WARNING,
+        )
+        if result.returncode != 0:
+            tail = " | ".join(result.stderr_tail[-3:]) or "no message"
+            raise JobFailed(f"pg_dump of {database!r} at the moment failed: {tail}")
+
+    async def close(self) -> None:
+        await proc.finish_uncancellable(asyncio.ensure_future(self._close()))
+
+    async def _close(self) -> None:
+        if self.child is not None:
+            await self.child.stop(STOP_STEPS)
+        if self.work is not None:
+            work = self.work
+            await asyncio.to_thread(remove_work_dir, work)
+            logger.info("restore: removed the throw-away cluster %s run=%s", work, self.run_id)
+
+
+def window_text(config: Config) -> str:
+    window = wal_archive.coverage(config.backup_directory)
+    if window.earliest is None or window.latest is None:
+        return "the point-in-time archive has no restorable window yet"
+    return (
+        f"the point-in-time archive covers {window.earliest.astimezone(UTC).isoformat()} "
+        f"to {window.latest.astimezone(UTC).isoformat()}"
+    )
+
+
+async def dump_at(
+    config: Config, database: str, moment: datetime, target: Path, run_id: str
+) -> str | None:
+    """Write ``database`` as it was at ``moment`` into ``target`` (pg_dump -Fc) when the
+    archive covers it; None (nothing written) when it does not. Returns what was done."""
+    backup = await asyncio.to_thread(wal_archive.base_backup_for, config.backup_directory, moment)
+    if backup is None:
+        return None
+    logger.info(
+        "restore: point in time %s from base backup %s", moment.isoformat(), backup.directory
+    )
+    cluster = ThrowAwayCluster(config, backup, run_id)
+    try:
+        await cluster.prepare(moment)
+        how = await cluster.recover(moment)
+        conn = await cluster.connect("postgres")
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        finally:
+            await conn.close()
+        if not exists:
+            raise PointInTimeError(
+                f"database {database!r} did not exist at {moment.isoformat()}"
+            )
+        await cluster.dump(database, target)
+    finally:
+        await cluster.close()
+    return f"base backup {backup.directory.name} + WAL archive, {how}"

@@ -1,0 +1,172 @@
+"""restore --at a moment between the last good work and a mistake brings back exactly the rows
+that existed at that moment, from the WAL archive (pg_receivewal) and a base backup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from backup_files import publish_real_backup
+from pgserver import PgServer
+
+from laterbased import cli
+from laterbased.archive.worker import run_archive
+from laterbased.config import Config, load_config
+from laterbased.core.context import WorkerContext
+from laterbased.core.state import State
+from laterbased.ops.restore.steps import RestoreRequest, restore
+from laterbased.records import wal_archive
+from laterbased.records.catalogue import Catalogue
+
+pytestmark = pytest.mark.slow
+
+LIBRARY = "Resolve Library"
+
+
+ZONE = "America/Los_Angeles"
+
+
+def environment(server: PgServer, work: Path, state_dir: Path) -> dict[str, str]:
+    return {
+        "PRIMARY_HOST": server.host,
+        "PRIMARY_PORT": str(server.port),
+        "PRIMARY_USER": server.superuser,
+        "REPL_PASSWORD": server.superuser_password,
+        "LOCAL_BACKUP_PATH": str(work / "backups"),
+        "LATERBASED_STATE_DIR": str(state_dir),
+        "LATERBASED_PITR_ENABLED": "true",
+        "LATERBASED_TIMEZONE": ZONE,
+    }
+
+
+def config_for(server: PgServer, work: Path, state_dir: Path) -> Config:
+    return load_config(None, environment(server, work, state_dir))
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.1)
+    assert condition(), what
+
+
+async def archived_up_to_now(server: PgServer) -> None:
+    """Wait until the archive's walsender has flushed everything written so far."""
+    lsn = server.sql("SELECT pg_current_wal_lsn()")
+
+    def flushed() -> bool:
+        return server.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
+            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
+        ) == "1"
+
+    await wait_until(flushed, f"the archive received WAL up to {lsn}")
+
+
+@contextlib.asynccontextmanager
+async def archive_running(config: Config) -> AsyncIterator[State]:
+    state = State(config=config)
+    ctx = WorkerContext(state, asyncio.Event())
+    task = asyncio.create_task(run_archive(ctx))
+    try:
+        await wait_until(
+            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
+            "a base backup and pg_receivewal streaming",
+        )
+        yield state
+    finally:
+        ctx.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+def rows(server: PgServer, database: str, table: str = "clips") -> list[str]:
+    return server.sql(f"SELECT note FROM {table} ORDER BY id", database=database).split()  # noqa: S608
+
+
+@pytest.mark.parametrize("mistake", ["DELETE FROM clips WHERE id > 1", "DROP TABLE clips"])
+async def test_restore_at_a_moment_before_a_mistake_brings_back_the_rows_of_that_moment(
+    make_primary: Callable[..., PgServer],
+    tmp_path: Path,
+    state_dir: Path,
+    mistake: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = make_primary()
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
+        "INSERT INTO clips VALUES (1, 'dumped')",
+        database=LIBRARY,
+    )
+    config = config_for(server, tmp_path, state_dir)
+    publish_real_backup(
+        server, Catalogue(config.backup_directory), LIBRARY,
+        started=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    async with archive_running(config):
+        # Work after the last dump, a moment, then the mistake.
+        server.sql(
+            "INSERT INTO clips VALUES (2, 'after-dump'), (3, 'also-after')", database=LIBRARY
+        )
+        moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
+        await asyncio.sleep(0.05)
+        server.sql(mistake, database=LIBRARY)
+        server.sql("SELECT pg_switch_wal()")
+        server.sql("CREATE TABLE work_after_the_mistake (id int)", database=LIBRARY)
+        await archived_up_to_now(server)
+    window = wal_archive.coverage(config.backup_directory)
+    assert window.covers(moment), window
+
+    if mistake.startswith("DELETE"):
+        # The command line, TIME without a zone: read in the configured timezone.
+        local = moment.astimezone(ZoneInfo(ZONE)).replace(tzinfo=None).isoformat()
+        env_file = tmp_path / ".env"
+        settings = environment(server, tmp_path, state_dir)
+        env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        argv = [
+            "restore", "--env-file", str(env_file), "--database", LIBRARY, "--at", local,
+            "--target-db", "back at the moment",
+        ]
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        out = capsys.readouterr().out
+        assert "--at: point in time: exactly as it was at that moment" in out, out
+    else:
+        result = await restore(
+            config, RestoreRequest(target_db="back at the moment", database=LIBRARY, at=moment)
+        )
+        assert result.at_how is not None and result.at_how.startswith("point in time"), result
+
+    assert rows(server, "back at the moment") == ["dumped", "after-dump", "also-after"]
+    assert not list(state_dir.glob("pitr-restore-*")), "the throw-away cluster is removed"
+
+
+async def test_restore_at_a_moment_outside_the_window_takes_the_newest_dump_and_says_so(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
+        "INSERT INTO clips VALUES (1, 'dumped')",
+        database=LIBRARY,
+    )
+    config = config_for(server, tmp_path, state_dir)
+    publish_real_backup(
+        server, Catalogue(config.backup_directory), LIBRARY,
+        started=datetime.now(UTC) - timedelta(hours=2),
+    )
+    result = await restore(
+        config,
+        RestoreRequest(
+            target_db="from the dump", database=LIBRARY,
+            at=datetime.now(UTC) - timedelta(hours=1),
+        ),
+    )
+    assert result.at_how is not None and "newest dump" in result.at_how
+    assert "no restorable window" in result.at_how
+    assert rows(server, "from the dump") == ["dumped"]
