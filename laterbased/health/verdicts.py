@@ -499,7 +499,53 @@ def evaluate(state: State, now: float) -> list[Check]:
         verified = check_verify(state, now)
         if verified is not None:
             checks.append(verified)
+    if config.pitr.enabled:
+        checks.append(check_pitr(state, now))
     return checks
+
+
+def iso_utc(moment: float | None) -> str | None:
+    """An epoch time as ISO 8601 UTC (``2026-11-29T08:21:26Z``), or None."""
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def check_pitr(state: State, now: float) -> Check:
+    """The point-in-time archive: pg_receivewal streaming, a base backup to start from, and
+    no segment missing in the window (a gap: nothing before it can be carried past it). A
+    gap older than the window (``pitr.window``) no longer breaks it."""
+    archive = state.archive
+    if archive.phase != "streaming":
+        detail = f": {archive.message}" if archive.message else ""
+        severity: Severity = "warning" if archive.phase in ("starting", "restarting") else (
+            "critical"
+        )
+        return Check("pitr", severity, f"WAL archive not streaming (phase {archive.phase}){detail}")
+    window_start = now - state.config.pitr_window
+    if archive.gaps and (archive.gap_since is None or archive.gap_since >= window_start):
+        first, last = archive.gaps[-1]
+        since = iso_utc(archive.gap_since) or "unknown"
+        restorable = (
+            f"restorable now: {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}"
+            if archive.earliest is not None
+            else "nothing restorable to a moment until the next base backup"
+        )
+        return Check(
+            "pitr",
+            "critical",
+            f"the window is broken since {since}: WAL segments {first} to {last} are missing "
+            f"from the archive; {restorable}",
+        )
+    if archive.earliest is None:
+        error = archive.last_base_backup_error
+        reason = f"the last one failed: {error}" if error else "the first one is under way"
+        return Check("pitr", "warning", f"no base backup yet, nothing restorable ({reason})")
+    return Check(
+        "pitr",
+        "ok",
+        f"streaming; restorable from {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}",
+    )
 
 
 def is_healthy(checks: list[Check]) -> bool:

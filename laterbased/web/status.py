@@ -113,6 +113,24 @@ def status_document(state: State, now: float) -> dict[str, Any]:
             for event in list(state.events)[::-1][:MAX_EVENTS]
         ],
         "failover": failover_document(state),
+        "pitr": pitr_document(state),
+    }
+
+
+def pitr_document(state: State) -> dict[str, Any]:
+    """The window a restore to a moment can reach now (ISO 8601 UTC; nulls when off or
+    before the first base backup), and the archive's facts."""
+    archive = state.archive
+    return {
+        "enabled": state.config.pitr.enabled,
+        "earliest": health.iso_utc(archive.earliest),
+        "latest": health.iso_utc(archive.latest),
+        "phase": archive.phase,
+        "last_segment": archive.last_segment,
+        "last_receive": health.iso_utc(archive.last_receive),
+        "restarts": archive.restarts,
+        "base_backups": archive.base_backups,
+        "gaps": [list(gap) for gap in archive.gaps],
     }
 
 
