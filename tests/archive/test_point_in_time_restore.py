@@ -20,6 +20,7 @@ from laterbased.config import Config, load_config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
 from laterbased.ops.restore.steps import RestoreRequest, restore
+from laterbased.proc import pids_with_cwd_under
 from laterbased.records import wal_archive
 from laterbased.records.catalogue import Catalogue
 
@@ -170,3 +171,60 @@ async def test_restore_at_a_moment_outside_the_window_takes_the_newest_dump_and_
     assert result.at_how is not None and "newest dump" in result.at_how
     assert "no restorable window" in result.at_how
     assert rows(server, "from the dump") == ["dumped"]
+
+
+async def test_a_moment_after_the_last_commit_restores_everything_archived(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    # No autovacuum: no commit of its own may follow the moment.
+    server = make_primary(autovacuum=False)
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text)',
+        database=LIBRARY,
+    )
+    config = config_for(server, tmp_path, state_dir)
+    async with archive_running(config):
+        server.sql("INSERT INTO clips VALUES (1, 'last-work')", database=LIBRARY)
+        moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
+        await asyncio.sleep(0.05)
+        server.sql("SELECT pg_switch_wal()")  # WAL after the moment, but no commit
+        await archived_up_to_now(server)
+    result = await restore(
+        config, RestoreRequest(target_db="idle since", database=LIBRARY, at=moment)
+    )
+    assert "nothing was committed after the moment" in result.source, result
+    assert rows(server, "idle since") == ["last-work"]
+
+
+async def test_a_cancelled_restore_at_a_moment_leaves_no_cluster_and_no_process(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    server.create_database(LIBRARY)
+    server.sql('CREATE TABLE "SM_Project" (id int)', database=LIBRARY)
+    config = config_for(server, tmp_path, state_dir)
+    async with archive_running(config):
+        server.sql('INSERT INTO "SM_Project" VALUES (1)', database=LIBRARY)
+        moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
+        server.sql(
+            'INSERT INTO "SM_Project" VALUES (2); SELECT pg_switch_wal()', database=LIBRARY
+        )
+        await archived_up_to_now(server)
+    task = asyncio.create_task(
+        restore(config, RestoreRequest(target_db="never", database=LIBRARY, at=moment))
+    )
+
+    def throw_away_postgres() -> list[int]:
+        return [
+            pid for directory in state_dir.glob("pitr-restore-*")
+            for pid in pids_with_cwd_under(directory)
+        ]
+
+    await wait_until(lambda: bool(throw_away_postgres()), "the throw-away postgres running")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(state_dir.glob("pitr-restore-*")) == []
+    assert throw_away_postgres() == []
+    assert server.sql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"

@@ -58,10 +58,16 @@ SETTINGS = {
     "archive_mode": "off",
     "max_wal_senders": "10",
     "autovacuum": "off",
-    "logging_collector": "off",
+    # Into a file of the throw-away directory: whether recovery stopped short of the target
+    # (and nothing else) is read from it.
+    "logging_collector": "on",
+    "log_filename": "'postgresql.log'",
     "shared_buffers": "32MB",
     "shared_preload_libraries": "''",
 }
+
+
+SHORT_OF_TARGET = "recovery ended before configured recovery target was reached"
 
 
 class PointInTimeError(LaterbasedError):
@@ -93,10 +99,10 @@ def remove_work_dir(directory: Path) -> None:
 def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> Path:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
-    for name in ("data", "socket", "wal"):
+    for name in ("data", "socket", "wal", "log"):
         (work / name).mkdir(mode=0o700)
     if run_as is not None:
-        for path in (work, work / "data", work / "socket", work / "wal"):
+        for path in (work, *(work / name for name in ("data", "socket", "wal", "log"))):
             os.chown(path, run_as.uid, run_as.gid)
         proc.ensure_reachable(work, run_as, fix_up_to=root)
     return work
@@ -144,6 +150,7 @@ def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None
     """Our own configuration: the primary's may name files of its machine."""
     settings = dict(SETTINGS)
     settings["unix_socket_directories"] = f"'{work / 'socket'}'"
+    settings["log_directory"] = f"'{work / 'log'}'"
     # Asked for files that do not exist too (the next timeline's history): not an error.
     settings["restore_command"] = f"'cp \"{work / 'wal'}/%f\" \"%p\" 2>/dev/null'"
     if target is not None:
@@ -232,8 +239,16 @@ class ThrowAwayCluster:
         """Start the server and wait until it is promoted at ``target``; what it did."""
         if await self._start_and_wait():
             return f"recovered to {target.astimezone(UTC).isoformat()}"
-        # PostgreSQL stopped: no commit after the moment was archived yet (13+ refuse to
-        # end short of the target). Everything archived is the state at the moment.
+        server_log = await asyncio.to_thread(self._server_log)
+        if SHORT_OF_TARGET not in server_log:
+            lines = [line for line in server_log.splitlines() if "FATAL" in line or "PANIC" in line]
+            raise PointInTimeError(
+                "the throw-away cluster stopped during recovery: "
+                + (" | ".join(lines[-3:]) or "no message")
+            )
+        # No commit after the moment was archived yet (13+ refuse to end short of the
+        # target), and nothing else went wrong: everything archived is the state at the
+        # moment.
         logger.info(
             "restore: no transaction after %s in the archive; replaying all of it run=%s",
             target.isoformat(),
@@ -246,6 +261,13 @@ class ThrowAwayCluster:
             "the throw-away cluster stopped during recovery (see the 'restore postgres' log "
             "lines)"
         )
+
+    def _server_log(self) -> str:
+        assert self.work is not None  # noqa: S101 - only after prepare()
+        try:
+            return (self.work / "log" / "postgresql.log").read_text("utf-8", "replace")
+        except OSError:
+            return ""
 
     async def _start_and_wait(self) -> bool:
         if self.child is not None:
