@@ -48,6 +48,7 @@ class StateCollector(Collector):
         yield from slot_metrics(self.state)
         yield from job_metrics(self.state)
         yield from backup_metrics(self.state)
+        yield from pitr_metrics(self.state)
         yield from health_metrics(self.state)
 
 
@@ -335,6 +336,37 @@ def backup_metrics(state: State) -> Iterator[Metric]:
     uploaded = _counter("upload_bytes", "Bytes uploaded with rclone")
     uploaded.add_metric([], float(state.upload_bytes))
     yield uploaded
+
+
+def pitr_metrics(state: State) -> Iterator[Metric]:
+    """The point-in-time archive, only when ``pitr.enabled`` (no series for a feature off)."""
+    if not state.config.pitr.enabled:
+        return
+    archive = state.archive
+    streaming = _gauge("pitr_archive_streaming", "1 while pg_receivewal streams into the archive")
+    streaming.add_metric([], _flag(archive.phase == "streaming"))
+    yield streaming
+    restarts = _counter("pitr_archive_restarts", "Restarts of pg_receivewal")
+    restarts.add_metric([], float(archive.restarts))
+    yield restarts
+    yield _gauge_of(
+        "pitr_window_earliest_timestamp_seconds",
+        "The earliest moment restore --at can restore exactly (none: nothing restorable)",
+        archive.earliest,
+    )
+    yield _gauge_of(
+        "pitr_window_latest_timestamp_seconds",
+        "The latest moment restore --at can restore exactly",
+        archive.latest,
+    )
+    yield _gauge_of(
+        "pitr_last_receive_timestamp_seconds", "When WAL last arrived in the archive",
+        archive.last_receive,
+    )
+    yield _gauge_of("pitr_base_backups", "Base backups in the archive", archive.base_backups)
+    gaps = _gauge("pitr_window_gaps", "Runs of WAL segments missing from the archive")
+    gaps.add_metric([], float(len(archive.gaps)))
+    yield gaps
 
 
 def health_metrics(state: State) -> Iterator[Metric]:

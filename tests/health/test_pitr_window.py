@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from pgserver import PgServer
 
 from laterbased.config import load_config
 from laterbased.core.state import State
+from laterbased.health.metrics import build_registry, render
 from laterbased.health.verdicts import check_pitr
 from laterbased.records import wal_archive
 
@@ -154,3 +157,27 @@ def test_a_recent_gap_is_critical_and_names_what_is_still_restorable() -> None:
     assert check.severity == "critical"
     assert "000000010000000000000005" in check.reason
     assert "restorable now: 1970-01-01T01:23:20Z to 1970-01-01T01:40:00Z" in check.reason
+
+
+def test_metrics_show_the_window_and_promtool_accepts_them() -> None:
+    state = pure_state(
+        phase="streaming", earliest=5000.0, latest=6000.0, last_receive=6000.0,
+        base_backups=2, restarts=1,
+    )
+    text = render(build_registry(state)).decode()
+    assert "laterbased_pitr_archive_streaming 1.0" in text
+    assert "laterbased_pitr_window_earliest_timestamp_seconds 5000.0" in text
+    assert "laterbased_pitr_window_latest_timestamp_seconds 6000.0" in text
+    assert "laterbased_pitr_archive_restarts_total 1.0" in text
+    assert "laterbased_pitr_window_gaps 0.0" in text
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_no_pitr_series_while_it_is_off() -> None:
+    state = State(config=load_config(None, {"PRIMARY_HOST": "resolve.local"}))
+    assert "laterbased_pitr_" not in render(build_registry(state)).decode()
