@@ -49,3 +49,16 @@ def test_bad_pitr_values_are_all_reported() -> None:
     assert "pitr.compression" in text
     assert "pitr.slot_name: must differ from standby.slot_name" in text
     assert "pitr.window: must be greater than 0" in text
+
+
+def test_the_archive_needs_a_primary_even_without_standby_and_dumps() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(
+            None,
+            {
+                "LATERBASED_STANDBY_ENABLED": "false",
+                "LATERBASED_BACKUP_ENABLED": "false",
+                "LATERBASED_PITR_ENABLED": "true",
+            },
+        )
+    assert any("required for the point-in-time archive" in p for p in exc.value.problems)

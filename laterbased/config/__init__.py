@@ -901,6 +901,16 @@ def _check_semantics(config: Config, raw: _Raw) -> None:
         errors.append("primary.host: required (set PRIMARY_HOST or primary.host)")
     if not config.standby.enabled and config.backup.enabled and config.primary.host is None:
         errors.append("primary.host: required for backups (set PRIMARY_HOST or primary.host)")
+    if (
+        not config.standby.enabled
+        and not config.backup.enabled
+        and config.pitr.enabled
+        and config.primary.host is None
+    ):
+        errors.append(
+            "primary.host: required for the point-in-time archive (set PRIMARY_HOST or "
+            "primary.host)"
+        )
     names = [remote.name for remote in config.upload.remotes]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"upload.remotes: remote {name!r} is defined more than once")
