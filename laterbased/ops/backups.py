@@ -19,6 +19,7 @@ from laterbased.core.state import State
 from laterbased.errors import EXIT_FAILURE, EXIT_OK, JobFailed
 from laterbased.pg import sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
+from laterbased.records import wal_archive
 from laterbased.records.catalogue import GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.units import format_size
 
@@ -151,6 +152,7 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
             )
         else:
             print(f"no backups in {config.backup_directory}")
+        _print_pitr_window(config)
         return EXIT_OK
     zone = config.zone
     header = ("DATABASE", "TIME", "SIZE", "UPLOADED", "VERIFIED", "KEPT BY", "NOTE")
@@ -187,7 +189,28 @@ def cmd_backups_list(args: argparse.Namespace) -> int:
     print(f"{len(decisions)} backup(s) in {config.backup_directory}")
     for fix in fixes:
         print(fix)
+    _print_pitr_window(config)
     return EXIT_OK
+
+
+def _print_pitr_window(config: Config) -> None:
+    """The point-in-time window (restore --at to the second), when there is an archive."""
+    root = config.backup_directory
+    if not config.pitr.enabled and not wal_archive.wal_dir(root).is_dir():
+        return
+    window = wal_archive.coverage(root)
+    bases = len(wal_archive.list_base_backups(root))
+    zone = config.zone
+    if window.earliest is None or window.latest is None:
+        text = "nothing restorable to the second yet (no base backup the archive can carry on)"
+    else:
+        text = (
+            f"{window.earliest.astimezone(zone).strftime('%Y-%m-%d %H:%M:%S %Z')} to "
+            f"{window.latest.astimezone(zone).strftime('%Y-%m-%d %H:%M:%S %Z')}"
+        )
+    print(f"point in time (restore --at, any second): {text}; {bases} base backup(s)")
+    for first, last in window.gaps:
+        print(f"  WAL segments {first} to {last} are missing from the archive")
 
 
 def _gone(record: BackupRecord, existing: set[str] | None) -> bool | None:

@@ -195,6 +195,31 @@ def _safe_wal_size(slot: dict[str, Any]) -> str:
     return _size(slot["safe_wal_size"])
 
 
+def _epoch(iso: str | None) -> float | None:
+    return None if iso is None else datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _pitr_section(pitr: dict[str, Any], zone: ZoneInfo, now: float) -> str:
+    """The undo window: what ``restore --at`` can give back to the second."""
+    if pitr["earliest"] is None:
+        window = "<span class=warning>nothing restorable to the second yet</span>"
+    else:
+        window = (
+            f"{_when(_epoch(pitr['earliest']), zone, now)} to "
+            f"{_when(_epoch(pitr['latest']), zone, now)}"
+        )
+    gaps = ", ".join(f"{first} to {last}" for first, last in pitr["gaps"])
+    rows = [
+        ("Restorable (restore --at)", f"<span id=pitr-window>{window}</span>"),
+        ("WAL archive", _text(pitr["phase"])),
+        ("Last WAL received", _when(_epoch(pitr["last_receive"]), zone, now)),
+        ("Base backups", _text(pitr["base_backups"])),
+    ]
+    if gaps:
+        rows.append(("Missing WAL segments", f"<span class=critical>{escape(gaps)}</span>"))
+    return "<h2>Undo window</h2><table id=pitr>" + _rows(rows) + "</table>"
+
+
 def _when(timestamp: float | None, zone: ZoneInfo, now: float) -> str:
     if timestamp is None:
         return "–"
@@ -327,6 +352,9 @@ def render_status_page(doc: dict[str, Any], zone: ZoneInfo) -> str:
                 f"<td>{_text(backup['pending_upload'])}</td>{last}</tr>"
             )
         parts.append("</table>")
+    pitr = doc.get("pitr")
+    if pitr and pitr["enabled"]:
+        parts.append(_pitr_section(pitr, zone, now))
     parts.append("<h2>Scheduled jobs</h2>")
     if not doc["jobs"]:
         parts.append("<p class=muted>none</p>")

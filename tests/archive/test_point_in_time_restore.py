@@ -136,6 +136,11 @@ async def test_restore_at_a_moment_before_a_mistake_brings_back_the_rows_of_that
         assert await asyncio.to_thread(cli.main, argv) == 0
         out = capsys.readouterr().out
         assert "--at: point in time: exactly as it was at that moment" in out, out
+        listing = ["backups", "list", "--env-file", str(env_file)]
+        assert await asyncio.to_thread(cli.main, listing) == 0
+        listed = capsys.readouterr().out
+        assert "point in time (restore --at, any second): 20" in listed, listed
+        assert "1 base backup(s)" in listed, listed
     else:
         result = await restore(
             config, RestoreRequest(target_db="back at the moment", database=LIBRARY, at=moment)

@@ -83,6 +83,12 @@ async def test_status_shows_the_window_and_a_missing_segment_breaks_it_in_health
         assert pitr["earliest"] <= pitr["latest"]
         check = await pitr_check(daemon)
         assert check["severity"] == "ok" and "restorable from" in check["reason"], check
+        async with aiohttp.ClientSession() as session, session.get(
+            f"{daemon.url}/status"
+        ) as response:
+            page = await response.text()
+        shown = re.search(r"<span id=pitr-window>(.*?)</span> to ", page)
+        assert shown is not None and "Undo window" in page, page
 
         # Three more complete segments, then the middle one goes missing.
         for step in range(3):
