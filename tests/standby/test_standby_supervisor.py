@@ -11,6 +11,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer
@@ -102,27 +103,58 @@ async def test_kill_9_of_the_postmaster_restarts_it_and_replication_resumes(
         assert any("restart #1" in event.message for event in standby.state.events)
 
 
+def pending_signals(pid: int) -> int:
+    """The signals sent to ``pid`` and not yet handled (a stopped process handles none)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return masks[0] | masks[1]
+
+
 async def test_a_second_cancel_during_shutdown_still_leaves_no_postgres_behind(
     make_primary: Callable[..., PgServer],
 ) -> None:
+    """The second cancellation (the daemon's task group aborting) lands while postgres is
+    being stopped, for sure: the postmaster is SIGSTOPped, so its stop waits (SIGINT, then
+    SIGQUIT, then SIGKILL of its group) and the second cancel arrives once a stop signal is
+    pending. It must end with the postmaster reaped, no exception but the cancellation, and
+    no postgres process left.
+
+    Why this test cannot catch a stop that lets the second cancel skip the sweep of
+    leftover backends (checked: removing finish_uncancellable around stop_and_sweep in
+    StandbySupervisor passes it): Child.stop drains the postmaster's output pipe, which
+    every backend and auxiliary process inherited, so it returns only once they have all
+    exited, and they do exit by themselves within moments of the postmaster's SIGKILL (each
+    waits with WL_POSTMASTER_DEATH). A leftover the sweep alone would end needs a backend
+    that cannot notice (busy in a long computation, or frozen); freezing one here made the
+    stop hang past the test's deadline with and without the fix (the stop path with such a
+    backend is worth its own look; reported with issue 20), so it is not done."""
     primary = make_primary()
-    async with running_standby(primary) as standby:
+    async with running_standby(primary, stop_timeout=1.0) as standby:
         await standby.wait_running()
         postmaster = standby.state.standby.pid
         assert postmaster is not None
         conn = await standby.connect(primary)  # a backend: its own session, own process
         try:
             assert standby.task is not None
+            os.kill(postmaster, signal.SIGSTOP)
             standby.task.cancel()
-            await asyncio.sleep(0.05)  # shutdown under way
-            standby.task.cancel()  # the daemon's task group aborting, say
+            # SIGINT, or SIGQUIT when the frozen postmaster already counted as stuck; each
+            # stays pending for stop_timeout (1 s) before the next step.
+            stop_signals = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGQUIT - 1))
+            await wait_for(
+                lambda: pending_signals(postmaster) & stop_signals,
+                "the supervisor's stop signal to the postmaster (its stop under way)",
+                interval=0.02,
+            )
+            standby.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await standby.task
+            assert not os.path.exists(f"/proc/{postmaster}")
+            assert pids_with_cwd_under(standby.config.state_dir) == []
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=1)
-        assert not os.path.exists(f"/proc/{postmaster}")
-        assert pids_with_cwd_under(standby.config.state_dir) == []
 
 
 async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
