@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from laterbased.config import Config
 from laterbased.core.state import State
@@ -27,10 +28,17 @@ class WorkerContext:
     def config(self) -> Config:
         return self.state.config
 
-    async def wait_reload(self) -> Config:
-        """Wait for the next successful SIGHUP reload and return the new config."""
-        await self._reloaded.wait()
-        return self.state.config
+    def wait_reload(self) -> Coroutine[Any, Any, Config]:
+        """Wait for the next successful SIGHUP reload after this call and return the new
+        config. The reload to wait for is fixed when called, not when first awaited: a
+        task made of it may first run after a reload came, which must still wake it."""
+        reloaded = self._reloaded
+
+        async def wait() -> Config:
+            await reloaded.wait()
+            return self.state.config
+
+        return wait()
 
     def _announce_reload(self) -> None:
         event, self._reloaded = self._reloaded, asyncio.Event()

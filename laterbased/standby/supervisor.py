@@ -144,6 +144,10 @@ class StandbySupervisor:
 
     async def _sleep_unless_reloaded(self, seconds: float) -> bool:
         """Sleep ``seconds``, cut short by a reload; True when the daemon is stopping."""
+        if self.ctx.config is not self.config:
+            # The reload came while the attempt that just failed ran (a slow connect to
+            # the old host): waiting for the next reload would sleep the whole backoff.
+            return self.ctx.stopping.is_set()
         async with asyncio.TaskGroup() as group:
             waiters = {
                 group.create_task(self.ctx.wait_reload()),

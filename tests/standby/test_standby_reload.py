@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from waiting import wait_for
 
 from laterbased.config import Secret
 from laterbased.monitor.worker import Monitor
+from laterbased.standby import supervisor
 from laterbased.standby.promote import promote_in_daemon
 
 pytestmark = pytest.mark.slow
@@ -48,6 +50,39 @@ async def test_reload_fixing_the_password_during_bootstrap_retries_is_used_by_th
             timeout=4,
         )
         await standby.wait_running(timeout=30)
+
+
+async def test_reload_during_a_slow_failing_bootstrap_attempt_is_used_without_the_backoff(
+    make_primary: Callable[..., PgServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The configured primary host swallows connections (a firewall dropping them): each
+    # attempt takes its connect timeout. The operator fixes the host meanwhile; the reload
+    # lands during an attempt, which fails with the old host. The next attempt must follow
+    # at once, with the new host, not after the backoff (60 s here, to make missing it
+    # plain).
+    monkeypatch.setattr(supervisor, "RESTART_BASE_DELAY", 60.0)
+    primary = make_primary()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        async with running_standby(primary, start=False) as standby:
+            good = standby.config
+            standby.state.config = replace(
+                good, primary=replace(good.primary, port=silent.getsockname()[1])
+            )
+            standby.start()
+            await wait_for(
+                lambda: (standby.state.standby.message or "").startswith("connecting to primary"),
+                "the first bootstrap attempt connecting to the silent host",
+            )
+            standby.state.config = good
+            standby.ctx._announce_reload()
+            await wait_for(
+                lambda: standby.state.standby.phase == "bootstrapping",
+                "a bootstrap attempt with the reloaded host, without the 60 s backoff",
+                timeout=40,
+            )
+            await standby.wait_running(timeout=60)
 
 
 async def test_reload_while_postgres_waits_for_its_restart_is_applied_at_that_start(
