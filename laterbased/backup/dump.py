@@ -204,9 +204,10 @@ async def standby_or_primary(config: Config, server: Server, run_id: str) -> Ser
                 break
             if not announced:
                 logger.info(
-                    "dump source: waiting up to %.0fs for the standby %s:%s to accept "
+                    "dump source: waiting up to %.0fs for the %s %s:%s to accept "
                     "connections run=%s: %s",
                     config.backup.standby_wait,
+                    "standby" if server.role == "standby" else "promoted server",
                     server.host,
                     server.port,
                     run_id,
@@ -218,7 +219,8 @@ async def standby_or_primary(config: Config, server: Server, run_id: str) -> Ser
         await conn.close()
         if announced:
             logger.info(
-                "dump source: the local server accepts connections after %.1fs run=%s",
+                "dump source: the %s accepts connections after %.1fs run=%s",
+                "standby" if server.role == "standby" else "promoted server",
                 time.monotonic() - started,
                 run_id,
             )
