@@ -186,6 +186,7 @@ async def refresh_coverage(ctx: WorkerContext, root: Path) -> None:
     st.earliest = window.earliest.timestamp() if window.earliest else None
     st.latest = window.latest.timestamp() if window.latest else None
     st.gaps = window.gaps
+    st.ranges = tuple((r.earliest.timestamp(), r.latest.timestamp()) for r in window.ranges)
     st.gap_since = window.gap_since.timestamp() if window.gap_since else None
     st.last_segment = window.last_segment
     if window.last_segment is not None:

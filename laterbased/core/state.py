@@ -199,6 +199,8 @@ class ArchiveState:
     latest: float | None = None
     gaps: tuple[tuple[str, str], ...] = ()
     gap_since: float | None = None
+    # Every restorable (earliest, latest), the ones cut off by a gap too, oldest first.
+    ranges: tuple[tuple[float, float], ...] = ()
     base_backups: int = 0
     last_base_backup: float | None = None
     last_base_backup_error: str | None = None

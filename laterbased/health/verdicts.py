@@ -526,11 +526,10 @@ def check_pitr(state: State, now: float) -> Check:
     if archive.gaps and (archive.gap_since is None or archive.gap_since >= window_start):
         first, last = archive.gaps[-1]
         since = iso_utc(archive.gap_since) or "unknown"
-        restorable = (
-            f"restorable now: {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}"
-            if archive.earliest is not None
-            else "nothing restorable to a moment until the next base backup"
-        )
+        ranges = "; ".join(f"{iso_utc(a)} to {iso_utc(b)}" for a, b in archive.ranges)
+        restorable = f"restorable: {ranges}" if ranges else "nothing restorable to a moment"
+        if archive.earliest is None:
+            restorable += " (nothing after the gap until the next base backup)"
         return Check(
             "pitr",
             "critical",

@@ -237,21 +237,43 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @dataclass(frozen=True)
+class Range:
+    """Moments restorable from one unbroken run of segments: from the end of the oldest base
+    backup inside the run to the last WAL received in it."""
+
+    earliest: datetime
+    latest: datetime
+    first_segment: int
+    last_segment: int
+
+
+@dataclass(frozen=True)
 class Coverage:
-    """What the archive can restore now: every moment from ``earliest`` to ``latest``."""
+    """What the archive can restore now: every moment from ``earliest`` to ``latest`` (the
+    newest unbroken run), and every earlier range cut off by a missing segment."""
 
     earliest: datetime | None
     latest: datetime | None
     last_segment: str | None
-    # Missing segments after the oldest base backup: (first missing, last missing) names.
+    # Missing segments: (first missing, last missing) names.
     gaps: tuple[tuple[str, str], ...] = ()
     gap_since: datetime | None = None  # when the newest gap began (the file before it)
+    ranges: tuple[Range, ...] = ()
 
     def covers(self, moment: datetime) -> bool:
-        return (
-            self.earliest is not None
-            and self.latest is not None
-            and self.earliest <= moment <= self.latest
+        return self.range_of(moment) is not None
+
+    def range_of(self, moment: datetime) -> Range | None:
+        for candidate in self.ranges:
+            if candidate.earliest <= moment <= candidate.latest:
+                return candidate
+        return None
+
+    def describe_ranges(self) -> str:
+        """Every restorable range, ISO 8601 UTC, for a human."""
+        return "; ".join(
+            f"{r.earliest.astimezone(UTC).isoformat()} to {r.latest.astimezone(UTC).isoformat()}"
+            for r in self.ranges
         )
 
 
@@ -261,21 +283,30 @@ def segment_name(timeline: int, number: int, segment_size: int = DEFAULT_SEGMENT
 
 
 def coverage(root: Path) -> Coverage:
-    """The restorable window: from the end of the oldest base backup whose WAL reaches the
-    newest segment without a hole, to the last moment WAL was received."""
+    """The restorable ranges: for every unbroken run of segments of the newest timeline that
+    holds a base backup's whole WAL range, from the end of its oldest such base backup to the
+    last WAL received in the run. ``earliest``/``latest`` are the newest run's (None when no
+    base backup follows the newest hole)."""
     backups = list_base_backups(root)
     segment_size = backups[-1].segment_size if backups else DEFAULT_SEGMENT_SIZE
     segments = list_segments(root, segment_size)
     if not segments:
         return Coverage(None, None, None)
     newest = segments[-1]
-    latest = datetime.fromtimestamp(newest.path.stat().st_mtime, UTC)
     timeline = newest.timeline
-    numbers = sorted({s.number for s in segments if s.timeline == timeline})
+    received: dict[int, float] = {}
+    for segment in segments:
+        if segment.timeline == timeline:
+            with contextlib.suppress(OSError):
+                mtime = segment.path.stat().st_mtime
+                received[segment.number] = max(received.get(segment.number, 0.0), mtime)
+    numbers = sorted(received)
+    if not numbers:
+        return Coverage(None, None, newest.path.name)
     gaps: list[tuple[str, str]] = []
     gap_since: datetime | None = None
-    # After a hole, only base backups started beyond it can restore anything.
-    contiguous_from = numbers[0]
+    runs: list[tuple[int, int]] = []
+    run_start = numbers[0]
     for before, after in zip(numbers, numbers[1:], strict=False):
         if after != before + 1:
             gaps.append(
@@ -284,41 +315,50 @@ def coverage(root: Path) -> Coverage:
                     segment_name(timeline, after - 1, segment_size),
                 )
             )
-            contiguous_from = after
-            with contextlib.suppress(OSError):
-                twin = next(s for s in segments if s.number == before and s.timeline == timeline)
-                gap_since = datetime.fromtimestamp(twin.path.stat().st_mtime, UTC)
-    usable = [
-        b
-        for b in backups
-        if b.timeline == timeline
-        and segment_of_lsn(b.start_lsn, segment_size) >= contiguous_from
-        and segment_of_lsn(b.end_lsn, segment_size) <= numbers[-1]
-    ]
-    earliest = usable[0].finished if usable else None
-    if earliest is not None and earliest > latest:
-        latest = earliest
+            runs.append((run_start, before))
+            run_start = after
+            gap_since = datetime.fromtimestamp(received[before], UTC)
+    runs.append((run_start, numbers[-1]))
+    ranges: list[Range] = []
+    newest_range: Range | None = None
+    for first, last in runs:
+        inside = [
+            b
+            for b in backups
+            if b.timeline == timeline
+            and segment_of_lsn(b.start_lsn, segment_size) >= first
+            and segment_of_lsn(b.end_lsn, segment_size) <= last
+        ]
+        if not inside:
+            continue
+        begin = inside[0].finished
+        end = max(datetime.fromtimestamp(received[last], UTC), begin)
+        ranges.append(Range(begin, end, first, last))
+        if last == numbers[-1]:
+            newest_range = ranges[-1]
     return Coverage(
-        earliest, latest if usable else None, newest.path.name, tuple(gaps), gap_since
+        newest_range.earliest if newest_range else None,
+        newest_range.latest if newest_range else None,
+        newest.path.name,
+        tuple(gaps),
+        gap_since,
+        tuple(ranges),
     )
 
 
 def base_backup_for(root: Path, moment: datetime) -> BaseBackup | None:
-    """The newest base backup finished at or before ``moment`` that the archive can carry
-    forward to it (its WAL start segment lies after every hole)."""
+    """The newest base backup finished at or before ``moment`` inside the unbroken run of
+    segments that reaches ``moment``; None when no range covers it."""
     window = coverage(root)
-    if not window.covers(moment):
+    found = window.range_of(moment)
+    if found is None:
         return None
     backups = list_base_backups(root)
-    segment_size = backups[-1].segment_size if backups else DEFAULT_SEGMENT_SIZE
-    numbers = {s.number for s in list_segments(root, segment_size)}
-    candidates = []
-    for backup in backups:
-        if backup.finished > moment:
-            continue
-        first = segment_of_lsn(backup.start_lsn, segment_size)
-        last = segment_of_lsn(backup.end_lsn, segment_size)
-        newest = max(numbers) if numbers else -1
-        if all(n in numbers for n in range(first, max(last, newest) + 1)):
-            candidates.append(backup)
+    candidates = [
+        b
+        for b in backups
+        if b.finished <= moment
+        and segment_of_lsn(b.start_lsn, b.segment_size) >= found.first_segment
+        and segment_of_lsn(b.end_lsn, b.segment_size) <= found.last_segment
+    ]
     return candidates[-1] if candidates else None

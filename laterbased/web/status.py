@@ -131,6 +131,10 @@ def pitr_document(state: State) -> dict[str, Any]:
         "restarts": archive.restarts,
         "base_backups": archive.base_backups,
         "gaps": [list(gap) for gap in archive.gaps],
+        "ranges": [
+            {"earliest": health.iso_utc(earliest), "latest": health.iso_utc(latest)}
+            for earliest, latest in archive.ranges
+        ],
     }
 
 

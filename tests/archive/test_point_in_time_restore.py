@@ -19,6 +19,7 @@ from laterbased.archive.worker import run_archive
 from laterbased.config import Config, load_config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
+from laterbased.errors import JobFailed
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.proc import pids_with_cwd_under
 from laterbased.records import wal_archive
@@ -233,3 +234,49 @@ async def test_a_cancelled_restore_at_a_moment_leaves_no_cluster_and_no_process(
     assert list(state_dir.glob("pitr-restore-*")) == []
     assert throw_away_postgres() == []
     assert server.sql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"
+
+
+async def test_a_moment_before_a_missing_segment_is_still_restored_from_the_archive(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text)',
+        database=LIBRARY,
+    )
+    config = config_for(server, tmp_path, state_dir)
+    async with archive_running(config) as state:
+        server.sql("INSERT INTO clips VALUES (1, 'before-the-gap')", database=LIBRARY)
+        moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
+        await asyncio.sleep(0.05)
+        server.sql("DELETE FROM clips", database=LIBRARY)
+        for step in range(2):
+            server.sql(
+                f"CREATE TABLE later{step} (id int); SELECT pg_switch_wal()", database=LIBRARY
+            )
+        await archived_up_to_now(server)
+        complete = [
+            s for s in wal_archive.list_segments(config.backup_directory) if not s.partial
+        ]
+        complete[-1].path.unlink()  # the segment after the one holding the moment
+
+        def broken() -> bool:
+            return bool(state.archive.gaps)
+
+        await wait_until(broken, "the gap seen by the archive worker")
+    window = wal_archive.coverage(config.backup_directory)
+    assert window.gaps and window.earliest is None and window.covers(moment), window
+
+    result = await restore(
+        config, RestoreRequest(target_db="before the gap", database=LIBRARY, at=moment)
+    )
+    assert result.at_how is not None and result.at_how.startswith("point in time"), result
+    assert rows(server, "before the gap") == ["before-the-gap"]
+
+    later = datetime.now(UTC)
+    with pytest.raises(JobFailed) as refused:  # no dump either: says what the archive has
+        await restore(config, RestoreRequest(target_db="in the gap", database=LIBRARY, at=later))
+    assert "no backup" in str(refused.value)
+    assert "the point-in-time archive covers" in str(refused.value)
+    assert "are missing" in str(refused.value)

@@ -116,6 +116,9 @@ async def test_status_shows_the_window_and_a_missing_segment_breaks_it_in_health
         assert "pitr" in health["failing"]
         pitr = (await get_json(daemon, "/status.json"))["pitr"]
         assert pitr["earliest"] is None, "no base backup after the gap: nothing restorable"
+        # Before the gap stays restorable: from the base backup to the last segment before it.
+        assert len(pitr["ranges"]) == 1 and pitr["ranges"][0]["latest"], pitr
+        assert "(nothing after the gap until the next base backup)" in check["reason"]
     finally:
         daemon.send(signal.SIGTERM)
         await daemon.wait_exit(30)
@@ -158,11 +161,15 @@ def test_a_recent_gap_is_critical_and_names_what_is_still_restorable() -> None:
     state = pure_state(
         phase="streaming", earliest=5000.0, latest=6000.0,
         gaps=(("000000010000000000000005", "000000010000000000000005"),), gap_since=4000.0,
+        ranges=((1000.0, 4000.0), (5000.0, 6000.0)),
     )
     check = check_pitr(state, now=6000.0)
     assert check.severity == "critical"
     assert "000000010000000000000005" in check.reason
-    assert "restorable now: 1970-01-01T01:23:20Z to 1970-01-01T01:40:00Z" in check.reason
+    assert (
+        "restorable: 1970-01-01T00:16:40Z to 1970-01-01T01:06:40Z; "
+        "1970-01-01T01:23:20Z to 1970-01-01T01:40:00Z"
+    ) in check.reason
 
 
 def test_metrics_show_the_window_and_promtool_accepts_them() -> None:

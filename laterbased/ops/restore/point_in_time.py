@@ -339,12 +339,12 @@ class ThrowAwayCluster:
 
 def window_text(config: Config) -> str:
     window = wal_archive.coverage(config.backup_directory)
-    if window.earliest is None or window.latest is None:
+    if not window.ranges:
         return "the point-in-time archive has no restorable window yet"
-    return (
-        f"the point-in-time archive covers {window.earliest.astimezone(UTC).isoformat()} "
-        f"to {window.latest.astimezone(UTC).isoformat()}"
+    missing = "".join(
+        f"; WAL segments {first} to {last} are missing" for first, last in window.gaps
     )
+    return f"the point-in-time archive covers {window.describe_ranges()}{missing}"
 
 
 async def dump_at(

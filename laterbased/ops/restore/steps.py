@@ -322,6 +322,7 @@ class Restorer:
             raise JobFailed(
                 await self._none_found("locally (no rclone remote configured)")
                 + self._future_hint(records)
+                + (f"; {self.point_in_time_miss}" if self.point_in_time_miss else "")
             )
         return await self._download(request.database)
 

@@ -1,0 +1,94 @@
+"""The window the WAL archive covers, read off real files: unbroken runs of segments that hold
+a base backup's WAL, a missing segment cutting a range short, and which base backup a moment
+starts from."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from laterbased.records import wal_archive
+
+T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+
+
+def segment(root: Path, number: int, at: datetime, suffix: str = ".gz") -> None:
+    directory = wal_archive.wal_dir(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{wal_archive.segment_name(1, number)}{suffix}"
+    path.write_bytes(b"")
+    os.utime(path, (at.timestamp(), at.timestamp()))
+
+
+def base_backup(root: Path, start_segment: int, finished: datetime) -> None:
+    lsn = f"0/{start_segment * wal_archive.DEFAULT_SEGMENT_SIZE + 40:X}"
+    directory = wal_archive.base_dir(root) / finished.strftime("%Y%m%dT%H%M%SZ")
+    directory.mkdir(parents=True)
+    (directory / wal_archive.BASE_MANIFEST).write_text(
+        json.dumps(
+            {
+                "kind": wal_archive.BASE_MANIFEST_KIND,
+                "started": (finished - timedelta(seconds=5)).isoformat(),
+                "finished": finished.isoformat(),
+                "start_lsn": lsn,
+                "end_lsn": lsn,
+                "timeline": 1,
+                "server_version": "15.0",
+                "server_version_num": 150000,
+                "system_identifier": "1",
+                "wal_segment_size": wal_archive.DEFAULT_SEGMENT_SIZE,
+            }
+        )
+    )
+
+
+def test_an_unbroken_archive_covers_from_the_base_backup_to_the_last_wal(tmp_path: Path) -> None:
+    for number in range(2, 6):
+        segment(tmp_path, number, T0 + timedelta(minutes=number))
+    segment(tmp_path, 6, T0 + timedelta(minutes=9), ".gz.partial")
+    base_backup(tmp_path, 3, T0 + timedelta(minutes=3))
+    window = wal_archive.coverage(tmp_path)
+    assert window.earliest == T0 + timedelta(minutes=3)
+    assert window.latest == T0 + timedelta(minutes=9)
+    assert window.gaps == ()
+    assert window.covers(T0 + timedelta(minutes=8))
+    assert not window.covers(T0 + timedelta(minutes=2))
+
+
+def test_a_missing_segment_cuts_the_range_and_moments_before_it_stay_restorable(
+    tmp_path: Path,
+) -> None:
+    for number in (2, 3, 4, 6, 7):  # 5 is gone
+        segment(tmp_path, number, T0 + timedelta(minutes=number))
+    base_backup(tmp_path, 2, T0 + timedelta(minutes=2))
+    window = wal_archive.coverage(tmp_path)
+    first_missing = wal_archive.segment_name(1, 5)
+    assert window.gaps == ((first_missing, first_missing),)
+    assert window.gap_since == T0 + timedelta(minutes=4)
+    assert window.earliest is None and window.latest is None, "nothing after the gap"
+    assert [(r.earliest, r.latest) for r in window.ranges] == [
+        (T0 + timedelta(minutes=2), T0 + timedelta(minutes=4))
+    ]
+    before_gap = T0 + timedelta(minutes=3)
+    chosen = wal_archive.base_backup_for(tmp_path, before_gap)
+    assert chosen is not None and chosen.finished == T0 + timedelta(minutes=2)
+    assert wal_archive.base_backup_for(tmp_path, T0 + timedelta(minutes=6)) is None
+
+    # A base backup after the gap starts a new range: the window is whole again from it.
+    base_backup(tmp_path, 6, T0 + timedelta(minutes=6))
+    window = wal_archive.coverage(tmp_path)
+    assert window.earliest == T0 + timedelta(minutes=6)
+    assert len(window.ranges) == 2
+
+
+def test_the_newest_base_backup_before_the_moment_is_the_one_started_from(tmp_path: Path) -> None:
+    for number in range(2, 9):
+        segment(tmp_path, number, T0 + timedelta(minutes=number))
+    base_backup(tmp_path, 2, T0 + timedelta(minutes=2))
+    base_backup(tmp_path, 5, T0 + timedelta(minutes=5))
+    chosen = wal_archive.base_backup_for(tmp_path, T0 + timedelta(minutes=7))
+    assert chosen is not None and chosen.finished == T0 + timedelta(minutes=5)
+    chosen = wal_archive.base_backup_for(tmp_path, T0 + timedelta(minutes=4))
+    assert chosen is not None and chosen.finished == T0 + timedelta(minutes=2)
