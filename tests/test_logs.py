@@ -123,3 +123,13 @@ def test_a_password_introduced_by_a_reload_is_masked_from_then_on(
     out = captured.getvalue()
     assert "primary refused password=********" in out
     assert new_password not in out
+
+
+def test_a_secret_that_contains_another_is_masked_whole(captured: io.StringIO) -> None:
+    # Masking the shorter one first would leave the longer one's rest readable around the
+    # mask ("admin-********-2024" gives most of the password away).
+    masker.set_secrets(["hunter2", "admin-hunter2-2024"])
+    logging.getLogger("laterbased.test").warning("login with %s refused", "admin-hunter2-2024")
+    out = captured.getvalue()
+    assert "login with ******** refused" in out
+    assert "admin-" not in out and "-2024" not in out
