@@ -22,9 +22,11 @@ from pathlib import Path
 from laterbased.archive.primary import inspect_primary, primary_conninfo, write_primary_passfile
 from laterbased.config import Config
 from laterbased.core.context import WorkerContext
-from laterbased.core.state import ArchiveState
+from laterbased.core.state import ArchiveState, SlotState
 from laterbased.errors import LaterbasedError, RefuseToRun
+from laterbased.pg import sql
 from laterbased.pg.binaries import find_bindir
+from laterbased.pg.connect import connect_primary
 from laterbased.proc import (
     child_environment,
     finish_uncancellable,
@@ -196,3 +198,38 @@ async def refresh_coverage(ctx: WorkerContext, root: Path) -> None:
     st.base_backups = len(backups)
     if backups:
         st.last_base_backup = backups[-1].finished.timestamp()
+
+
+async def watch_slot(ctx: WorkerContext) -> None:
+    """Poll the archive's slot on the primary every ``monitor.interval``: how much WAL it
+    keeps there and its ``wal_status``. A primary that cannot be asked keeps the last facts."""
+    while not ctx.stopping.is_set():
+        config = ctx.config
+        try:
+            conn = await connect_primary(
+                config.primary, application_name="laterbased_archive_slot"
+            )
+            try:
+                async with asyncio.timeout(config.monitor.query_timeout):
+                    version_num = int(await conn.fetchval(sql.SERVER_VERSION_NUM))
+                    modern = version_num >= 130000
+                    query = sql.REPLICATION_SLOT if modern else sql.REPLICATION_SLOT_PRE13
+                    row = await conn.fetchrow(query, config.pitr.slot_name)
+            finally:
+                conn.terminate()
+            slot = SlotState(name=config.pitr.slot_name, exists=row is not None)
+            if row is not None:
+                slot.active = bool(row["active"])
+                slot.restart_lsn = None if row["restart_lsn"] is None else str(row["restart_lsn"])
+                retained = row["retained_wal_bytes"]
+                slot.retained_bytes = None if retained is None else int(retained)
+                slot.wal_status = row["wal_status"]
+                safe = row["safe_wal_size"]
+                slot.safe_wal_size = None if safe is None else int(safe)
+            ctx.state.archive.slot = slot
+        except (LaterbasedError, OSError, TimeoutError) as exc:
+            logger.debug("archive: cannot read slot %s: %s", config.pitr.slot_name, exc)
+        except Exception as exc:  # asyncpg's errors: the same, a poll missed
+            logger.debug("archive: cannot read slot %s: %s", config.pitr.slot_name, exc)
+        if await ctx.sleep(config.monitor.interval):
+            return

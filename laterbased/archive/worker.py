@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from laterbased.archive.basebackup import run_base_backups
-from laterbased.archive.receiver import WalReceiver
+from laterbased.archive.receiver import WalReceiver, watch_slot
 from laterbased.core.context import WorkerContext
 
 
@@ -14,3 +14,4 @@ async def run_archive(ctx: WorkerContext) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(WalReceiver(ctx).run())
         group.create_task(run_base_backups(ctx))
+        group.create_task(watch_slot(ctx))

@@ -364,6 +364,12 @@ def pitr_metrics(state: State) -> Iterator[Metric]:
         archive.last_receive,
     )
     yield _gauge_of("pitr_base_backups", "Base backups in the archive", archive.base_backups)
+    slot = archive.slot
+    yield _gauge_of(
+        "pitr_slot_retained_wal_bytes",
+        "WAL the archive's slot keeps on the primary",
+        slot.retained_bytes if slot is not None else None,
+    )
     gaps = _gauge("pitr_window_gaps", "Runs of WAL segments missing from the archive")
     gaps.add_metric([], float(len(archive.gaps)))
     yield gaps

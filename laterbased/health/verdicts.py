@@ -536,6 +536,22 @@ def check_pitr(state: State, now: float) -> Check:
             f"the window is broken since {since}: WAL segments {first} to {last} are missing "
             f"from the archive; {restorable}",
         )
+    slot = archive.slot
+    if slot is not None and slot.wal_status == "lost":
+        return Check(
+            "pitr",
+            "critical",
+            f"the archive's slot {slot.name} lost WAL on the primary (wal_status=lost): "
+            "segments are missing from the archive from here on until pg_receivewal catches up",
+        )
+    retained = slot.retained_bytes if slot is not None else None
+    if retained is not None and retained > state.config.monitor.slot_retained_warn_bytes:
+        return Check(
+            "pitr",
+            "warning",
+            f"the archive's slot {slot.name if slot else ''} keeps {format_size(retained)} of "
+            "WAL on the primary: pg_receivewal is behind (is the backup disk full or slow?)",
+        )
     if archive.earliest is None:
         error = archive.last_base_backup_error
         reason = f"the last one failed: {error}" if error else "the first one is under way"

@@ -131,6 +131,15 @@ def pitr_document(state: State) -> dict[str, Any]:
         "restarts": archive.restarts,
         "base_backups": archive.base_backups,
         "gaps": [list(gap) for gap in archive.gaps],
+        "slot": None
+        if archive.slot is None
+        else {
+            "name": archive.slot.name,
+            "exists": archive.slot.exists,
+            "active": archive.slot.active,
+            "retained_bytes": archive.slot.retained_bytes,
+            "wal_status": archive.slot.wal_status,
+        },
         "ranges": [
             {"earliest": health.iso_utc(earliest), "latest": health.iso_utc(latest)}
             for earliest, latest in archive.ranges

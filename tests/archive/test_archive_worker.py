@@ -86,6 +86,12 @@ async def test_a_killed_pg_receivewal_is_restarted_and_the_archive_goes_on(
             "the restarted pg_receivewal archives new WAL",
         )
         second = state.archive.pid
+
+        def slot_watched() -> bool:
+            slot = state.archive.slot
+            return slot is not None and slot.exists and slot.active
+
+        await wait_until(slot_watched, "the archive's slot polled, active")
     finally:
         ctx.stopping.set()
         await asyncio.wait_for(task, 30)

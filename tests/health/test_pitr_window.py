@@ -18,7 +18,7 @@ from daemon_process import DaemonProcess, minimal_config, write_config
 from pgserver import PgServer
 
 from laterbased.config import load_config
-from laterbased.core.state import State
+from laterbased.core.state import SlotState, State
 from laterbased.health.metrics import build_registry, render
 from laterbased.health.verdicts import check_pitr
 from laterbased.records import wal_archive
@@ -155,6 +155,21 @@ def pure_state(**archive: Any) -> State:
 def test_pitr_check_verdicts(archive: dict[str, Any], severity: str, words: str) -> None:
     check = check_pitr(pure_state(**archive), now=10.0 + 8 * 86400)
     assert check.severity == severity and words in check.reason, check
+
+
+def test_the_archive_slot_keeping_too_much_wal_warns_and_a_lost_slot_is_critical() -> None:
+    state = pure_state(phase="streaming", earliest=1000.0, latest=2000.0)
+    state.archive.slot = SlotState(
+        name="laterbase_wal_slot", exists=True, retained_bytes=5 * 1024**3
+    )
+    check = check_pitr(state, now=2000.0)
+    assert check.severity == "warning" and "keeps 5" in check.reason, check
+    state.archive.slot.wal_status = "lost"
+    check = check_pitr(state, now=2000.0)
+    assert check.severity == "critical" and "lost WAL" in check.reason, check
+    text = render(build_registry(state)).decode()
+    sample = re.search(r"^laterbased_pitr_slot_retained_wal_bytes (\S+)$", text, re.MULTILINE)
+    assert sample is not None and float(sample.group(1)) == 5 * 1024**3, text
 
 
 def test_a_recent_gap_is_critical_and_names_what_is_still_restorable() -> None:
