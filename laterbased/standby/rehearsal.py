@@ -36,6 +36,7 @@ from laterbased.proc import (
     resolve_run_as,
     run,
     spawn,
+    stop_unrelated_process,
 )
 from laterbased.standby import configure, failover, safety
 from laterbased.standby.layout import Layout
@@ -95,6 +96,7 @@ async def rehearse(config: Config) -> RehearsalReport:
         raise JobFailed(f"the standby on {data_dir} is not running (start laterbased first)")
     bindir = await asyncio.to_thread(find_bindir, major, config.standby.bin_dir)
     run_as = resolve_run_as(config.standby.run_as)
+    await remove_leftovers(config.state_dir, run_as)
     work = await asyncio.to_thread(_make_workdir, config.state_dir, run_as)
     report = RehearsalReport(side_port=_free_loopback_port())
     child: Child | None = None
@@ -138,6 +140,26 @@ async def rehearse(config: Config) -> RehearsalReport:
             ))
         await finish_uncancellable(asyncio.ensure_future(asyncio.to_thread(_remove, work)))
         logger.info("rehearsal: removed %s", work)
+
+
+async def remove_leftovers(state_dir: Path, run_as: RunAs | None) -> None:
+    """A rehearsal killed before its cleanup (SIGKILL, power cut) left its copy in
+    ``<state_dir>/rehearsal-*``, perhaps with its postgres running: stop that postgres
+    (only when it is provably the copy's, as for the standby) and remove the directory."""
+    leftovers = await asyncio.to_thread(lambda: sorted(state_dir.glob(PREFIX + "*")))
+    for work in leftovers:
+        copy = work / "data"
+        pid = await asyncio.to_thread(safety.postmaster_to_stop, copy, run_as)
+        if pid is not None:
+            logger.warning("rehearsal: stopping the postgres (pid %s) a killed rehearsal "
+                           "left running on %s", pid, copy)
+            stopped = await stop_unrelated_process(
+                pid, ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0)), "rehearsal postgres"
+            )
+            if not stopped:
+                raise JobFailed(f"the postgres (pid {pid}) on {copy} survives SIGKILL")
+        await asyncio.to_thread(_remove, work)
+        logger.warning("rehearsal: removed %s, left by a rehearsal that was killed", work)
 
 
 async def _clone(

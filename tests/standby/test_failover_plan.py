@@ -315,6 +315,9 @@ async def test_rehearsal_promotes_a_throwaway_copy_and_leaves_the_standby_stream
         await daemon.wait_log("standby postgres accepting connections", timeout=120)
         await wait_for(lambda: healthy(daemon), f"healthy standby:\n{daemon.log[-3000:]}", 120)
         postmaster = (state_dir / "standby" / "postmaster.pid").read_text().split()[0]
+        # What a rehearsal killed before its cleanup leaves: removed by the next one.
+        (state_dir / "rehearsal-killed" / "data").mkdir(parents=True)
+        (state_dir / "rehearsal-killed" / "data" / "PG_VERSION").write_text("13\n")
 
         code, out = await run_cli("promote", "--rehearse", "--config", str(config_path))
         assert code == 0, out
