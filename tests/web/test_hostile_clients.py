@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from waiting import wait_for
 
 import laterbased.web.server
 from laterbased.config import load_config
@@ -23,6 +24,9 @@ from laterbased.web.server import HttpServer, build_app
 pytestmark = pytest.mark.slow
 
 IDLE = 2.0  # the test's idle timeout (production: 15 s)
+# Bound on one /healthz under attack: below IDLE (what a held-up server takes), above what a
+# healthy server needs on a loaded 2-core machine.
+HEALTHZ_BOUND = 0.75 * IDLE
 SLOW_CLIENTS = 200
 SILENT_CLIENTS = 300
 
@@ -53,7 +57,9 @@ async def timed_healthz(session: aiohttp.ClientSession, url: str) -> float:
     return time.perf_counter() - started
 
 
-async def slow_client(port: int, closed_after: list[float], trickle: bool) -> None:
+async def slow_client(
+    port: int, closed_after: list[float], trickle: bool, connected: list[int]
+) -> None:
     """Send half a request, then (``trickle``) one more header byte every 0.3 s, until the
     server closes the connection; record how long that took."""
     opened = time.monotonic()
@@ -61,6 +67,8 @@ async def slow_client(port: int, closed_after: list[float], trickle: bool) -> No
     try:
         if trickle:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: laterbased\r\nX-Slow: ")
+            await writer.drain()
+        connected.append(1)
         deadline = opened + IDLE + 10
         while time.monotonic() < deadline:
             try:
@@ -91,22 +99,29 @@ async def test_slowloris_and_silent_connections_are_dropped_and_healthz_stays_fa
     url, port = served
     closed_after: list[float] = []
     latencies: list[float] = []
+    connected: list[int] = []
     async with asyncio.TaskGroup() as group:
         for index in range(SLOW_CLIENTS + SILENT_CLIENTS):
-            group.create_task(slow_client(port, closed_after, trickle=index < SLOW_CLIENTS))
-        await asyncio.sleep(0.5)  # all of them connected and idling
+            group.create_task(
+                slow_client(port, closed_after, trickle=index < SLOW_CLIENTS, connected=connected)
+            )
+        await wait_for(
+            lambda: len(connected) == SLOW_CLIENTS + SILENT_CLIENTS, "every client connected", 30
+        )
         async with aiohttp.ClientSession() as session:
             for _ in range(30):
                 latencies.append(await timed_healthz(session, url))
                 await asyncio.sleep(0.02)
     latencies.sort()
-    assert latencies[-1] < 0.5, f"/healthz slow under {SLOW_CLIENTS} slow clients: {latencies}"
+    # A server held up by the idle clients answers only as they are closed (IDLE seconds);
+    # a loaded 2-core machine alone may take a good part of a second.
+    assert latencies[-1] < HEALTHZ_BOUND, f"/healthz slow under {SLOW_CLIENTS} clients: {latencies}"
     assert len(closed_after) == SLOW_CLIENTS + SILENT_CLIENTS
     # Closed by the idle timeout (checked once a second by aiohttp), not by the test.
     assert max(closed_after) < IDLE + 3, max(closed_after)
     assert min(closed_after) >= IDLE - 0.5, min(closed_after)
     async with aiohttp.ClientSession() as session:
-        assert await timed_healthz(session, url) < 0.5
+        assert await timed_healthz(session, url) < HEALTHZ_BOUND
 
 
 def malformed_requests(rng: random.Random) -> list[bytes]:
@@ -188,7 +203,7 @@ async def test_malformed_requests_on_a_raw_socket_never_get_a_5xx(
                 )
     assert b"400" in seen
     async with aiohttp.ClientSession() as session:
-        assert await timed_healthz(session, url) < 0.5
+        assert await timed_healthz(session, url) < HEALTHZ_BOUND
 
 
 @pytest.mark.parametrize("path", ["/api/backup", "/api/promote"])
