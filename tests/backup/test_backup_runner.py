@@ -125,11 +125,12 @@ async def test_schedule_runs_dump_then_prune_and_never_overlaps(
     lock = await hold_lock(primary, small_db)
     worker = asyncio.create_task(backup_worker(ctx))
     try:
-        # Catch-up fires at once (no backup yet) and blocks on the lock for 2.5 s, across
-        # at least two one-second deadlines.
-        await asyncio.sleep(2.5)
+        # Catch-up fires at once (no backup yet) and blocks on the lock (held until we
+        # roll back) while the every-second schedule fires again: that fire is skipped.
+        await wait_for(
+            lambda: state.job("dump").skipped_overlap >= 1, 30, "a fire skipped as an overlap"
+        )
         assert state.job("dump").running is not None
-        assert state.job("dump").skipped_overlap >= 1
         assert len(writers_into(backup_dir / ".partial")) == 1, "one pg_dump at a time"
         await lock.execute("ROLLBACK")
         deadline = time.monotonic() + 30
