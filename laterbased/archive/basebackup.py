@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from laterbased.archive.primary import inspect_primary, primary_conninfo, write_primary_passfile
@@ -148,3 +148,9 @@ async def run_base_backups(ctx: WorkerContext) -> None:
         st.last_base_backup_error = None
         st.last_base_backup = backup.finished.timestamp()
         st.base_backups += 1
+        # Retention after each base backup: a newer one may let older WAL go.
+        window_start = datetime.now(UTC) - timedelta(seconds=ctx.config.pitr_window)
+        try:
+            await asyncio.to_thread(wal_archive.prune, root, window_start)
+        except OSError as exc:
+            logger.error("pitr retention failed: %s", exc)

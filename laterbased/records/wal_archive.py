@@ -362,3 +362,49 @@ def base_backup_for(root: Path, moment: datetime) -> BaseBackup | None:
         and segment_of_lsn(b.end_lsn, b.segment_size) <= found.last_segment
     ]
     return candidates[-1] if candidates else None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    base_backups: tuple[str, ...]
+    segments: int
+
+
+def prune(root: Path, window_start: datetime) -> Pruned:
+    """Delete what no moment of the window needs: base backups older than the newest one
+    finished before ``window_start`` (it is the one that reaches the window's first moment;
+    the newest base backup is never deleted), then every segment before the oldest kept base
+    backup's start. History files and the partial segment stay."""
+    backups = list_base_backups(root)
+    if not backups:
+        return Pruned((), 0)
+    before = [b for b in backups if b.finished <= window_start]
+    keep_from = before[-1] if before else backups[0]
+    doomed = [b for b in backups if b.finished < keep_from.finished and b is not backups[-1]]
+    for backup in doomed:
+        # Its manifest first: a half-deleted base backup is no longer listed.
+        (backup.directory / BASE_MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(backup.directory, ignore_errors=True)
+        logger.info("pitr retention: deleted base backup %s", backup.directory.name)
+    first_needed = segment_of_lsn(keep_from.start_lsn, keep_from.segment_size)
+    removed = 0
+    for segment in list_segments(root, keep_from.segment_size):
+        if segment.partial:
+            continue
+        older = segment.timeline < keep_from.timeline or (
+            segment.timeline == keep_from.timeline and segment.number < first_needed
+        )
+        if older:
+            segment.path.unlink(missing_ok=True)
+            removed += 1
+    if doomed or removed:
+        _fsync_dir(base_dir(root))
+        if wal_dir(root).is_dir():
+            _fsync_dir(wal_dir(root))
+        logger.info(
+            "pitr retention: window from %s; deleted %s base backup(s), %s WAL segment(s)",
+            window_start.isoformat(),
+            len(doomed),
+            removed,
+        )
+    return Pruned(tuple(b.directory.name for b in doomed), removed)

@@ -92,3 +92,31 @@ def test_the_newest_base_backup_before_the_moment_is_the_one_started_from(tmp_pa
     assert chosen is not None and chosen.finished == T0 + timedelta(minutes=5)
     chosen = wal_archive.base_backup_for(tmp_path, T0 + timedelta(minutes=4))
     assert chosen is not None and chosen.finished == T0 + timedelta(minutes=2)
+
+
+def test_retention_keeps_what_the_window_needs_and_never_the_newest_base_backup(
+    tmp_path: Path,
+) -> None:
+    for number in range(2, 12):
+        segment(tmp_path, number, T0 + timedelta(minutes=number))
+    segment(tmp_path, 12, T0 + timedelta(minutes=13), ".gz.partial")
+    for start in (2, 5, 8):
+        base_backup(tmp_path, start, T0 + timedelta(minutes=start))
+    window_start = T0 + timedelta(minutes=6)  # needs the base backup of minute 5
+
+    pruned = wal_archive.prune(tmp_path, window_start)
+
+    assert pruned.base_backups == ("20261129T080200Z",)
+    kept = [b.finished for b in wal_archive.list_base_backups(tmp_path)]
+    assert kept == [T0 + timedelta(minutes=5), T0 + timedelta(minutes=8)]
+    numbers = [s.number for s in wal_archive.list_segments(tmp_path)]
+    assert numbers == list(range(5, 13)), "segments from the kept base backup's start on"
+    window = wal_archive.coverage(tmp_path)
+    assert window.covers(window_start) and window.gaps == ()
+
+    # A window entirely after every base backup still keeps the newest one and its WAL.
+    pruned = wal_archive.prune(tmp_path, T0 + timedelta(hours=5))
+    assert [b.finished for b in wal_archive.list_base_backups(tmp_path)] == [
+        T0 + timedelta(minutes=8)
+    ]
+    assert [s.number for s in wal_archive.list_segments(tmp_path)][0] == 8
