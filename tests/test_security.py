@@ -165,7 +165,8 @@ def listening_addresses(port: int) -> set[str]:
 
 class RefusingServer:
     """A loopback server standing in for both the S3 endpoint and the webhook receiver:
-    S3 requests get 403 AccessDenied (rclone fails at once and says why on its stderr), webhook POSTs a 500 (the daemon logs a failed call). It keeps what it got."""
+    S3 requests get 403 AccessDenied (rclone fails at once and says why on its stderr),
+    webhook POSTs a 500 (the daemon logs a failed call). It keeps what it got."""
 
     def __init__(self) -> None:
         self.url = ""
