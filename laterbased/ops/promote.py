@@ -90,8 +90,10 @@ async def rehearse(config: Config) -> int:
     except (JobFailed, OSError) as exc:
         print(f"laterbased: rehearsal failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if report.source_note:
+        print(f"laterbased: cloned {report.source}: {report.source_note}", file=sys.stderr)
     print(
-        f"rehearsal: cloned the standby in {report.clone_seconds:.1f}s; the copy was "
+        f"rehearsal: cloned {report.source} in {report.clone_seconds:.1f}s; the copy was "
         f"promoted and every library opened {report.failover_seconds:.1f}s after it started "
         f"(side port {report.side_port}); the copy is removed, the standby kept streaming"
     )

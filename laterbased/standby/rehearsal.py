@@ -51,6 +51,8 @@ PREFIX = "rehearsal-"
 @dataclass
 class RehearsalReport:
     clone_seconds: float = 0.0
+    source: str = "the standby"  # what was cloned
+    source_note: str | None = None  # why not the standby
     # From starting the copy to every library opened on the promoted copy: what a real
     # failover costs (the real standby already runs, so this is an upper bound).
     failover_seconds: float = 0.0
@@ -172,23 +174,34 @@ async def _clone(
 ) -> None:
     """pg_basebackup from the standby: over its private socket first (a ``local
     replication`` line, as Linux primaries have), then over TCP on its own address (a
-    ``host replication`` line for loopback)."""
+    ``host replication`` line for loopback). A standby whose pg_hba.conf (a Windows
+    primary's copy) admits neither is cloned from the primary instead, which admits this
+    host for replication (the standby streams that way), and the report says so."""
     from laterbased.standby.promote import local_host
 
     layout = Layout.from_config(config)
     port = config.standby.port
     primary = config.primary
     password = primary.password.reveal() if primary.password else ""
-    await write_passfile(passfile, [passfile_line("*", port, "*", primary.user, password)],
-                         run_as)
+    lines = [passfile_line("*", port, "*", primary.user, password)]
+    if primary.host is not None:
+        lines.append(passfile_line(primary.host, primary.port, "*", primary.user, password))
+    await write_passfile(passfile, lines, run_as)
+    sources: list[tuple[str, int, str, str]] = [
+        (str(layout.socket_dir), port, "prefer", "the standby"),
+        (local_host(config), port, "prefer", "the standby"),
+    ]
+    if primary.host is not None:
+        sources.append((primary.host, primary.port, primary.sslmode, "the primary"))
     refusals: list[str] = []
-    for host in (str(layout.socket_dir), local_host(config)):
+    for host, source_port, sslmode, what in sources:
         conninfo = build_conninfo(
             host=host,
-            port=port,
+            port=source_port,
             user=primary.user,
             passfile=str(passfile),
             application_name="laterbased_rehearsal",
+            sslmode=sslmode,
             connect_timeout=max(1, int(primary.connect_timeout)),
         )
         started = time.monotonic()
@@ -203,22 +216,24 @@ async def _clone(
         )
         if result.returncode == 0:
             report.clone_seconds = time.monotonic() - started
-            logger.info("rehearsal: standby cloned into %s seconds=%.1f", copy,
+            report.source = what
+            if refusals:
+                report.source_note = (
+                    f"the standby's pg_hba.conf admits no replication connection from this "
+                    f"host (add 'local replication {primary.user} md5' to "
+                    f"{layout.data_dir / 'pg_hba.conf'} to clone the standby instead)"
+                )
+            logger.info("rehearsal: %s cloned into %s seconds=%.1f", what, copy,
                         report.clone_seconds)
             return
         tail = " | ".join(result.stderr_tail[-3:])
         await asyncio.to_thread(shutil.rmtree, copy, True)
         if "pg_hba.conf" not in tail and "authentication failed" not in tail:
-            raise JobFailed(f"cloning the standby failed: {tail}")
-        refusals.append(tail)
-    local = local_host(config)
+            raise JobFailed(f"cloning {what} failed: {tail}")
+        refusals.append(f"{what}: {tail}")
     raise JobFailed(
-        "the standby refuses a replication connection from this host: "
-        + " | ".join(refusals)
-        + f". Add 'local replication {primary.user} md5' or 'host replication "
-        f"{primary.user} {local}/32 md5' (the primary's method) to "
-        f"{layout.data_dir / 'pg_hba.conf'} (a copy of the primary's taken at the clone: "
-        "add it on the primary too, so a re-clone keeps it) and restart laterbased"
+        "neither the standby nor the primary admits a replication connection from this "
+        "host: " + " | ".join(refusals)
     )
 
 

@@ -353,3 +353,32 @@ async def test_rehearsal_promotes_a_throwaway_copy_and_leaves_the_standby_stream
     finally:
         await daemon.stop()
     assert pids_with_cwd_under(state_dir) == []
+
+
+async def test_rehearsal_clones_the_primary_when_the_standbys_pg_hba_admits_no_replication(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    """A Windows primary's pg_hba.conf, copied into the standby, has no replication line
+    for this host's loopback or socket: the rehearsal still runs, from the primary."""
+    primary = resolve_primary(make_primary)
+    config = failover_config(primary, state_dir, free_port())
+    config_path = write_config(state_dir / "laterbased.yaml", config)
+    daemon = await DaemonProcess.start(config_path, config["http"]["port"])
+    try:
+        await daemon.wait_log("standby postgres accepting connections", timeout=120)
+        hba = state_dir / "standby" / "pg_hba.conf"
+        hba.write_text("\n".join(
+            line for line in hba.read_text().splitlines() if "replication" not in line
+        ) + "\n")
+        os.kill(int((state_dir / "standby" / "postmaster.pid").read_text().split()[0]),
+                signal.SIGHUP)
+        await daemon.wait_log("received SIGHUP, reloading configuration files", timeout=30)
+        code, out = await run_cli("promote", "--rehearse", "--config", str(config_path))
+        assert code == 0, out
+        assert "cloned the primary: the standby's pg_hba.conf admits no replication" in out
+        assert f"ok    {LIBRARY}: SM_Project readable" in out
+        assert [p.name for p in state_dir.iterdir() if p.name.startswith("rehearsal-")] == []
+        daemon.send(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=90) == 0
+    finally:
+        await daemon.stop()
