@@ -93,6 +93,8 @@ class WalReceiver:
                     raise
                 except (LaterbasedError, OSError) as exc:
                     description = f"could not start: {exc}"
+                except Exception as exc:  # asyncpg's errors (no REPLICATION right, …)
+                    description = f"could not start: {type(exc).__name__}: {exc}"
                 if self.ctx.stopping.is_set():
                     break
                 if time.monotonic() - started > RESTART_RESET_AFTER:

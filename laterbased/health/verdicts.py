@@ -511,6 +511,9 @@ def iso_utc(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
 
+PITR_RESTARTS_CRITICAL = 3
+
+
 def check_pitr(state: State, now: float) -> Check:
     """The point-in-time archive: pg_receivewal streaming, a base backup to start from, and
     no segment missing in the window (a gap: nothing before it can be carried past it). A
@@ -518,9 +521,12 @@ def check_pitr(state: State, now: float) -> Check:
     archive = state.archive
     if archive.phase != "streaming":
         detail = f": {archive.message}" if archive.message else ""
-        severity: Severity = "warning" if archive.phase in ("starting", "restarting") else (
-            "critical"
+        # One restart is a hiccup; a child that keeps failing (no REPLICATION right, the
+        # primary gone) leaves the window growing stale.
+        coming_up = archive.phase == "starting" or (
+            archive.phase == "restarting" and archive.restarts < PITR_RESTARTS_CRITICAL
         )
+        severity: Severity = "warning" if coming_up else "critical"
         return Check("pitr", severity, f"WAL archive not streaming (phase {archive.phase}){detail}")
     window_start = now - state.config.pitr_window
     if archive.gaps and (archive.gap_since is None or archive.gap_since >= window_start):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from laterbased.archive.worker import run_archive
 from laterbased.config import load_config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
+from laterbased.health.verdicts import check_pitr
 from laterbased.proc import pid_alive
 from laterbased.records import wal_archive
 
@@ -144,3 +146,35 @@ async def test_sigterm_during_a_base_backup_leaves_nothing_behind(
         "no walsender left on the primary",
         timeout=15,
     )
+
+
+async def test_a_user_without_the_replication_right_is_reported_and_retried_not_a_crash(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    server.sql("CREATE ROLE plain LOGIN PASSWORD 'plain-password'")
+    config = load_config(
+        None,
+        {
+            "PRIMARY_HOST": server.host,
+            "PRIMARY_PORT": str(server.port),
+            "PRIMARY_USER": "plain",
+            "REPL_PASSWORD": "plain-password",
+            "LOCAL_BACKUP_PATH": str(tmp_path / "backups"),
+            "LATERBASED_STATE_DIR": str(state_dir),
+            "LATERBASED_PITR_ENABLED": "true",
+        },
+    )
+    state = State(config=config)
+    ctx = WorkerContext(state, asyncio.Event())
+    task = asyncio.create_task(run_archive(ctx))
+    try:
+        await wait_until(lambda: state.archive.restarts >= 1 or task.done(), "a failed start")
+        assert not task.done(), "the worker keeps trying instead of crashing"
+        assert state.archive.phase == "restarting"
+        assert "could not start" in (state.archive.last_exit or ""), state.archive
+        verdict = check_pitr(state, time.time())
+        assert "could not start" in verdict.reason, verdict
+    finally:
+        ctx.stopping.set()
+        await asyncio.wait_for(task, 30)

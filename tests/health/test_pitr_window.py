@@ -140,6 +140,8 @@ def pure_state(**archive: Any) -> State:
     ("archive", "severity", "words"),
     [
         ({"phase": "restarting", "message": "pg_receivewal killed"}, "warning", "not streaming"),
+        ({"phase": "restarting", "restarts": 3, "message": "could not start"}, "critical",
+         "could not start"),
         ({"phase": "failed"}, "critical", "not streaming"),
         ({"phase": "streaming"}, "warning", "no base backup yet"),
         ({"phase": "streaming", "earliest": 1000.0, "latest": 2000.0}, "ok", "restorable from"),
