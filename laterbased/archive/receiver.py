@@ -93,8 +93,10 @@ class WalReceiver:
                     raise
                 except (LaterbasedError, OSError) as exc:
                     description = f"could not start: {exc}"
+                    st.failed_starts += 1
                 except Exception as exc:  # asyncpg's errors (no REPLICATION right, …)
                     description = f"could not start: {type(exc).__name__}: {exc}"
+                    st.failed_starts += 1
                 if self.ctx.stopping.is_set():
                     break
                 if time.monotonic() - started > RESTART_RESET_AFTER:
@@ -139,6 +141,7 @@ class WalReceiver:
         st.started_at = time.time()
         st.phase = "streaming"
         st.message = None
+        st.failed_starts = 0
         try:
             exit_task = asyncio.ensure_future(child.wait())
             try:

@@ -189,6 +189,7 @@ class ArchiveState:
     pid: int | None = None
     started_at: float | None = None
     restarts: int = 0
+    failed_starts: int = 0  # in a row: reset once pg_receivewal streams again
     last_exit: str | None = None
     message: str | None = None
     last_segment: str | None = None  # the newest file in @wal (the .partial while streaming)

@@ -524,7 +524,7 @@ def check_pitr(state: State, now: float) -> Check:
         # One restart is a hiccup; a child that keeps failing (no REPLICATION right, the
         # primary gone) leaves the window growing stale.
         coming_up = archive.phase == "starting" or (
-            archive.phase == "restarting" and archive.restarts < PITR_RESTARTS_CRITICAL
+            archive.phase == "restarting" and archive.failed_starts < PITR_RESTARTS_CRITICAL
         )
         severity: Severity = "warning" if coming_up else "critical"
         return Check("pitr", severity, f"WAL archive not streaming (phase {archive.phase}){detail}")

@@ -140,8 +140,10 @@ def pure_state(**archive: Any) -> State:
     ("archive", "severity", "words"),
     [
         ({"phase": "restarting", "message": "pg_receivewal killed"}, "warning", "not streaming"),
-        ({"phase": "restarting", "restarts": 3, "message": "could not start"}, "critical",
+        ({"phase": "restarting", "failed_starts": 3, "message": "could not start"}, "critical",
          "could not start"),
+        # Many restarts over time, each after a good run: still a hiccup.
+        ({"phase": "restarting", "restarts": 9, "message": "killed"}, "warning", "killed"),
         ({"phase": "failed"}, "critical", "not streaming"),
         ({"phase": "streaming"}, "warning", "no base backup yet"),
         ({"phase": "streaming", "earliest": 1000.0, "latest": 2000.0}, "ok", "restorable from"),
