@@ -210,6 +210,7 @@ async def watch_slot(ctx: WorkerContext) -> None:
     keeps there and its ``wal_status``. A primary that cannot be asked keeps the last facts."""
     while not ctx.stopping.is_set():
         config = ctx.config
+        asked_at = time.time()  # before the query: the marker never claims more than seen
         try:
             conn = await connect_primary(
                 config.primary, application_name="laterbased_archive_slot"
@@ -232,6 +233,10 @@ async def watch_slot(ctx: WorkerContext) -> None:
                 safe = row["safe_wal_size"]
                 slot.safe_wal_size = None if safe is None else int(safe)
             ctx.state.archive.slot = slot
+            if slot.active and slot.retained_bytes == 0 and ctx.state.archive.phase == "streaming":
+                await asyncio.to_thread(
+                    wal_archive.mark_caught_up, config.backup_directory, asked_at
+                )
         except (LaterbasedError, OSError, TimeoutError) as exc:
             logger.debug("archive: cannot read slot %s: %s", config.pitr.slot_name, exc)
         except Exception as exc:  # asyncpg's errors: the same, a poll missed

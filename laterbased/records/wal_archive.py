@@ -40,6 +40,10 @@ BASE_PARTIAL_PREFIX = ".partial-"
 BASE_MANIFEST = "manifest.json"
 BASE_MANIFEST_KIND = "laterbased-base-backup"
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
+# Its mtime: the last moment the archive was seen to hold all the primary had written (the
+# slot's restart_lsn at the primary's current position). An idle primary writes no WAL, so
+# without it the window would end at the last write, not now.
+CAUGHT_UP_MARKER = ".caught-up"
 _SEGMENT = re.compile(r"^(?P<name>[0-9A-F]{24})(?P<gz>\.gz)?(?P<partial>\.partial)?$")
 
 
@@ -225,6 +229,15 @@ def remove_base_partials(root: Path) -> int:
     return removed
 
 
+def mark_caught_up(root: Path, moment: float) -> None:
+    """Record that at ``moment`` the archive held everything the primary had written."""
+    marker = wal_dir(root) / CAUGHT_UP_MARKER
+    if not marker.parent.is_dir():
+        return
+    marker.touch(mode=0o600, exist_ok=True)
+    os.utime(marker, (moment, moment))
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -333,6 +346,11 @@ def coverage(root: Path) -> Coverage:
             continue
         begin = inside[0].finished
         end = max(datetime.fromtimestamp(received[last], UTC), begin)
+        if last == numbers[-1]:
+            with contextlib.suppress(OSError):
+                caught_up = (wal_dir(root) / CAUGHT_UP_MARKER).stat().st_mtime
+                if caught_up >= received[last]:
+                    end = max(end, datetime.fromtimestamp(caught_up, UTC))
         ranges.append(Range(begin, end, first, last))
         if last == numbers[-1]:
             newest_range = ranges[-1]

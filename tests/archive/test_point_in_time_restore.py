@@ -280,3 +280,32 @@ async def test_a_moment_before_a_missing_segment_is_still_restored_from_the_arch
     assert "no backup" in str(refused.value)
     assert "the point-in-time archive covers" in str(refused.value)
     assert "are missing" in str(refused.value)
+
+
+async def test_an_idle_library_is_restorable_up_to_now_not_only_to_its_last_write(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary(autovacuum=False)
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
+        "INSERT INTO clips VALUES (1, 'last-write')",
+        database=LIBRARY,
+    )
+    env = environment(server, tmp_path, state_dir) | {"LATERBASED_MONITOR_INTERVAL": "1s"}
+    config = load_config(None, env)
+    async with archive_running(config):
+        await archived_up_to_now(server)
+        last_write = datetime.now(UTC)
+        await asyncio.sleep(1.5)  # nothing written meanwhile
+        moment = datetime.now(UTC)
+
+        def reaches_the_moment() -> bool:
+            latest = wal_archive.coverage(config.backup_directory).latest
+            return latest is not None and latest >= moment
+
+        await wait_until(reaches_the_moment, "the window reaching past the last write")
+    assert moment > last_write + timedelta(seconds=1)
+    result = await restore(config, RestoreRequest(target_db="idle", database=LIBRARY, at=moment))
+    assert result.at_how is not None and result.at_how.startswith("point in time"), result
+    assert rows(server, "idle") == ["last-write"]

@@ -120,3 +120,16 @@ def test_retention_keeps_what_the_window_needs_and_never_the_newest_base_backup(
         T0 + timedelta(minutes=8)
     ]
     assert [s.number for s in wal_archive.list_segments(tmp_path)][0] == 8
+
+
+def test_a_caught_up_archive_covers_up_to_when_it_was_seen_caught_up(tmp_path: Path) -> None:
+    for number in range(2, 5):
+        segment(tmp_path, number, T0 + timedelta(minutes=number))
+    base_backup(tmp_path, 2, T0 + timedelta(minutes=2))
+    assert wal_archive.coverage(tmp_path).latest == T0 + timedelta(minutes=4)
+    # The primary wrote nothing since minute 4; at minute 30 the archive held all of it.
+    wal_archive.mark_caught_up(tmp_path, (T0 + timedelta(minutes=30)).timestamp())
+    assert wal_archive.coverage(tmp_path).latest == T0 + timedelta(minutes=30)
+    # WAL received after the mark: the mark says nothing about it.
+    segment(tmp_path, 5, T0 + timedelta(minutes=40))
+    assert wal_archive.coverage(tmp_path).latest == T0 + timedelta(minutes=40)
