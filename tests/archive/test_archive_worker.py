@@ -178,3 +178,57 @@ async def test_a_user_without_the_replication_right_is_reported_and_retried_not_
     finally:
         ctx.stopping.set()
         await asyncio.wait_for(task, 30)
+
+
+def receivewal_pids(backups: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "pg_receivewal" in line and str(backups) in line:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def test_a_pg_receivewal_left_by_a_sigkilled_daemon_is_stopped_by_the_next_one(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    backups = tmp_path / "backups"
+    data = minimal_config(
+        tmp_path,
+        primary={
+            "host": server.host,
+            "port": server.port,
+            "user": server.superuser,
+            "password": server.superuser_password,
+        },
+        backup={"enabled": False, "directory": str(backups)},
+        pitr={"enabled": True},
+        state_dir=str(state_dir),
+    )
+    config_path = write_config(tmp_path / "laterbased.yaml", data)
+    first = await DaemonProcess.start(config_path, data["http"]["port"])
+    try:
+        await wait_until(lambda: bool(receivewal_pids(backups)), "pg_receivewal running")
+        (orphan,) = receivewal_pids(backups)
+        first.send(signal.SIGKILL)
+        await first.wait_exit(15)
+    finally:
+        await first.stop()
+    assert pid_alive(orphan), "a SIGKILLed daemon cannot stop its child: it runs on"
+    second = await DaemonProcess.start(config_path, data["http"]["port"])
+    try:
+        await second.wait_log(f"stopping pg_receivewal pid={orphan} left running", timeout=30)
+        await wait_until(
+            lambda: receivewal_pids(backups) != [] and orphan not in receivewal_pids(backups),
+            "our own pg_receivewal instead of the orphan",
+        )
+        second.send(signal.SIGTERM)
+        assert await second.wait_exit(30) == 0, second.log
+    finally:
+        await second.stop()
+    assert receivewal_pids(backups) == [], "nothing left after a clean stop"
