@@ -168,8 +168,8 @@ async def check_server_features(facts: Facts) -> CheckResult | None:
         return warn(
             "server features",
             f"PostgreSQL {major} lacks what laterbased uses from 9.6 and 13 on: {lines}",
-            "see README 'Resolve 17 and older'; upgrading to Resolve 18 or newer (PostgreSQL "
-            "13) removes every one of these limits",
+            "see docs/setup.md 'Resolve 17 and older'; upgrading to Resolve 18 or newer "
+            "(PostgreSQL 13) removes every one of these limits",
         )
     return ok("server features", f"PostgreSQL {major}: {lines}")
 
