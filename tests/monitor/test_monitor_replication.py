@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from pgserver import PgServer
-from streaming_standby import APPLICATION_NAME, StreamingStandby
+from streaming_standby import APPLICATION_NAME, StreamingStandby, primary_with_standby
 
 from laterbased.config import (
     BackupConfig,
@@ -43,16 +43,8 @@ INTERVAL = 0.2
 
 @pytest.fixture(scope="module")
 def servers(pg_bindir: Path) -> Iterator[tuple[PgServer, StreamingStandby]]:
-    primary = PgServer(pg_bindir)
-    standby: StreamingStandby | None = None
-    try:
-        primary.sql("CREATE TABLE filler (id serial PRIMARY KEY, payload text)")
-        standby = StreamingStandby.running(primary, SLOT)
-        yield primary, standby
-    finally:
-        if standby is not None:
-            standby.cleanup()
-        primary.cleanup()
+    with primary_with_standby(pg_bindir, SLOT) as pair:
+        yield pair
 
 
 def monitor_config(primary: PgServer, standby_port: int, **monitor: object) -> Config:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,21 @@ class StreamingStandby:
                 f"FROM pg_replication_slots WHERE slot_name = '{self.slot_name}' "
                 "AND NOT active"
             )
+
+
+@contextlib.contextmanager
+def primary_with_standby(
+    bindir: Path, slot_name: str
+) -> Iterator[tuple[PgServer, StreamingStandby]]:
+    """A private primary (with a ``filler`` table) and a standby streaming from it through
+    ``slot_name``; both removed at the end."""
+    primary = PgServer(bindir)
+    standby: StreamingStandby | None = None
+    try:
+        primary.sql("CREATE TABLE filler (id serial PRIMARY KEY, payload text)")
+        standby = StreamingStandby.running(primary, slot_name)
+        yield primary, standby
+    finally:
+        if standby is not None:
+            standby.cleanup()
+        primary.cleanup()
