@@ -21,7 +21,8 @@ def run_skipping_test(tmp_path: Path, ci: str | None) -> subprocess.CompletedPro
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", SKIPPING],
+        [sys.executable, "-m", "pytest", "-n", "0", "-q", "-rs", "-p", "no:cacheprovider",
+         SKIPPING],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
 

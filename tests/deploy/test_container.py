@@ -32,7 +32,8 @@ import yaml
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# One private Docker engine and one image cache: these tests share a worker (xdist group).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("docker")]
 
 ROOT = Path(__file__).resolve().parents[2]
 MAJOR = 13
