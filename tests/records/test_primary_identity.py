@@ -269,8 +269,14 @@ async def test_a_failover_of_the_same_cluster_stays_green(
 
         assert await backed_up(daemon) == "success"
         await wait_green(daemon)
-        _, body = await healthz(daemon)
-        assert check(body, "replication")["severity"] == "ok"
+
+        async def replication_ok() -> bool:
+            # The standby follows the new timeline after a reconnect: green once it streams.
+            _, body = await healthz(daemon)
+            return bool(check(body, "replication")["severity"] == "ok")
+
+        await wait_for(replication_ok, "replication ok on the new timeline", 60, interval=0.5,
+                       log=lambda: daemon.log)
         assert [m["system_identifier"] for m in manifests(workdir)] == [cluster_id] * 2
         assert "different PostgreSQL cluster" not in daemon.log
     finally:
