@@ -157,11 +157,15 @@ async def test_lag_and_slot_series_stay_with_their_age_while_the_primary_is_down
     harness: Harness, servers: tuple[PgServer, StreamingStandby]
 ) -> None:
     primary, standby = servers
+    # A transaction the standby replays: without one since it started (this module's
+    # servers can be fresh, whatever test ran before), it has no last replay time at all.
+    primary.sql("INSERT INTO filler (payload) VALUES ('before the outage')")
     await harness.poll_until(
         lambda s: s.local.lag_bytes == 0
+        and s.local.last_replay_timestamp is not None
         and s.primary.slot is not None
         and s.primary.slot.active,
-        "standby streaming and caught up",
+        "standby streaming, caught up and a transaction replayed",
     )
     await asyncio.to_thread(primary.stop, "fast")
     try:
