@@ -67,8 +67,11 @@ CRON = {"kind": "cron"}
 INTERNAL = {"internal": True}  # filled by load_config, not settable from YAML or environment
 
 
-def _secret_field() -> Any:
-    return field(default=None, metadata={"secret": True})
+def _secret_field(*, strip: bool = False) -> Any:
+    """A secret; with ``strip`` its outer white space is not part of it (a bearer token:
+    clients send it without, and HTTP drops it around a header value), and a value of
+    white space only is an error rather than a token nobody can send."""
+    return field(default=None, metadata={"secret": True, "strip": strip})
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ class HttpConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8434
-    token: Secret | None = _secret_field()
+    token: Secret | None = _secret_field(strip=True)
 
 
 @dataclass(frozen=True)
@@ -704,6 +707,10 @@ def _coerce(
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, path, raw)
     kind = fld.metadata.get("kind")
+    if fld.metadata.get("strip") and isinstance(value, str):
+        if value and not value.strip():
+            raise _Invalid("only spaces: give the value, or leave it empty for none")
+        value = value.strip()
     origin = get_origin(hint)
     args = get_args(hint)
     if origin in (typing.Union, types.UnionType):
