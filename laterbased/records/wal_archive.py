@@ -282,6 +282,15 @@ class Coverage:
                 return candidate
         return None
 
+    def out_of_reach(self, moment: datetime) -> bool:
+        """``moment`` lies after the first restorable moment, yet no range reaches it: in a
+        gap, after a gap before the next base backup, or past the last WAL received. A
+        restore there is refused (the ranges are what can be had); a moment before the
+        whole window is simply older than the archive."""
+        return bool(self.ranges) and moment >= self.ranges[0].earliest and not self.covers(
+            moment
+        )
+
     def describe_ranges(self) -> str:
         """Every restorable range, ISO 8601 UTC, for a human."""
         return "; ".join(

@@ -75,12 +75,19 @@ def test_a_missing_segment_cuts_the_range_and_moments_before_it_stay_restorable(
     chosen = wal_archive.base_backup_for(tmp_path, before_gap)
     assert chosen is not None and chosen.finished == T0 + timedelta(minutes=2)
     assert wal_archive.base_backup_for(tmp_path, T0 + timedelta(minutes=6)) is None
+    # Past the gap is out of reach (restore refuses it); older than the window is not.
+    assert window.out_of_reach(T0 + timedelta(minutes=6))
+    assert not window.out_of_reach(before_gap)
+    assert not window.out_of_reach(T0 + timedelta(minutes=1))
 
     # A base backup after the gap starts a new range: the window is whole again from it.
     base_backup(tmp_path, 6, T0 + timedelta(minutes=6))
     window = wal_archive.coverage(tmp_path)
     assert window.earliest == T0 + timedelta(minutes=6)
     assert len(window.ranges) == 2
+    assert window.out_of_reach(T0 + timedelta(minutes=5))
+    assert not window.out_of_reach(T0 + timedelta(minutes=7))
+    assert window.out_of_reach(T0 + timedelta(minutes=8)), "past the last WAL received"
 
 
 def test_the_newest_base_backup_before_the_moment_is_the_one_started_from(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ Restore a backup into a NEW database: the newest one of --database, or a file gi
 --file, or --at TIME: with the point-in-time archive on (pitr:) and covering TIME, the
 database exactly as it was then (newest base backup before TIME, WAL replayed to TIME in a
 throw-away cluster, pg_dump of the one database), else the newest backup started at or
-before TIME; the output says which. A backup that is not in the local backup
+before TIME; the output says which. A TIME the archive cannot reach although its window
+began before it (WAL segments missing, or not received yet) is refused with exit 3 and the
+exact ranges that can be restored: pick a TIME inside one, or add --from-dump for the newest
+dump at or before TIME. A backup that is not in the local backup
 directory is downloaded from the rclone remote. Its sha256 is checked against its manifest,
 the database is created UTF8 from template0, filled with pg_restore (-j N in parallel) or
 psql for plain .sql.gz backups, and only then given the --target-db name. An existing
@@ -62,6 +65,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "config's timezone); the output says which",
     )
     which.add_argument("--file", type=Path, metavar="PATH", help="restore this backup file")
+    parser.add_argument(
+        "--from-dump",
+        action="store_true",
+        help="with --at: the newest dump started at or before TIME, never the point-in-time "
+        "archive (for a TIME the archive refuses: in a gap of its WAL)",
+    )
     which.add_argument("--latest", action="store_true", help="the newest backup (default)")
     parser.add_argument(
         "--target-db", required=True, metavar="NAME", help="name of the database to create"
@@ -103,6 +112,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise LaterbasedError(
             "say which backup: --database NAME (optionally --at TIME), or --file PATH"
         )
+    if args.from_dump and args.at is None:
+        raise LaterbasedError("--from-dump goes with --at TIME")
     at = args.at
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=config.zone)
@@ -126,6 +137,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         replace=args.replace,
         jobs=args.jobs,
         back_up=args.back_up,
+        from_dump=args.from_dump,
     )
     result = asyncio.run(restore(config, request))
     print(f"restored {result.source}")

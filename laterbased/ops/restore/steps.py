@@ -88,6 +88,9 @@ class RestoreRequest:
     # Join laterbased's automatic backups (discovery). By default a restored database is
     # marked (COMMENT ON DATABASE, sql.RESTORED_MARK) and left out of them.
     back_up: bool = False
+    # With ``at``: the newest dump at or before it, never the point-in-time archive (the
+    # way out when a moment past a gap in the archive is refused).
+    from_dump: bool = False
 
 
 @dataclass(frozen=True)
@@ -300,9 +303,15 @@ class Restorer:
             return await self._from_file(request.file)
         if request.database is None:
             raise JobFailed("say which backup: --database NAME (with --at/--latest) or --file")
-        if request.at is not None:
+        if request.at is not None and request.from_dump:
+            self.point_in_time_miss = "--from-dump"
+        elif request.at is not None:
             assert self.workdir is not None  # noqa: S101 - set by run()
-            from laterbased.ops.restore.point_in_time import dump_at, window_text
+            from laterbased.ops.restore.point_in_time import (
+                dump_at,
+                out_of_reach_text,
+                window_text,
+            )
 
             moment_file = self.workdir / "point-in-time.backup"
             how = await dump_at(
@@ -312,6 +321,9 @@ class Restorer:
                 self.point_in_time = True
                 return moment_file, "custom", f"{request.database!r} as it was at "\
                     f"{request.at.isoformat()} ({how})", None
+            refused = await asyncio.to_thread(out_of_reach_text, self.config, request.at)
+            if refused is not None:
+                raise RefuseToRun(refused + await self._dump_fallback_hint(request.database))
             self.point_in_time_miss = await asyncio.to_thread(window_text, self.config)
         records = await asyncio.to_thread(self._local_records, request.database)
         record = choose(records, request.at)
@@ -325,6 +337,20 @@ class Restorer:
                 + (f"; {self.point_in_time_miss}" if self.point_in_time_miss else "")
             )
         return await self._download(request.database)
+
+    async def _dump_fallback_hint(self, database: str) -> str:
+        """The way out of a refused moment: a moment of a range, or the dump before it."""
+        assert self.request.at is not None  # noqa: S101 - only for --at
+        records = await asyncio.to_thread(self._local_records, database)
+        record = choose(records, self.request.at)
+        dump = (
+            f"the newest dump at or before it (started {record.started.isoformat()}, loses "
+            "the work after that)"
+            if record is not None
+            else "the newest dump at or before it (none is here locally; the rclone remote "
+            "is searched when configured)"
+        )
+        return f". Choose --at inside one of these ranges, or add --from-dump to restore {dump}"
 
     def _future_hint(self, records: list[BackupRecord]) -> str:
         now = datetime.now(UTC)
