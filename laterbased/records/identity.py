@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import struct
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ import asyncpg
 
 from laterbased.config import Config
 from laterbased.errors import RefuseToRun
-from laterbased.pg import sql
+from laterbased.pg import control_file, sql
 from laterbased.pg.connect import PgUnavailable
 from laterbased.pg.replication_probe import probe_replication
 from laterbased.records.catalogue import Catalogue
@@ -159,19 +158,6 @@ def save_accepted(state_dir: Path, identifier: str, how: str) -> AcceptedIdentit
     return accepted
 
 
-def control_file_identifier(data_dir: Path) -> str | None:
-    """The system identifier in ``global/pg_control`` (its first field, a uint64 in the
-    machine's byte order), or None when there is no readable cluster there."""
-    try:
-        with open(data_dir / "global" / "pg_control", "rb") as handle:
-            head = handle.read(8)
-    except OSError:
-        return None
-    if len(head) != 8:
-        return None
-    return str(struct.unpack("=Q", head)[0])
-
-
 def first_contact_baseline(config: Config) -> tuple[str, str] | None:
     """(identifier, where it came from) of what we already hold: the newest backup manifest
     that names one, else the standby data directory; None when we hold nothing yet."""
@@ -183,7 +169,7 @@ def first_contact_baseline(config: Config) -> tuple[str, str] | None:
             assert newest.system_identifier is not None  # noqa: S101 - filtered above
             return newest.system_identifier, f"from the newest backup {newest.manifest_path}"
     data_dir = config.standby_data_dir
-    identifier = control_file_identifier(data_dir)
+    identifier = control_file.system_identifier(data_dir)
     if identifier is not None:
         return identifier, f"from the standby data directory {data_dir}"
     return None

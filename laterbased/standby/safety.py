@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import stat
-import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,17 +50,6 @@ def classify(data_dir: Path) -> DataDirKind:
 def cluster_major(data_dir: Path) -> str:
     """The major version written in ``PG_VERSION`` ("15", "9.5")."""
     return (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
-
-
-def system_identifier(data_dir: Path) -> str:
-    """The cluster's system identifier: the first field of ``global/pg_control`` (a uint64
-    in the machine's byte order), as the decimal string pg_control_system() shows."""
-    with open(data_dir / "global" / "pg_control", "rb") as handle:
-        head = handle.read(8)
-    if len(head) != 8:
-        raise RefuseToRun(f"{data_dir}/global/pg_control is truncated: damaged data directory")
-    (value,) = struct.unpack("=Q", head)
-    return str(value)
 
 
 def check_ownership(data_dir: Path, run_as: RunAs | None) -> None:

@@ -21,6 +21,7 @@ from laterbased.config import Config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import StandbyState, State
 from laterbased.errors import JobFailed, RefuseToRun
+from laterbased.pg import control_file
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.connect import PgUnavailable
 from laterbased.proc import (
@@ -33,7 +34,6 @@ from laterbased.proc import (
     spawn,
     stop_unrelated_process,
 )
-from laterbased.records import identity
 from laterbased.standby import bootstrap, configure, failover, safety, source
 from laterbased.standby.layout import Layout, prepare_directories
 from laterbased.standby.promote import mark_promoted, register_actions
@@ -219,7 +219,12 @@ class StandbySupervisor:
                     f"primary is PostgreSQL {facts.major} (upgraded?)"
                 )
             elif facts.system_identifier is not None:
-                ours = await asyncio.to_thread(safety.system_identifier, data_dir)
+                ours = await asyncio.to_thread(control_file.system_identifier, data_dir)
+                if ours is None:
+                    raise RefuseToRun(
+                        f"{data_dir}/global/pg_control is unreadable or truncated: damaged "
+                        "data directory"
+                    )
                 if ours != facts.system_identifier:
                     mismatch = (
                         f"the standby data directory {data_dir} belongs to another cluster: "
@@ -353,7 +358,7 @@ class StandbySupervisor:
         argv = await asyncio.to_thread(self._argv)
         port, listen_addresses = self._starting_endpoint  # what _argv just used
         self.state.system_identifier = await asyncio.to_thread(
-            identity.control_file_identifier, data_dir
+            control_file.system_identifier, data_dir
         )
         self.state.phase = "starting"
         self.state.message = "starting postgres"

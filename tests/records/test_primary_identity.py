@@ -40,6 +40,7 @@ from laterbased.errors import RefuseToRun
 from laterbased.health import verdicts as health
 from laterbased.ops.accept_primary import accept_primary
 from laterbased.ops.check.checks import run_checks
+from laterbased.pg import control_file
 from laterbased.records import identity
 from laterbased.records.catalogue import BackupRecord
 
@@ -210,7 +211,7 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         assert [m["system_identifier"] for m in manifests(workdir)] == [real_id]
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == "0"
         # reclone_on_mismatch is on, yet the standby keeps the real library's last state.
-        assert identity.control_file_identifier(standby_dir) == real_id
+        assert control_file.system_identifier(standby_dir) == real_id
         assert not list(standby_dir.parent.glob("standby.mismatch-*"))
 
         # A restart still knows which cluster is ours.
@@ -225,7 +226,7 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         assert (await back_up(daemon))["result"] == "failed"
         assert len(manifests(workdir)) == 1
         assert primary.sql("SELECT count(*) FROM pg_replication_slots") == "0"
-        assert identity.control_file_identifier(standby_dir) == real_id
+        assert control_file.system_identifier(standby_dir) == real_id
 
         # The operator accepts the new primary: without the identifier nothing happens.
         code, out = await cli("accept-primary", "--config", str(config_path))
@@ -239,7 +240,7 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         )
         assert await backed_up(daemon) == "success"
         await wait_green(daemon)
-        assert identity.control_file_identifier(standby_dir) == stranger_id
+        assert control_file.system_identifier(standby_dir) == stranger_id
         assert [m["system_identifier"] for m in manifests(workdir)] == [real_id, stranger_id]
         assert await stranger_metric(daemon) == "0.0"
         daemon.send(signal.SIGTERM)

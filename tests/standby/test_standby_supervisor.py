@@ -22,9 +22,10 @@ from laterbased.config import (
     Secret,
 )
 from laterbased.errors import RefuseToRun
+from laterbased.pg import control_file
 from laterbased.proc import pid_alive, pids_with_cwd_under
 from laterbased.records import identity
-from laterbased.standby import safety, supervisor
+from laterbased.standby import supervisor
 from laterbased.standby.promote import PromoteRefused, promote_in_daemon
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ async def test_bootstrap_from_empty_dir_streams_rows_with_active_slot_and_no_pas
         assert st.bootstrap_bytes_done > 0
         assert st.bootstrap_bytes_total is not None
         assert (standby.data_dir / "standby.signal").exists()
-        assert safety.system_identifier(standby.data_dir) == primary.sql(
+        assert control_file.system_identifier(standby.data_dir) == primary.sql(
             "SELECT system_identifier FROM pg_control_system()"
         )
         primary.sql("INSERT INTO sb_first VALUES ('hello from the primary')")
@@ -247,7 +248,7 @@ async def test_data_dir_of_another_cluster_is_refused_with_the_sysid(
         assert other_sysid in str(refused.value)
         assert "reclone_on_mismatch" in str(refused.value)
         assert standby.state.standby.phase == "failed"
-        assert safety.system_identifier(data_dir) == other_sysid  # untouched
+        assert control_file.system_identifier(data_dir) == other_sysid  # untouched
 
 
 async def test_reclone_on_mismatch_moves_the_old_dir_aside_and_streams(
@@ -270,7 +271,7 @@ async def test_reclone_on_mismatch_moves_the_old_dir_aside_and_streams(
         await standby.wait_running()
         aside = list(data_dir.parent.glob("standby.mismatch-*"))
         assert len(aside) == 1
-        assert safety.system_identifier(aside[0]) == other_sysid
+        assert control_file.system_identifier(aside[0]) == other_sysid
         primary.sql("INSERT INTO sb_reclone VALUES ('fresh clone')")
         await standby.wait_row(primary, "sb_reclone", "fresh clone")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,12 +150,6 @@ def test_missing_major_names_what_to_install_and_where_it_looked() -> None:
     assert "postgresql-9.5" in message
     assert "/usr/lib/postgresql/9.5/bin" in message
     assert "standby.bin_dir" in message
-
-
-def test_system_identifier_is_read_from_pg_control(tmp_path: Path) -> None:
-    (tmp_path / "global").mkdir()
-    (tmp_path / "global" / "pg_control").write_bytes(struct.pack("=Q", 7301234567890123456) + b"x")
-    assert safety.system_identifier(tmp_path) == "7301234567890123456"
 
 
 def test_data_dir_classification(tmp_path: Path) -> None:
