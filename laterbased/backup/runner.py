@@ -184,8 +184,22 @@ async def run_upload_job(state: State, catalogue: Catalogue, run_id: str) -> dic
     except Exception as exc:
         logger.exception("upload step crashed run=%s", run_id)
         step = {"step": "upload", "result": "failed", "detail": str(exc)}
+    try:
+        await asyncio.to_thread(
+            refresh_backup_state, state, catalogue, state.config.upload.enabled
+        )
+    except asyncio.CancelledError:
+        finish_job(state, upload_run, "cancelled")
+        raise
+    except Exception as exc:
+        # Raised here it would end the upload job's loop (no upload until a restart): the
+        # run fails with the reason instead.
+        logger.exception("upload run could not re-read the backups run=%s", run_id)
+        reason = f"re-reading the backups failed: {exc}"
+        if step["result"] == "failed":
+            reason = f"{step.get('detail')}; {reason}"
+        step = {**step, "result": "failed", "detail": reason}
     finish_job(state, upload_run, str(step["result"]), step.get("detail"))
-    await asyncio.to_thread(refresh_backup_state, state, catalogue, state.config.upload.enabled)
     return step
 
 
@@ -406,6 +420,11 @@ async def run_verify_job(state: State) -> dict[str, Any]:
     catalogue = Catalogue(state.config.backup_directory)
     try:
         results = await verify_newest(state.config, catalogue, run_id)
+        # Inside the try: a refresh that raised would leave the job "running", and every
+        # later verify would be skipped as an overlap.
+        await asyncio.to_thread(
+            refresh_backup_state, state, catalogue, state.config.upload.enabled
+        )
     except asyncio.CancelledError:
         finish_job(state, run, "cancelled")
         raise
@@ -413,9 +432,6 @@ async def run_verify_job(state: State) -> dict[str, Any]:
         logger.exception("verify crashed run=%s", run_id)
         finish_job(state, run, "failed", str(exc))
         return {"run": run_id, "result": "failed", "checks": [], "detail": str(exc)}
-    await asyncio.to_thread(
-        refresh_backup_state, state, catalogue, state.config.upload.enabled
-    )
     failed = [r for r in results if not r["ok"]]
     finish_job(
         state,
