@@ -103,6 +103,13 @@ WHERE left(coalesce(shobj_description(oid, 'pg_database'), ''), length($1)) = $1
 """
 
 # Run inside each candidate database: is it a DaVinci Resolve project library?
+# The login role that owns each of the given databases: Resolve creates a library as the
+# user its workstations log in with.
+LOGIN_OWNERS = """
+SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
+WHERE d.datname = ANY($1::text[]) AND r.rolcanlogin
+"""
+
 IS_RESOLVE_DATABASE = """SELECT to_regclass('public."SM_Project"') IS NOT NULL"""
 
 DATABASE_ENCODING = "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = $1"

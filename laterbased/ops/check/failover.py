@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,7 @@ import laterbased.ops.check.checks as checks
 from laterbased.backup.dump import discover_databases, primary_server
 from laterbased.config import Config
 from laterbased.ops.check.checks import CheckResult, fail, ok, warn
+from laterbased.pg import sql
 from laterbased.pg.connect import PgUnavailable, connect_primary
 from laterbased.standby import configure, failover, safety
 from laterbased.standby.promote import local_host, old_primary_still_up
@@ -211,9 +213,39 @@ async def _methods_unlike_the_primary(
     ]
 
 
+async def _library_owners(config: Config, libraries: list[str]) -> dict[str, str]:
+    """library -> the login role that owns it, where ``config.primary`` answers (else
+    nothing: the configured user is still judged)."""
+    if not libraries:
+        return {}
+    try:
+        conn = await connect_primary(config.primary, application_name="laterbased-check")
+    except (PgUnavailable, OSError):
+        return {}
+    try:
+        rows = await conn.fetch(sql.LOGIN_OWNERS, libraries)
+    except asyncpg.PostgresError:
+        return {}
+    finally:
+        await conn.close()
+    return {str(row["datname"]): str(row["rolname"]) for row in rows}
+
+
+async def failover_roles(config: Config, libraries: list[str]) -> dict[str, list[str]]:
+    """Every role a failover needs, with the libraries it must open: ``primary.user`` (what
+    laterbased and the printed workstation steps use) into each library, and each library's
+    owner into its library: the login Resolve created it with, which is what the
+    workstations use, and not laterbased's role when that is a separate replication role."""
+    roles: dict[str, list[str]] = {config.primary.user: list(libraries)}
+    for library, owner in sorted((await _library_owners(config, libraries)).items()):
+        if owner != config.primary.user:
+            roles.setdefault(owner, []).append(library)
+    return roles
+
+
 async def _hba_line(config: Config) -> CheckResult:
     """Does the standby's pg_hba.conf admit the workstations (first matching line, as
-    postgres reads it) for the primary's user into each library?"""
+    postgres reads it) for every role the failover needs into its libraries?"""
     name = "failover pg_hba"
     data_dir = config.standby_data_dir
     path = failover.hba_path(data_dir)
@@ -232,34 +264,58 @@ async def _hba_line(config: Config) -> CheckResult:
             libraries = await discover_databases(primary_server(config))
         except (PgUnavailable, asyncpg.PostgresError, OSError):
             libraries = []
-    user = config.primary.user
     address = config.standby.failover_address[0]
-    verdict = failover.judge_hba(failover.parse_hba(text), libraries, user, address)
-    line = f"host all {user} <workstations' network> <the primary's method, e.g. md5>"
-    if verdict.refused:
+    rules = failover.parse_hba(text)
+    roles = await failover_roles(config, libraries)
+    several = len(roles) > 1
+    verdicts = {
+        role: failover.judge_hba(rules, role_libraries, role, address)
+        for role, role_libraries in roles.items()
+    }
+
+    def told(pick: Callable[[failover.HbaVerdict], list[str]]) -> list[str]:
+        # With several roles each finding says whose login it is about.
+        return [
+            f"user {role}, {entry}" if several else entry
+            for role, verdict in verdicts.items()
+            for entry in pick(verdict)
+        ]
+
+    refused_roles = [role for role, verdict in verdicts.items() if verdict.refused]
+    users = " and ".join(roles)
+    if refused_roles:
+        line = (
+            f"host all {','.join(refused_roles)} <workstations' network> "
+            "<the primary's method, e.g. md5>"
+        )
         return fail(
             name,
-            f"{path} refuses the workstations (user {user}, network of {address}): "
-            + "; ".join(verdict.refused),
+            f"{path} refuses the workstations (user {users}, network of {address}): "
+            + "; ".join(told(lambda v: v.refused)),
             f"add a line such as '{line}' above it to {path} (a copy of the primary's "
             "taken at the clone: add it on the primary too, so a re-clone keeps it); the "
             "promoted server reads it when it starts on the failover endpoint",
         )
-    if verdict.uncertain:
+    uncertain = told(lambda v: v.uncertain)
+    if uncertain:
         return warn(
             name,
             "cannot tell from here whether these lines admit the workstations: "
-            + "; ".join(verdict.uncertain),
+            + "; ".join(uncertain),
             "a group (+name), an @file or a host name decides per client; test a "
             "workstation login once promoted, or use an explicit network",
         )
-    if verdict.trust:
+    trust = told(lambda v: v.trust)
+    if trust:
         return warn(
             name,
-            "admits the workstations without a password (trust): " + "; ".join(verdict.trust),
+            "admits the workstations without a password (trust): " + "; ".join(trust),
             "use the primary's password method (md5 or scram-sha-256)",
         )
-    differ = await _methods_unlike_the_primary(config, verdict, libraries, user, address)
+    differ: list[str] = []
+    for role, verdict in verdicts.items():
+        unlike = await _methods_unlike_the_primary(config, verdict, roles[role], role, address)
+        differ += [f"user {role}, {entry}" if several else entry for entry in unlike]
     if differ:
         return warn(
             name,
@@ -270,5 +326,6 @@ async def _hba_line(config: Config) -> CheckResult:
         )
     return ok(
         name,
-        f"{path} admits {user} from the network of {address}: " + "; ".join(verdict.admitted),
+        f"{path} admits {users} from the network of {address}: "
+        + "; ".join(told(lambda v: v.admitted)),
     )
