@@ -678,10 +678,23 @@ class ProcessFacts:
     # directory; "" when we may not look (another user's process, and we are not root).
     exe: str
     cwd: str
+    argv: tuple[str, ...] = ()  # its command line, as /proc/<pid>/cmdline has it
 
     @property
     def program(self) -> str:
         return os.path.basename(self.exe)
+
+    def option(self, short: str, long: str) -> str | None:
+        """The value of a command-line option given as ``-D X``, ``-DX``, ``--pgdata X`` or
+        ``--pgdata=X`` (``short="-D"``, ``long="--pgdata"``), or None."""
+        for index, arg in enumerate(self.argv):
+            if arg in (short, long):
+                return self.argv[index + 1] if index + 1 < len(self.argv) else None
+            if arg.startswith(long + "="):
+                return arg[len(long) + 1 :]
+            if arg.startswith(short) and not arg.startswith("--") and len(arg) > len(short):
+                return arg[len(short) :]
+        return None
 
 
 def process_facts(pid: int) -> ProcessFacts | None:
@@ -702,7 +715,12 @@ def process_facts(pid: int) -> ProcessFacts | None:
     for line in status.splitlines():
         if line.startswith("Uid:"):
             uids = tuple(int(field) for field in line.split()[1:])
-    return ProcessFacts(pid=pid, uids=uids, exe=exe, cwd=cwd)
+    try:
+        raw = (base / "cmdline").read_bytes()
+    except OSError:
+        raw = b""
+    argv = tuple(arg.decode(errors="surrogateescape") for arg in raw.split(b"\0")[:-1])
+    return ProcessFacts(pid=pid, uids=uids, exe=exe, cwd=cwd, argv=argv)
 
 
 async def stop_unrelated_process(
@@ -759,6 +777,54 @@ async def stop_unrelated_process(
         if pidfd is not None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
+
+
+def leftover_pids(
+    directory: Path, program: str, uid: int, target: tuple[str, str] | None = None
+) -> list[int]:
+    """Processes of ``program`` run by ``uid`` working in ``directory`` and, with ``target``
+    (an option such as ``("-D", "--pgdata")``), writing into it by that option: what an
+    earlier, killed laterbased left running there. Blocking (reads /proc)."""
+    root = os.path.realpath(directory)
+    found: list[int] = []
+    for pid in pids_with_cwd_under(directory):
+        facts = process_facts(pid)
+        if facts is None or facts.program != program or not facts.uids:
+            continue
+        if any(other != uid for other in facts.uids):
+            continue
+        if target is not None:
+            value = facts.option(*target)
+            where = os.path.realpath(os.path.join(facts.cwd, value)) if value else ""
+            if not (where == root or where.startswith(root + os.sep)):
+                continue
+        found.append(pid)
+    return found
+
+
+async def stop_leftovers(
+    directory: Path,
+    program: str,
+    uid: int,
+    steps: Sequence[tuple[signal.Signals, float]],
+    log_name: str,
+    *,
+    target: tuple[str, str] | None = None,
+) -> list[int]:
+    """Stop the :func:`leftover_pids` of ``program`` in ``directory``; nothing else is
+    touched (a process we did not start is never ours to stop). The pids stopped."""
+    stopped: list[int] = []
+    for pid in await asyncio.to_thread(leftover_pids, directory, program, uid, target):
+        logger.warning(
+            "%s: stopping %s pid=%s left running in %s by an earlier laterbased",
+            log_name,
+            program,
+            pid,
+            directory,
+        )
+        await stop_unrelated_process(pid, steps, log_name)
+        stopped.append(pid)
+    return stopped
 
 
 def pids_with_cwd_under(directory: Path) -> list[int]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from laterbased.config import Config
+from laterbased.core.lockfile import LockBusy, take_lock
 from laterbased.errors import JobFailed
 from laterbased.pg.binaries import find_bindir
 from laterbased.pg.conninfo import build_conninfo
@@ -36,6 +37,7 @@ from laterbased.proc import (
     resolve_run_as,
     run,
     spawn,
+    stop_leftovers,
     stop_unrelated_process,
 )
 from laterbased.standby import configure, failover, safety
@@ -46,6 +48,10 @@ logger = logging.getLogger(__name__)
 CLONE_TIMEOUT = 6 * 3600.0
 READY_TIMEOUT = 300.0
 PREFIX = "rehearsal-"
+# Held in <state_dir> while a rehearsal runs: its copies are no leftovers while it lives (the
+# kernel drops the lock when the rehearsal dies, SIGKILL included).
+LOCK_FILE = "rehearsal.lock"
+CLONE_STOP_STEPS = ((signal.SIGTERM, 10.0),)
 
 
 @dataclass
@@ -98,6 +104,19 @@ async def rehearse(config: Config) -> RehearsalReport:
         raise JobFailed(f"the standby on {data_dir} is not running (start laterbased first)")
     bindir = await asyncio.to_thread(find_bindir, major, config.standby.bin_dir)
     run_as = resolve_run_as(config.standby.run_as)
+    try:
+        lock = await asyncio.to_thread(take_lock, config.state_dir / LOCK_FILE)
+    except LockBusy as exc:
+        raise JobFailed(f"another rehearsal is running (pid {exc.holder})") from None
+    try:
+        return await _rehearse_locked(config, bindir, major, run_as)
+    finally:
+        lock.release()
+
+
+async def _rehearse_locked(
+    config: Config, bindir: Path, major: str, run_as: RunAs | None
+) -> RehearsalReport:
     await remove_leftovers(config.state_dir, run_as)
     work = await asyncio.to_thread(_make_workdir, config.state_dir, run_as)
     report = RehearsalReport(side_port=_free_loopback_port())
@@ -144,13 +163,33 @@ async def rehearse(config: Config) -> RehearsalReport:
         logger.info("rehearsal: removed %s", work)
 
 
+async def clean_after_killed_rehearsal(state_dir: Path, run_as: RunAs | None) -> None:
+    """At the daemon's start: what a killed rehearsal left (:func:`remove_leftovers`), unless
+    a rehearsal is running right now (its lock is held)."""
+    try:
+        lock = await asyncio.to_thread(take_lock, state_dir / LOCK_FILE)
+    except LockBusy:
+        return
+    try:
+        await remove_leftovers(state_dir, run_as)
+    finally:
+        lock.release()
+
+
 async def remove_leftovers(state_dir: Path, run_as: RunAs | None) -> None:
     """A rehearsal killed before its cleanup (SIGKILL, power cut) left its copy in
-    ``<state_dir>/rehearsal-*``, perhaps with its postgres running: stop that postgres
-    (only when it is provably the copy's, as for the standby) and remove the directory."""
+    ``<state_dir>/rehearsal-*``, perhaps with its clone still copying or its postgres
+    running: stop that ``pg_basebackup`` (the run-as user's, working in that directory and
+    writing into it) and that postgres (only when it is provably the copy's, as for the
+    standby), then remove the directory. The caller holds :data:`LOCK_FILE`."""
     leftovers = await asyncio.to_thread(lambda: sorted(state_dir.glob(PREFIX + "*")))
+    uid = run_as.uid if run_as is not None else os.geteuid()
     for work in leftovers:
         copy = work / "data"
+        await stop_leftovers(
+            work, "pg_basebackup", uid, CLONE_STOP_STEPS, "rehearsal pg_basebackup",
+            target=("-D", "--pgdata"),
+        )
         pid = await asyncio.to_thread(safety.postmaster_to_stop, copy, run_as)
         if pid is not None:
             logger.warning("rehearsal: stopping the postgres (pid %s) a killed rehearsal "
@@ -210,7 +249,9 @@ async def _clone(
              "--checkpoint=fast", "--no-sync"],
             env=child_environment({"PGPASSFILE": str(passfile)}),
             run_as=run_as,
-            cwd="/",
+            # In the rehearsal's directory: a clone a killed rehearsal left running is known
+            # by it (remove_leftovers).
+            cwd=str(copy.parent),
             log_name="rehearsal pg_basebackup",
             timeout=CLONE_TIMEOUT,
         )

@@ -34,7 +34,7 @@ from laterbased.proc import (
     spawn,
     stop_unrelated_process,
 )
-from laterbased.standby import bootstrap, configure, failover, safety, source
+from laterbased.standby import bootstrap, configure, failover, rehearsal, safety, source
 from laterbased.standby.layout import Layout, prepare_directories
 from laterbased.standby.promote import mark_promoted, register_actions
 from laterbased.standby.slot_guard import SlotGuard
@@ -88,6 +88,7 @@ class StandbySupervisor:
                 prepare_directories, self.layout, self.config.state_dir, self.run_as
             )
             await asyncio.to_thread(bootstrap.clean_leftovers, self.layout.data_dir)
+            await self._clean_after_killed_rehearsal()
             # Back to the data directory's checks when it turned out to hold another
             # cluster than the accepted primary (accept-primary while it ran).
             while await self._ensure_cluster():
@@ -102,6 +103,16 @@ class StandbySupervisor:
             st.port = None
             if st.phase != "failed":
                 st.phase = "stopped"
+
+    async def _clean_after_killed_rehearsal(self) -> None:
+        """A rehearsal killed mid-way (``promote --rehearse`` got SIGKILL) left its clone
+        copying or its copy running: stop them and free the disk now, not at the next
+        rehearsal. A failure here is told, but never keeps the standby from running."""
+        try:
+            await rehearsal.clean_after_killed_rehearsal(self.config.state_dir, self.run_as)
+        except (JobFailed, OSError) as exc:
+            logger.error("could not clean up after a killed rehearsal: %s", exc)
+            self.ctx.state.record_event("error", f"cleaning up after a rehearsal: {exc}")
 
     # --- getting a data directory -----------------------------------------------------------
 
