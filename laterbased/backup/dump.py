@@ -54,6 +54,7 @@ from laterbased.pg.binaries import (
 from laterbased.pg.connect import PgUnavailable, connect
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
+from laterbased.pg.standby_readiness import why_not_ready
 from laterbased.records import identity
 from laterbased.records.catalogue import GLOBALS_KEY, GLOBALS_NAME, BackupRecord, Catalogue
 from laterbased.units import format_size
@@ -143,15 +144,15 @@ def primary_server(config: Config) -> Server:
 
 
 def source_server(config: Config) -> Server:
-    """The server pg_dump reads from (``backup.source``)."""
+    """The server pg_dump reads from (``backup.source``); with ``auto`` the standby, which
+    :func:`standby_if_ready` confirms or trades for the primary at the start of each run."""
     primary = primary_server(config)
-    if config.backup.source == "primary":
+    source = config.backup.source
+    if source == "primary" or (source == "auto" and not config.standby.enabled):
         return primary
-    first = config.standby.listen_addresses.split(",")[0].strip()
-    host = "127.0.0.1" if first in {"", "*", "0.0.0.0", "::"} else first  # noqa: S104
     return Server(
         role="standby",
-        host=host,
+        host=config.standby.connect_host,
         port=config.standby.port,
         user=primary.user,
         password=primary.password,
@@ -167,11 +168,9 @@ def promoted_server(config: Config, port: int) -> Server:
     the primary's login: the promoted server holds the primary's roles and passwords.
     """
     primary = primary_server(config)
-    first = config.standby.listen_addresses.split(",")[0].strip()
-    host = "127.0.0.1" if first in {"", "*", "0.0.0.0", "::"} else first  # noqa: S104
     return Server(
         role="promoted",
-        host=host,
+        host=config.standby.connect_host,
         port=port,
         user=primary.user,
         password=primary.password,
@@ -181,6 +180,82 @@ def promoted_server(config: Config, port: int) -> Server:
 
 
 STANDBY_WAIT_POLL = 1.0
+# backup.source auto: how long a run waits for the standby to replay what the primary had
+# flushed when the run began (it is within monitor.max_lag_bytes: seconds at most).
+STANDBY_CATCH_UP = 30.0
+
+
+async def standby_if_ready(config: Config, standby: Server, run_id: str) -> Server:
+    """``backup.source: auto``: ``standby`` when it is the primary's cluster, streaming,
+    replaying, within ``monitor.max_lag_bytes`` and caught up with what the primary had
+    flushed (so the dump holds every commit made before the run, as one from the primary
+    would); else the primary, with the reason in the log. It does not wait for a standby
+    that is down: the Resolve server carries this one run instead."""
+    primary = primary_server(config)
+    try:
+        reason = await _standby_unready(config, standby, primary)
+    except PgUnavailable as exc:
+        reason = f"cannot compare it with the primary: {exc}"
+    except (OSError, TimeoutError) as exc:
+        reason = f"cannot ask it: {exc}"
+    except Exception as exc:  # asyncpg's server errors (a permission, a cancelled query)
+        reason = f"cannot ask it: {type(exc).__name__}: {exc}"
+    if reason is None:
+        logger.info(
+            "dump source: the standby %s:%s (backup.source auto: streaming and caught up "
+            "with the primary) run=%s",
+            standby.host,
+            standby.port,
+            run_id,
+        )
+        return standby
+    logger.warning(
+        "dump source: the primary, not the standby %s:%s: %s (backup.source auto) run=%s",
+        standby.host,
+        standby.port,
+        reason,
+        run_id,
+    )
+    return primary
+
+
+async def _standby_unready(config: Config, standby: Server, primary: Server) -> str | None:
+    timeout = config.monitor.query_timeout
+    try:
+        standby_conn = await standby.connect()
+    except PgUnavailable as exc:
+        return f"it does not accept connections ({exc})"
+    try:
+        primary_conn = await primary.connect()
+        try:
+            identifiers = []
+            for server, conn in ((standby, standby_conn), (primary, primary_conn)):
+                async with asyncio.timeout(4 * timeout):
+                    identifiers.append(
+                        await identity.read_system_identifier(
+                            conn,
+                            version_num=int(await conn.fetchval(sql.SERVER_VERSION_NUM)),
+                            host=server.host,
+                            port=server.port,
+                            user=server.user,
+                            password=server.password,
+                            sslmode=server.sslmode,
+                            timeout=timeout,
+                        )
+                    )
+            async with asyncio.timeout(4 * timeout + STANDBY_CATCH_UP):
+                return await why_not_ready(
+                    standby_conn,
+                    primary_conn,
+                    standby_identifier=identifiers[0],
+                    primary_identifier=identifiers[1],
+                    max_lag_bytes=config.monitor.max_lag_bytes,
+                    catch_up=STANDBY_CATCH_UP,
+                )
+        finally:
+            await asyncio.shield(primary_conn.close())
+    finally:
+        await asyncio.shield(standby_conn.close())
 
 
 async def standby_or_primary(config: Config, server: Server, run_id: str) -> Server:
@@ -503,7 +578,10 @@ class Dumper:
 
     async def __aenter__(self) -> Dumper:
         await asyncio.to_thread(self.catalogue.prepare)
-        self.server = await standby_or_primary(self.config, self.server, self.run_id)
+        if self.server.role == "standby" and self.config.backup.source == "auto":
+            self.server = await standby_if_ready(self.config, self.server, self.run_id)
+        else:
+            self.server = await standby_or_primary(self.config, self.server, self.run_id)
         if self.server.password is not None:
             self.passfile = self.catalogue.partial / f"pgpass-{secrets.token_hex(4)}"
             line = passfile_line(

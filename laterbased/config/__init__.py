@@ -112,6 +112,13 @@ class StandbyConfig:
     bootstrap_retry_max: float = field(default=300.0, metadata=DURATION)
 
     @property
+    def connect_host(self) -> str:
+        """Where laterbased reaches its own standby: its first listen address (loopback when
+        it listens on every address)."""
+        first = self.listen_addresses.split(",")[0].strip()
+        return "127.0.0.1" if first in {"", "*", "0.0.0.0", "::"} else first  # noqa: S104
+
+    @property
     def promoted_port(self) -> int:
         """The port of the promoted server: ``failover_port`` once a failover address is
         planned, else ``port`` (nothing to move to)."""
@@ -150,7 +157,9 @@ class BackupConfig:
     schedule: str = field(default="0 * * * *", metadata=CRON)
     databases: tuple[str, ...] = ()
     format: Literal["custom", "plain-gzip"] = "custom"
-    source: Literal["primary", "standby"] = "primary"
+    # auto: the local standby while it streams within monitor.max_lag_bytes (no pg_dump on
+    # the Resolve server), else the primary; each run decides and its manifest says which.
+    source: Literal["auto", "primary", "standby"] = "auto"
     # With source standby: how long a run waits for the standby to accept connections (it
     # starts with the daemon, and the catch-up run fires at once) before using the primary.
     standby_wait: float = field(default=300.0, metadata=DURATION)

@@ -194,9 +194,10 @@ def check_replication(state: State, now: float) -> Check:
         )
     if local.replay_paused:
         dump = state.jobs.get("dump")
-        if state.config.backup.source == "standby" and dump is not None and dump.running:
+        if state.config.backup.source != "primary" and dump is not None and dump.running:
             # Our own dump pauses replay on the standby while it reads (no recovery
-            # conflicts) and resumes it when it ends.
+            # conflicts) and resumes it when it ends (auto: when it dumps from it, and it
+            # never takes a standby already paused).
             return Check(
                 "replication",
                 "ok",

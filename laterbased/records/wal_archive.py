@@ -124,6 +124,8 @@ class BaseBackup:
     server_version_num: int
     system_identifier: str | None
     segment_size: int
+    # The server pg_basebackup read: the local standby while it streams, else the primary.
+    source: str = "primary"
 
     @property
     def tar(self) -> Path:
@@ -142,6 +144,7 @@ class BaseBackup:
             "server_version_num": self.server_version_num,
             "system_identifier": self.system_identifier,
             "wal_segment_size": self.segment_size,
+            "source": self.source,
             "files": sorted(p.name for p in self.directory.iterdir() if p.name != BASE_MANIFEST)
             if self.directory.is_dir()
             else [],
@@ -164,6 +167,7 @@ class BaseBackup:
                 None if data.get("system_identifier") is None else str(data["system_identifier"])
             ),
             segment_size=int(data.get("wal_segment_size", DEFAULT_SEGMENT_SIZE)),
+            source=str(data.get("source") or "primary"),
         )
 
 

@@ -79,6 +79,9 @@ def daemon_config(primary: PgServer, workdir: Path) -> dict[str, Any]:
             "schedule": "0 3 * * *",
             "catch_up": False,
             "skip_unchanged": False,
+            # The dumps read the server at the primary's address: what is checked here
+            # (auto could read the standby, a copy of the real cluster, instead).
+            "source": "primary",
         },
         "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
         "state_dir": str(workdir / "state"),
