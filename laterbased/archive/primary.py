@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from laterbased.config import Config
+from laterbased.config import Config, PrimaryConfig
+from laterbased.core.state import StandbyState
 from laterbased.pg import sql
 from laterbased.pg.binaries import major_from_version_num
 from laterbased.pg.connect import PgUnavailable, connect_primary
@@ -28,10 +30,29 @@ class PrimaryFacts:
     segment_size: int
 
 
-async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
+def archive_server(config: Config, standby: StandbyState) -> PrimaryConfig:
+    """The server the archive streams from: the configured primary, or our own standby
+    once promoted (after a failover it is the primary of the new world, and the archive
+    follows it onto its new timeline). The promoted server is reached where laterbased
+    reaches it (loopback, the port it runs on now) with the primary's login: it holds the
+    primary's roles and passwords (the dump job does the same, backup/runner.py)."""
+    if not config.standby.enabled or standby.role != "primary":
+        return config.primary
+    return dataclasses.replace(
+        config.primary,
+        host=config.standby.connect_host,
+        port=standby.port or config.standby.promoted_port,
+        sslmode="prefer",
+    )
+
+
+async def inspect_primary(
+    config: Config, *, ensure_slot: bool, server: PrimaryConfig | None = None
+) -> PrimaryFacts:
     """Version, identity (never archive a stranger: records/identity.py), segment size, and
-    (``ensure_slot``) the archive's physical slot, created with WAL reserved at once."""
-    primary = config.primary
+    (``ensure_slot``) the archive's physical slot, created with WAL reserved at once.
+    ``server``: the one to ask (default the configured primary)."""
+    primary = server or config.primary
     conn = await connect_primary(primary, application_name=APPLICATION_NAME)
     budget = 4 * config.monitor.query_timeout
     try:
@@ -46,7 +67,7 @@ async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
                 )
             )
             sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
-            await identity.check_identity(config, sysid, identity.primary_address(config))
+            await identity.check_identity(config, sysid, f"{primary.host}:{primary.port}")
             if ensure_slot:
                 await ensure_physical_slot(conn, config.pitr.slot_name)
     except TimeoutError:
@@ -64,9 +85,11 @@ async def inspect_primary(config: Config, *, ensure_slot: bool) -> PrimaryFacts:
     )
 
 
-async def write_primary_passfile(config: Config, path: Path) -> None:
+async def write_primary_passfile(
+    config: Config, path: Path, server: PrimaryConfig | None = None
+) -> None:
     """A 0600 passfile for pg_receivewal / pg_basebackup: the password never goes in argv."""
-    primary = config.primary
+    primary = server or config.primary
     lines = []
     if primary.password and primary.host:
         lines.append(
@@ -75,8 +98,10 @@ async def write_primary_passfile(config: Config, path: Path) -> None:
     await write_passfile(path, lines, None)
 
 
-def primary_conninfo(config: Config, passfile: Path, suffix: str) -> str:
-    primary = config.primary
+def primary_conninfo(
+    config: Config, passfile: Path, suffix: str, server: PrimaryConfig | None = None
+) -> str:
+    primary = server or config.primary
     return build_conninfo(
         host=primary.host,
         port=primary.port,

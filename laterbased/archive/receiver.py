@@ -19,8 +19,13 @@ import signal
 import time
 from pathlib import Path
 
-from laterbased.archive.primary import inspect_primary, primary_conninfo, write_primary_passfile
-from laterbased.config import Config
+from laterbased.archive.primary import (
+    archive_server,
+    inspect_primary,
+    primary_conninfo,
+    write_primary_passfile,
+)
+from laterbased.config import Config, PrimaryConfig
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import ArchiveState, SlotState
 from laterbased.errors import LaterbasedError, RefuseToRun
@@ -47,11 +52,17 @@ REFRESH_INTERVAL = 1.0
 PASSFILE = "pitr-passfile"
 
 
-def receivewal_argv(bindir: Path, config: Config, passfile: Path, directory: Path) -> list[str]:
+def receivewal_argv(
+    bindir: Path,
+    config: Config,
+    passfile: Path,
+    directory: Path,
+    server: PrimaryConfig | None = None,
+) -> list[str]:
     """The pg_receivewal command line (no password: it is in the passfile)."""
     argv = [
         str(bindir / "pg_receivewal"),
-        f"--dbname={primary_conninfo(config, passfile, 'receivewal')}",
+        f"--dbname={primary_conninfo(config, passfile, 'receivewal', server)}",
         "--no-password",
         "--directory",
         str(directory),
@@ -122,14 +133,17 @@ class WalReceiver:
         root = config.backup_directory
         directory = wal_archive.wal_dir(root)
         await asyncio.to_thread(directory.mkdir, 0o700, True, True)
-        facts = await inspect_primary(config, ensure_slot=True)
+        # After a failover to our own standby, the promoted server (its new timeline's
+        # history comes with the stream: pg_receivewal carries on from the archive's end).
+        server = archive_server(config, self.ctx.state.standby)
+        facts = await inspect_primary(config, ensure_slot=True, server=server)
         bindir = await asyncio.to_thread(
             find_bindir, facts.major, config.standby.bin_dir, tools=("pg_receivewal",)
         )
         await self._stop_leftovers(directory)
         passfile = config.state_dir / PASSFILE
-        await write_primary_passfile(config, passfile)
-        argv = receivewal_argv(bindir, config, passfile, directory)
+        await write_primary_passfile(config, passfile, server)
+        argv = receivewal_argv(bindir, config, passfile, directory, server)
         child = await spawn(
             argv,
             env=child_environment({"PGPASSFILE": str(passfile)}),
@@ -149,6 +163,14 @@ class WalReceiver:
                     await self._refresh()
                     if self.ctx.stopping.is_set():
                         return "stopped with the daemon"
+                    moved = archive_server(self.config, self.ctx.state.standby)
+                    if moved != server:
+                        logger.warning(
+                            "archive: the primary is now %s:%s (failover); following it",
+                            moved.host,
+                            moved.port,
+                        )
+                        return f"left {server.host}:{server.port}: the primary moved (failover)"
                     await asyncio.wait({exit_task}, timeout=REFRESH_INTERVAL)
             finally:
                 if not exit_task.done():
@@ -213,7 +235,8 @@ async def watch_slot(ctx: WorkerContext) -> None:
         asked_at = time.time()  # before the query: the marker never claims more than seen
         try:
             conn = await connect_primary(
-                config.primary, application_name="laterbased_archive_slot"
+                archive_server(config, ctx.state.standby),
+                application_name="laterbased_archive_slot",
             )
             try:
                 async with asyncio.timeout(config.monitor.query_timeout):

@@ -21,6 +21,7 @@ publication. Everything here is blocking file I/O: call it through ``asyncio.to_
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -308,10 +309,64 @@ def segment_name(timeline: int, number: int, segment_size: int = DEFAULT_SEGMENT
     return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
 
 
+@dataclass(frozen=True)
+class TimelineSpan:
+    """The segments one timeline contributes to the newest one's history: from
+    ``first_segment`` to ``last_segment``, the one holding its switch to the next timeline
+    (None: the newest, still going)."""
+
+    timeline: int
+    first_segment: int
+    last_segment: int | None
+
+    def holds(self, number: int) -> bool:
+        return self.first_segment <= number and (
+            self.last_segment is None or number <= self.last_segment
+        )
+
+
+def read_history(root: Path, timeline: int) -> list[tuple[int, str]]:
+    """``(parent timeline, switch LSN)`` of every ancestor of ``timeline``, oldest first,
+    from its history file in the archive; [] for timeline 1 or when the file is missing."""
+    directory = wal_dir(root)
+    for name in (f"{timeline:08X}.history", f"{timeline:08X}.history.gz"):
+        path = directory / name
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            continue
+        text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("ascii", "replace")
+        entries = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and not line.startswith("#") and "/" in fields[1]:
+                with contextlib.suppress(ValueError):
+                    entries.append((int(fields[0]), fields[1]))
+        return entries
+    return []
+
+
+def timeline_chain(
+    root: Path, timeline: int, segment_size: int = DEFAULT_SEGMENT_SIZE
+) -> tuple[TimelineSpan, ...]:
+    """Which timeline's file holds each segment on the way to ``timeline``: what recovery
+    with ``recovery_target_timeline = 'latest'`` reads. A segment holding a switch point
+    exists on both sides; the newer timeline's copy is the one recovery takes."""
+    spans: list[TimelineSpan] = []
+    begin = 0
+    for parent, switch in read_history(root, timeline):
+        end = segment_of_lsn(switch, segment_size)
+        spans.append(TimelineSpan(parent, begin, end))
+        begin = end
+    spans.append(TimelineSpan(timeline, begin, None))
+    return tuple(spans)
+
+
 def coverage(root: Path) -> Coverage:
-    """The restorable ranges: for every unbroken run of segments of the newest timeline that
-    holds a base backup's whole WAL range, from the end of its oldest such base backup to the
-    last WAL received in the run. ``earliest``/``latest`` are the newest run's (None when no
+    """The restorable ranges: for every unbroken run of segments on the way to the newest
+    timeline (its ancestors' up to each switch, read from the history files) that holds a
+    base backup's whole WAL range, from the end of its oldest such base backup to the last
+    WAL received in the run. ``earliest``/``latest`` are the newest run's (None when no
     base backup follows the newest hole)."""
     backups = list_base_backups(root)
     segment_size = backups[-1].segment_size if backups else DEFAULT_SEGMENT_SIZE
@@ -319,10 +374,17 @@ def coverage(root: Path) -> Coverage:
     if not segments:
         return Coverage(None, None, None)
     newest = segments[-1]
-    timeline = newest.timeline
+    chain = timeline_chain(root, newest.timeline, segment_size)
+
+    def owner(number: int) -> int:
+        """The timeline whose name a segment has on the way (the newest that holds it)."""
+        return next(
+            (span.timeline for span in reversed(chain) if span.holds(number)), newest.timeline
+        )
+
     received: dict[int, float] = {}
     for segment in segments:
-        if segment.timeline == timeline:
+        if any(s.timeline == segment.timeline and s.holds(segment.number) for s in chain):
             with contextlib.suppress(OSError):
                 mtime = segment.path.stat().st_mtime
                 received[segment.number] = max(received.get(segment.number, 0.0), mtime)
@@ -337,8 +399,8 @@ def coverage(root: Path) -> Coverage:
         if after != before + 1:
             gaps.append(
                 (
-                    segment_name(timeline, before + 1, segment_size),
-                    segment_name(timeline, after - 1, segment_size),
+                    segment_name(owner(before + 1), before + 1, segment_size),
+                    segment_name(owner(after - 1), after - 1, segment_size),
                 )
             )
             runs.append((run_start, before))
@@ -351,7 +413,10 @@ def coverage(root: Path) -> Coverage:
         inside = [
             b
             for b in backups
-            if b.timeline == timeline
+            if any(
+                s.timeline == b.timeline and s.holds(segment_of_lsn(b.start_lsn, segment_size))
+                for s in chain
+            )
             and segment_of_lsn(b.start_lsn, segment_size) >= first
             and segment_of_lsn(b.end_lsn, segment_size) <= last
         ]

@@ -140,3 +140,40 @@ def test_a_caught_up_archive_covers_up_to_when_it_was_seen_caught_up(tmp_path: P
     # WAL received after the mark: the mark says nothing about it.
     segment(tmp_path, 5, T0 + timedelta(minutes=40))
     assert wal_archive.coverage(tmp_path).latest == T0 + timedelta(minutes=40)
+
+
+def test_the_window_follows_a_switch_to_a_new_timeline_through_its_history_file(
+    tmp_path: Path,
+) -> None:
+    directory = wal_archive.wal_dir(tmp_path)
+
+    def on(timeline: int, number: int, minute: int, suffix: str = ".gz") -> None:
+        segment(tmp_path, number, T0 + timedelta(minutes=minute), suffix)
+        made = directory / f"{wal_archive.segment_name(1, number)}{suffix}"
+        made.rename(directory / f"{wal_archive.segment_name(timeline, number)}{suffix}")
+
+    for number in range(2, 5):
+        on(1, number, number)
+    on(1, 5, 5, ".gz.partial")  # the old timeline ends inside segment 5
+    (directory / "00000002.history").write_text("1\t0/5000120\tno recovery target specified\n")
+    for number in range(5, 8):
+        on(2, number, number + 1)
+    base_backup(tmp_path, 2, T0 + timedelta(minutes=2))
+
+    window = wal_archive.coverage(tmp_path)
+    assert window.gaps == ()
+    assert window.earliest == T0 + timedelta(minutes=2)
+    assert window.latest == T0 + timedelta(minutes=8)
+    assert window.covers(T0 + timedelta(minutes=3)) and window.covers(T0 + timedelta(minutes=7))
+
+    # A segment missing after the switch is named with the timeline recovery asks for.
+    (directory / f"{wal_archive.segment_name(2, 6)}.gz").unlink()
+    window = wal_archive.coverage(tmp_path)
+    assert window.gaps == ((wal_archive.segment_name(2, 6), wal_archive.segment_name(2, 6)),)
+    assert window.covers(T0 + timedelta(minutes=4)) and window.out_of_reach(
+        T0 + timedelta(minutes=8)
+    )
+
+    # Without the history file the new timeline stands alone: nothing from before it.
+    (directory / "00000002.history").unlink()
+    assert wal_archive.coverage(tmp_path).ranges == ()

@@ -153,6 +153,9 @@ def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None
     settings["log_directory"] = f"'{work / 'log'}'"
     # Asked for files that do not exist too (the next timeline's history): not an error.
     settings["restore_command"] = f"'cp \"{work / 'wal'}/%f\" \"%p\" 2>/dev/null'"
+    # After a failover the archive goes on on the new timeline: follow its history file
+    # (staged with the WAL) to the newest one (the default since 12, said so on purpose).
+    settings["recovery_target_timeline"] = "'latest'"
     if target is not None:
         settings["recovery_target_time"] = f"'{target.astimezone(UTC).isoformat()}'"
         settings["recovery_target_action"] = "'promote'"
