@@ -53,6 +53,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import bootstrap as bootstrap_bench  # noqa: E402  (bench/bootstrap.py)
 import dump as dump_bench  # noqa: E402  (bench/dump.py)
+import pitr as pitr_bench  # noqa: E402  (bench/pitr.py)
 
 from laterbased.pg.localcluster import PgServer, free_port  # noqa: E402
 
@@ -925,6 +926,9 @@ async def run_suite(options: argparse.Namespace, report: Report) -> None:
             if daemon is not None:
                 await daemon.stop(grace=60, final=True)
             await asyncio.to_thread(primary.cleanup)
+    if options.pitr is not None:
+        # Its own primaries (one per scale), after the suite's are gone.
+        await pitr_bench.run(options.pitr, report)
 
 
 def parse_args() -> argparse.Namespace:
@@ -941,6 +945,10 @@ def parse_args() -> argparse.Namespace:
                         "once started; kept to compare a second freeze")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write every raw figure to this JSON file")
+    parser.add_argument("--pitr", action="store_true",
+                        help="also the point-in-time archive (bench/pitr.py) at the same "
+                        "scales: RPO, restore --at vs the raw tools, cost on the primary "
+                        "(+~15 min at 10,100; +~3 min with --quick)")
     parser.add_argument("--pg-major", type=int, default=None,
                         help="PostgreSQL major of the primary and of every raw tool, e.g. 13 "
                         "(what Resolve 18-20 ship); default: the newest installed")
@@ -963,6 +971,11 @@ def parse_args() -> argparse.Namespace:
     options.kills = 1 if options.quick else 5
     options.scrapes = 30 if options.quick else 100
     options.idle = 3.0 if options.quick else 5.0
+    options.pitr = (
+        pitr_bench.parse_args(["--scales", ",".join(map(str, options.scales)),
+                               *(["--quick"] if options.quick else [])])
+        if options.pitr else None
+    )
     return options
 
 
