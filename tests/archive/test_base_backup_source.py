@@ -201,3 +201,28 @@ async def test_base_backup_comes_from_the_primary_when_the_standby_lags_or_is_st
         assert stopped.source == "primary"
         assert "does not accept connections" in caplog.text, caplog.text
         assert BASEBACKUP_APPLICATION in log_since(primary.log_file, primary_log)
+
+
+async def test_base_backup_falls_back_to_the_primary_when_the_standby_refuses_pg_basebackup(
+    pair: tuple[PgServer, StreamingStandby], tmp_path: Path, state_dir: Path, caplog: Any
+) -> None:
+    primary, standby = pair
+    # A standby whose pg_hba.conf (a copy of the primary's: Windows installers write their
+    # own) has no replication line for this host: SQL works, pg_basebackup does not.
+    hba = standby.data_dir / "pg_hba.conf"
+    hba.write_text("host replication all 127.0.0.1/32 reject\n" + hba.read_text())
+    standby.sql("SELECT pg_reload_conf()")
+    config = config_for(primary, standby, tmp_path, state_dir)
+    caplog.set_level("INFO", logger="laterbased.archive.basebackup")
+    async with archive_running(config):
+        await standby_restartpoint(primary, standby)
+        backup = await take_base_backup(config)
+    assert "base backup source: the standby" in caplog.text, caplog.text
+    assert "base backup from the standby 127.0.0.1:" in caplog.text
+    assert "failed" in caplog.text and "taking it from the primary" in caplog.text
+    assert backup.source == "primary"
+    assert manifest_source(backup) == "primary"
+    assert [b.source for b in wal_archive.list_base_backups(config.backup_directory)].count(
+        "primary"
+    ) == len(wal_archive.list_base_backups(config.backup_directory))
+    assert not list(wal_archive.base_dir(config.backup_directory).glob(".partial-*"))
