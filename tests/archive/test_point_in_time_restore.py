@@ -4,8 +4,7 @@ that existed at that moment, from the WAL archive (pg_receivewal) and a base bac
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,12 +12,19 @@ from zoneinfo import ZoneInfo
 import pytest
 from backup_files import publish_real_backup
 from pgserver import PgServer
+from pitr_support import (
+    LIBRARY,
+    ZONE,
+    archive_running,
+    archived_up_to_now,
+    config_for,
+    environment,
+    rows,
+)
+from waiting import wait_for
 
 from laterbased import cli
-from laterbased.archive.worker import run_archive
-from laterbased.config import Config, load_config
-from laterbased.core.context import WorkerContext
-from laterbased.core.state import State
+from laterbased.config import load_config
 from laterbased.errors import EXIT_REFUSE
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.proc import pids_with_cwd_under
@@ -26,68 +32,6 @@ from laterbased.records import wal_archive
 from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
-
-LIBRARY = "Resolve Library"
-
-
-ZONE = "America/Los_Angeles"
-
-
-def environment(server: PgServer, work: Path, state_dir: Path) -> dict[str, str]:
-    return {
-        "PRIMARY_HOST": server.host,
-        "PRIMARY_PORT": str(server.port),
-        "PRIMARY_USER": server.superuser,
-        "REPL_PASSWORD": server.superuser_password,
-        "LOCAL_BACKUP_PATH": str(work / "backups"),
-        "LATERBASED_STATE_DIR": str(state_dir),
-        "LATERBASED_PITR_ENABLED": "true",
-        "LATERBASED_TIMEZONE": ZONE,
-    }
-
-
-def config_for(server: PgServer, work: Path, state_dir: Path) -> Config:
-    return load_config(None, environment(server, work, state_dir))
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.1)
-    assert condition(), what
-
-
-async def archived_up_to_now(server: PgServer) -> None:
-    """Wait until the archive's walsender has flushed everything written so far."""
-    lsn = server.sql("SELECT pg_current_wal_lsn()")
-
-    def flushed() -> bool:
-        return server.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
-            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
-        ) == "1"
-
-    await wait_until(flushed, f"the archive received WAL up to {lsn}")
-
-
-@contextlib.asynccontextmanager
-async def archive_running(config: Config) -> AsyncIterator[State]:
-    state = State(config=config)
-    ctx = WorkerContext(state, asyncio.Event())
-    task = asyncio.create_task(run_archive(ctx))
-    try:
-        await wait_until(
-            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
-            "a base backup and pg_receivewal streaming",
-        )
-        yield state
-    finally:
-        ctx.stopping.set()
-        await asyncio.wait_for(task, 30)
-
-
-def rows(server: PgServer, database: str, table: str = "clips") -> list[str]:
-    return server.sql(f"SELECT note FROM {table} ORDER BY id", database=database).split()  # noqa: S608
 
 
 @pytest.mark.parametrize("mistake", ["DELETE FROM clips WHERE id > 1", "DROP TABLE clips"])
@@ -227,7 +171,7 @@ async def test_a_cancelled_restore_at_a_moment_leaves_no_cluster_and_no_process(
             for pid in pids_with_cwd_under(directory)
         ]
 
-    await wait_until(lambda: bool(throw_away_postgres()), "the throw-away postgres running")
+    await wait_for(lambda: bool(throw_away_postgres()), "the throw-away postgres running")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -267,7 +211,7 @@ async def test_a_moment_before_a_missing_segment_is_restored_one_past_it_refused
         def broken() -> bool:
             return bool(state.archive.gaps)
 
-        await wait_until(broken, "the gap seen by the archive worker")
+        await wait_for(broken, "the gap seen by the archive worker")
     window = wal_archive.coverage(config.backup_directory)
     assert window.gaps and window.earliest is None and window.covers(moment), window
 
@@ -329,7 +273,7 @@ async def test_an_idle_library_is_restorable_up_to_now_not_only_to_its_last_writ
             latest = wal_archive.coverage(config.backup_directory).latest
             return latest is not None and latest >= moment
 
-        await wait_until(reaches_the_moment, "the window reaching past the last write")
+        await wait_for(reaches_the_moment, "the window reaching past the last write")
     assert moment > last_write + timedelta(seconds=1)
     result = await restore(config, RestoreRequest(target_db="idle", database=LIBRARY, at=moment))
     assert result.at_how is not None and result.at_how.startswith("point in time"), result

@@ -19,7 +19,7 @@ import pytest_asyncio
 from backup_files import publish_real_backup
 from backup_support import make_config
 from pgserver import PgServer, free_port
-from rclone_servers import SECRET_KEY, S3Server
+from rclone_servers import SECRET_KEY, S3Server, local_remote_env
 
 from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, load_config
@@ -64,15 +64,6 @@ def work() -> Iterator[Path]:
 def with_upload(primary: PgServer, backups: Path, env: dict[str, str], **backup: object) -> Config:
     config = make_config(primary, backups, **backup)  # type: ignore[arg-type]
     return dataclasses.replace(config, upload=load_config(None, FAST | env).upload)
-
-
-def local_remote_env(dest: Path, **extra: str) -> dict[str, str]:
-    return {
-        "RCLONE_REMOTE_NAME": "offsite",
-        "RCLONE_REMOTE_PATH": str(dest),
-        "RCLONE_REMOTE_1_NAME": "offsite",
-        "RCLONE_REMOTE_1_TYPE": "local",
-    } | extra
 
 
 def sha256_of(path: Path) -> str:

@@ -101,3 +101,14 @@ class S3Server:
             "RCLONE_REMOTE_1_PARAM_ACCESS_KEY_ID": ACCESS_KEY,
             "RCLONE_REMOTE_1_PARAM_SECRET_ACCESS_KEY": SECRET_KEY,
         }
+
+
+def local_remote_env(dest: Path, **extra: str) -> dict[str, str]:
+    """Legacy ``.env`` variables that define a local-directory remote uploading into
+    ``dest``."""
+    return {
+        "RCLONE_REMOTE_NAME": "offsite",
+        "RCLONE_REMOTE_PATH": str(dest),
+        "RCLONE_REMOTE_1_NAME": "offsite",
+        "RCLONE_REMOTE_1_TYPE": "local",
+    } | extra
