@@ -10,28 +10,26 @@ primary is read from the primary's own log (its ``application_name``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pgserver import PgServer
+from pitr_support import LIBRARY, archive_running, archived_up_to_now, rows
+from pitr_support import config_for as pitr_config
 from streaming_standby import StreamingStandby
+from waiting import wait_for
 
 from laterbased.archive.basebackup import take_base_backup
-from laterbased.archive.worker import run_archive
-from laterbased.config import Config, load_config
-from laterbased.core.context import WorkerContext
-from laterbased.core.state import State
+from laterbased.config import Config
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.records import wal_archive
 
 pytestmark = pytest.mark.slow
 
-LIBRARY = "Resolve Library"
 BASEBACKUP_APPLICATION = "application_name=laterbased_archive_basebackup"
 
 
@@ -54,55 +52,9 @@ def pair(make_primary: Callable[..., PgServer]) -> Iterator[tuple[PgServer, Stre
 def config_for(
     server: PgServer, standby: StreamingStandby, work: Path, state_dir: Path, **extra: str
 ) -> Config:
-    env = {
-        "PRIMARY_HOST": server.host,
-        "PRIMARY_PORT": str(server.port),
-        "PRIMARY_USER": server.superuser,
-        "REPL_PASSWORD": server.superuser_password,
-        "LOCAL_BACKUP_PATH": str(work / "backups"),
-        "LATERBASED_STATE_DIR": str(state_dir),
-        "LATERBASED_PITR_ENABLED": "true",
-        "LATERBASED_STANDBY_PORT": str(standby.port),
-        "LATERBASED_TIMEZONE": "UTC",
-    }
-    return load_config(None, env | extra)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout:.0f}s: {what}") from None
-
-
-@contextlib.asynccontextmanager
-async def archive_running(config: Config) -> AsyncIterator[State]:
-    state = State(config=config)
-    ctx = WorkerContext(state, asyncio.Event())
-    task = asyncio.create_task(run_archive(ctx))
-    try:
-        await wait_until(
-            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
-            "a first base backup and pg_receivewal streaming",
-        )
-        yield state
-    finally:
-        ctx.stopping.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def archived_up_to_now(server: PgServer) -> None:
-    lsn = server.sql("SELECT pg_current_wal_lsn()")
-
-    def flushed() -> bool:
-        return server.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
-            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
-        ) == "1"
-
-    await wait_until(flushed, f"the archive received WAL up to {lsn}")
+    return pitr_config(
+        server, work, state_dir, {"LATERBASED_STANDBY_PORT": str(standby.port)} | extra
+    )
 
 
 async def standby_restartpoint(primary: PgServer, standby: StreamingStandby) -> None:
@@ -110,7 +62,7 @@ async def standby_restartpoint(primary: PgServer, standby: StreamingStandby) -> 
     standby does by itself every checkpoint_timeout while the primary works."""
     primary.sql("CHECKPOINT")
     target = primary.sql("SELECT pg_current_wal_flush_lsn()")
-    await wait_until(
+    await wait_for(
         lambda: standby.sql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn") == "t",
         f"the standby replayed up to {target}",
     )
@@ -125,10 +77,6 @@ def log_since(path: Path, offset: int) -> str:
 
 def manifest_source(backup: wal_archive.BaseBackup) -> str:
     return str(json.loads((backup.directory / wal_archive.BASE_MANIFEST).read_text())["source"])
-
-
-def rows(server: PgServer, database: str) -> list[str]:
-    return server.sql("SELECT note FROM clips ORDER BY id", database=database).split()
 
 
 async def test_base_backup_comes_from_the_streaming_standby_and_restores_to_a_moment(
@@ -184,7 +132,7 @@ async def test_base_backup_comes_from_the_primary_when_the_standby_lags_or_is_st
             database=LIBRARY,
         )
         target = primary.sql("SELECT pg_current_wal_flush_lsn()")
-        await wait_until(
+        await wait_for(
             lambda: standby.sql(f"SELECT pg_last_wal_receive_lsn() >= '{target}'::pg_lsn")
             == "t",
             f"the standby received up to {target}",
