@@ -225,6 +225,10 @@ async def refresh_coverage(ctx: WorkerContext, root: Path) -> None:
     st.base_backups = len(backups)
     if backups:
         st.last_base_backup = backups[-1].finished.timestamp()
+    if ctx.config.upload.enabled:
+        st.pending_upload, st.oldest_pending_upload = await asyncio.to_thread(
+            wal_archive.pending_upload, root
+        )
 
 
 async def watch_slot(ctx: WorkerContext) -> None:
