@@ -312,6 +312,9 @@ async def run_base_backups(ctx: WorkerContext) -> None:
         # Retention after each base backup: a newer one may let older WAL go.
         window_start = datetime.now(UTC) - timedelta(seconds=ctx.config.pitr_window)
         try:
-            await asyncio.to_thread(wal_archive.prune, root, window_start)
+            # With the upload on, what has no off-site copy yet stays until it has one.
+            await asyncio.to_thread(
+                wal_archive.prune, root, window_start, keep_not_uploaded=ctx.config.upload.enabled
+            )
         except OSError as exc:
             logger.error("pitr retention failed: %s", exc)

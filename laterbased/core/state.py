@@ -205,6 +205,10 @@ class ArchiveState:
     base_backups: int = 0
     last_base_backup: float | None = None
     last_base_backup_error: str | None = None
+    # With upload on: finished WAL files and base backups without an off-site copy yet, and
+    # since when the oldest of them waits (epoch).
+    pending_upload: int = 0
+    oldest_pending_upload: float | None = None
     # The archive's own slot on the primary (pitr.slot_name), as last polled: the WAL it
     # keeps there while pg_receivewal is behind or down fills the Resolve server's disk.
     slot: SlotState | None = None

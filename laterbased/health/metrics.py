@@ -364,6 +364,12 @@ def pitr_metrics(state: State) -> Iterator[Metric]:
         archive.last_receive,
     )
     yield _gauge_of("pitr_base_backups", "Base backups in the archive", archive.base_backups)
+    if state.config.upload.enabled:
+        yield _gauge_of(
+            "pitr_pending_uploads",
+            "Base backups and finished WAL files of the archive not yet uploaded",
+            archive.pending_upload,
+        )
     slot = archive.slot
     yield _gauge_of(
         "pitr_slot_retained_wal_bytes",

@@ -502,6 +502,8 @@ def evaluate(state: State, now: float) -> list[Check]:
             checks.append(verified)
     if config.pitr.enabled:
         checks.append(check_pitr(state, now))
+        if config.upload.enabled:
+            checks.append(check_pitr_upload(state, now))
     return checks
 
 
@@ -568,6 +570,29 @@ def check_pitr(state: State, now: float) -> Check:
         "ok",
         f"streaming; restorable from {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}",
     )
+
+
+def check_pitr_upload(state: State, now: float) -> Check:
+    """The archive's off-site copy, judged like a database's uploads: a warning when the
+    oldest base backup or WAL file waiting for it waits longer than
+    ``upload.pending_max_age``."""
+    archive = state.archive
+    oldest = archive.oldest_pending_upload
+    limit = state.config.upload.pending_max_age
+    if archive.pending_upload and oldest is not None and now - oldest > limit:
+        return Check(
+            "pitr-upload",
+            "warning",
+            f"{archive.pending_upload} point-in-time archive file(s) waiting for upload, the "
+            f"oldest for {format_duration(now - oldest)} (limit {format_duration(limit)})",
+        )
+    if archive.pending_upload:
+        return Check(
+            "pitr-upload",
+            "ok",
+            f"{archive.pending_upload} point-in-time archive file(s) waiting for upload",
+        )
+    return Check("pitr-upload", "ok", "nothing waiting")
 
 
 def is_healthy(checks: list[Check]) -> bool:

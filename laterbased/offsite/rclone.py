@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,8 @@ class RemoteEntry:
     size: int
     is_dir: bool
     hashes: Mapping[str, str] = field(default_factory=dict)
+    # The file's modification time as rclone keeps it (copies carry the local one).
+    modified: datetime | None = None
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> RemoteEntry:
@@ -197,7 +200,23 @@ class RemoteEntry:
             size=int(item.get("Size", -1)),
             is_dir=bool(item.get("IsDir", False)),
             hashes={str(k): str(v) for k, v in hashes.items() if v},
+            modified=_modified(item.get("ModTime")),
         )
+
+
+def _modified(text: Any) -> datetime | None:
+    """rclone's ``ModTime`` ("2026-11-29T10:15:54.123456789Z"): nanoseconds cut to micro."""
+    if not isinstance(text, str) or not text:
+        return None
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if match is None:
+        return None
+    fraction = (match.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    try:
+        return datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}")
+    except ValueError:
+        return None
 
 
 class RcloneFailed(JobFailed):

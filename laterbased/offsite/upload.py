@@ -15,6 +15,9 @@ valuable copy leaves first when the line is slow):
 A failure leaves the backup "pending upload" for the next run (and local retention keeps
 it). Optional remote retention (``upload.retention_days``) deletes only files that have our
 manifest alongside, and never the newest backup of a database.
+
+With ``pitr`` on, the point-in-time archive (base backups, finished WAL) follows the dumps in
+the same run: offsite/archive_upload.py.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +40,9 @@ from typing import Any
 from laterbased.config import Config
 from laterbased.core.state import State
 from laterbased.errors import ToolMissing
-from laterbased.offsite.rclone import VERIFY_HASHES, Rclone, RcloneFailed, RemoteEntry, find_rclone
+from laterbased.offsite.archive_upload import refresh_archive_pending, upload_archive
+from laterbased.offsite.rclone import Rclone, RcloneFailed, RemoteEntry, find_rclone
+from laterbased.offsite.verified_copy import file_matches, send_verified
 from laterbased.records.catalogue import (
     FUTURE_TOLERANCE,
     MANIFEST_SUFFIX,
@@ -50,8 +54,6 @@ from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
 
-# Hashes we can compute locally, in order of preference (sha256 is already in the manifest).
-LOCAL_HASHES = VERIFY_HASHES
 _STAMP = re.compile(r"-(\d{8}T\d{6}Z)(?:-\d+)?\.[^/]+$")
 
 
@@ -67,6 +69,8 @@ class UploadResult:
     deleted_remote: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     detail: str | None = None
+    # The point-in-time archive's part (pitr on): counts, see offsite/archive_upload.py.
+    archive: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class UploadResult:
             "failed": self.failed,
             "deleted_remote": self.deleted_remote,
             "bytes": self.bytes_sent,
+            "archive": self.archive,
         }
 
 
@@ -86,32 +91,9 @@ def remote_dir(record: BackupRecord) -> str:
     return record.directory.name
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 async def matches(record: BackupRecord, entry: RemoteEntry | None) -> tuple[bool, str]:
     """Does the remote object hold this backup? (same size, same hash when comparable)"""
-    if entry is None:
-        return False, "absent"
-    if entry.size != record.size:
-        return False, f"size {entry.size} != {record.size}"
-    for algorithm in LOCAL_HASHES:
-        remote_hash = entry.hashes.get(algorithm)
-        if not remote_hash:
-            continue
-        if algorithm == "sha256":
-            local_hash = record.sha256
-        else:
-            local_hash = await asyncio.to_thread(_digest, record.path, algorithm)
-        if remote_hash.lower() != local_hash.lower():
-            return False, f"{algorithm} differs"
-        return True, f"size+{algorithm}"
-    return True, "size only (the backend reports no hash we can compare)"
+    return await file_matches(record.path, record.size, entry, record.sha256)
 
 
 def _write_manifest_copy(catalogue: Catalogue, record: BackupRecord) -> Path:
@@ -133,8 +115,10 @@ async def upload_one(
     file_target = rclone.target(folder, record.file)
     manifest_target = rclone.target(folder, manifest_name(record.file))
     started = time.monotonic()
-    already, how = await matches(record, await rclone.stat(file_target))
-    if already:
+    sent, how = await send_verified(
+        rclone, record.path, record.size, file_target, record.sha256
+    )
+    if not sent:
         result.already_there.append(record.file)
         logger.info(
             "upload skipped run=%s file=%s reason=remote already has it (%s)",
@@ -143,10 +127,6 @@ async def upload_one(
             how,
         )
     else:
-        await rclone.copyto(record.path, file_target)
-        ok, how = await matches(record, await rclone.stat(file_target))
-        if not ok:
-            raise RcloneFailed(f"{file_target}: verification after upload failed: {how}", None)
         result.bytes_sent += record.size
         result.uploaded.append(record.file)
         logger.info(
@@ -200,6 +180,8 @@ async def upload_pending(
         result.result, result.detail = "failed", str(exc)
         logger.error("upload failed run=%s reason=%s", run_id, exc)
         _update_pending(state, records, set())
+        if config.pitr.enabled:
+            await refresh_archive_pending(config, state)
         return result
     done: set[str] = set()
     for record in sorted(pending, key=lambda r: r.started, reverse=True):
@@ -217,6 +199,12 @@ async def upload_pending(
             )
             continue
         done.add(record.file)
+    if config.pitr.enabled:
+        archive = await upload_archive(config, state, rclone, run_id)
+        result.archive = archive.to_json()
+        result.bytes_sent += archive.bytes_sent
+        if archive.failed is not None:
+            result.failed["point-in-time archive"] = archive.failed
     if config.upload.retention_days is not None and not result.failed:
         try:
             result.deleted_remote = await prune_remote(
@@ -236,6 +224,12 @@ async def upload_pending(
             f"{len(result.uploaded)} uploaded ({format_size(result.bytes_sent)}), "
             f"{len(result.already_there)} already there"
             + (f", {len(result.deleted_remote)} deleted off-site" if result.deleted_remote else "")
+            + (
+                f"; point-in-time archive: {result.archive['uploaded']} file(s) uploaded, "
+                f"{result.archive['already_there']} already there"
+                if result.archive is not None
+                else ""
+            )
         )
     logger.info(
         "upload run finished run=%s result=%s uploaded=%s already_there=%s failed=%s "

@@ -466,21 +466,29 @@ class Pruned:
     segments: int
 
 
-def prune(root: Path, window_start: datetime) -> Pruned:
+def prune(root: Path, window_start: datetime, *, keep_not_uploaded: bool = False) -> Pruned:
     """Delete what no moment of the window needs: base backups older than the newest one
     finished before ``window_start`` (it is the one that reaches the window's first moment;
     the newest base backup is never deleted), then every segment before the oldest kept base
-    backup's start. History files and the partial segment stay."""
+    backup's start. History files and the partial segment stay. ``keep_not_uploaded`` (the
+    upload is on): what has no off-site copy yet stays too, until the upload job has sent it
+    (a remote that is down must not cost the only copy)."""
     backups = list_base_backups(root)
     if not backups:
         return Pruned((), 0)
     before = [b for b in backups if b.finished <= window_start]
     keep_from = before[-1] if before else backups[0]
     doomed = [b for b in backups if b.finished < keep_from.finished and b is not backups[-1]]
+    held = 0
+    if keep_not_uploaded:
+        waiting = [b for b in doomed if not is_uploaded(b.directory)]
+        held += len(waiting)
+        doomed = [b for b in doomed if b not in waiting]
     for backup in doomed:
         # Its manifest first: a half-deleted base backup is no longer listed.
         (backup.directory / BASE_MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(backup.directory, ignore_errors=True)
+        upload_marker(backup.directory).unlink(missing_ok=True)
         logger.info("pitr retention: deleted base backup %s", backup.directory.name)
     first_needed = segment_of_lsn(keep_from.start_lsn, keep_from.segment_size)
     removed = 0
@@ -490,9 +498,18 @@ def prune(root: Path, window_start: datetime) -> Pruned:
         older = segment.timeline < keep_from.timeline or (
             segment.timeline == keep_from.timeline and segment.number < first_needed
         )
-        if older:
+        if older and keep_not_uploaded and not is_uploaded(segment.path):
+            held += 1
+        elif older:
             segment.path.unlink(missing_ok=True)
+            upload_marker(segment.path).unlink(missing_ok=True)
             removed += 1
+    if held:
+        logger.info(
+            "pitr retention: kept %s base backup(s)/WAL segment(s) the window no longer needs "
+            "until they are uploaded",
+            held,
+        )
     if doomed or removed:
         _fsync_dir(base_dir(root))
         if wal_dir(root).is_dir():
@@ -504,3 +521,71 @@ def prune(root: Path, window_start: datetime) -> Pruned:
             removed,
         )
     return Pruned(tuple(b.directory.name for b in doomed), removed)
+
+
+# --- what has an off-site copy --------------------------------------------------------------
+#
+# The upload job (offsite/) records each finished archive file and each base backup it has
+# sent, verified, as a marker named after it in a ``.uploaded`` folder beside it
+# (``@wal/.uploaded/<segment file>``, ``@base/.uploaded/<stamp>``): one small file per piece,
+# created whole (rename), so no list is ever rewritten while retention reads it. The
+# marker holds where, when and how the copy was verified, for an operator.
+
+UPLOADED_DIR = ".uploaded"
+_HISTORY = re.compile(r"^[0-9A-F]{8}\.history(?:\.gz)?$")
+
+
+def upload_marker(piece: Path) -> Path:
+    """The marker recording that ``piece`` (an ``@wal`` file, an ``@base/<stamp>`` folder)
+    has an off-site copy."""
+    return piece.parent / UPLOADED_DIR / piece.name
+
+
+def is_uploaded(piece: Path) -> bool:
+    return upload_marker(piece).is_file()
+
+
+def mark_uploaded(piece: Path, destination: str, verified: str, at: datetime) -> None:
+    """Record that ``piece`` is off-site at ``destination`` (written whole, then renamed)."""
+    marker = upload_marker(piece)
+    marker.parent.mkdir(mode=0o700, exist_ok=True)
+    temp = marker.with_name(f".{marker.name}.tmp")
+    data = {"uploaded_to": destination, "uploaded_at": at.isoformat(), "verified": verified}
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data) + "\n")
+    os.rename(temp, marker)
+
+
+def is_history_file(name: str) -> bool:
+    """A timeline history file as pg_receivewal writes it (``00000002.history[.gz]``)."""
+    return _HISTORY.match(name) is not None
+
+
+def finished_wal_files(root: Path) -> list[Path]:
+    """What pg_receivewal has finished in ``@wal``: timeline history files, then complete
+    segments oldest first. Never the ``.partial`` segment still being written."""
+    directory = wal_dir(root)
+    if not directory.is_dir():
+        return []
+    histories = sorted(p for p in directory.iterdir() if is_history_file(p.name))
+    segments = [s.path for s in list_segments(root) if not s.partial]
+    return [*histories, *segments]
+
+
+def not_uploaded(root: Path) -> tuple[list[BaseBackup], list[Path]]:
+    """Published base backups and finished WAL files without an off-site copy, oldest
+    first."""
+    backups = [b for b in list_base_backups(root) if not is_uploaded(b.directory)]
+    files = [p for p in finished_wal_files(root) if not is_uploaded(p)]
+    return backups, files
+
+
+def pending_upload(root: Path) -> tuple[int, float | None]:
+    """How many pieces wait for their off-site copy, and since when the oldest (epoch)."""
+    backups, files = not_uploaded(root)
+    since = [b.finished.timestamp() for b in backups]
+    for path in files:
+        with contextlib.suppress(OSError):
+            since.append(path.stat().st_mtime)
+    return len(backups) + len(files), (min(since) if since else None)

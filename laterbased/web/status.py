@@ -130,6 +130,8 @@ def pitr_document(state: State) -> dict[str, Any]:
         "last_receive": health.iso_utc(archive.last_receive),
         "restarts": archive.restarts,
         "base_backups": archive.base_backups,
+        # Base backups and finished WAL not off-site yet (null when the upload is off).
+        "pending_upload": archive.pending_upload if state.config.upload.enabled else None,
         "gaps": [list(gap) for gap in archive.gaps],
         "slot": None
         if archive.slot is None
@@ -228,6 +230,8 @@ def _pitr_section(pitr: dict[str, Any], zone: ZoneInfo, now: float) -> str:
         ("Last WAL received", _when(_epoch(pitr["last_receive"]), zone, now)),
         ("Base backups", _text(pitr["base_backups"])),
     ]
+    if pitr.get("pending_upload") is not None:
+        rows.append(("Waiting for upload", _text(pitr["pending_upload"])))
     if gaps:
         rows.append(("Missing WAL segments", f"<span class=critical>{escape(gaps)}</span>"))
     return "<h2>Undo window</h2><table id=pitr>" + _rows(rows) + "</table>"

@@ -22,7 +22,9 @@ before TIME; the output says which. A TIME the archive cannot reach although its
 began before it (WAL segments missing, or not received yet) is refused with exit 3 and the
 exact ranges that can be restored: pick a TIME inside one, or add --from-dump for the newest
 dump at or before TIME. A backup that is not in the local backup
-directory is downloaded from the rclone remote. Its sha256 is checked against its manifest,
+directory is downloaded from the rclone remote, and so is the point-in-time archive's part
+TIME needs (a base backup and its WAL) when the local archive does not cover TIME (the
+output says so). Its sha256 is checked against its manifest,
 the database is created UTF8 from template0, filled with pg_restore (-j N in parallel) or
 psql for plain .sql.gz backups, and only then given the --target-db name. An existing
 database of that name is refused unless --replace, which renames it aside to

@@ -36,6 +36,7 @@ import asyncpg
 from laterbased import proc
 from laterbased.config import Config
 from laterbased.errors import JobFailed, LaterbasedError
+from laterbased.ops.restore.remote_archive import RemoteMiss, fetch_for_moment
 from laterbased.pg.binaries import find_bindir, major_from_version_num
 from laterbased.records import wal_archive
 
@@ -171,10 +172,18 @@ def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None
 
 
 class ThrowAwayCluster:
-    def __init__(self, config: Config, backup: wal_archive.BaseBackup, run_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backup: wal_archive.BaseBackup,
+        run_id: str,
+        archive_root: Path | None = None,
+    ) -> None:
         self.config = config
         self.backup = backup
         self.run_id = run_id
+        # Where the WAL comes from: the local archive, or a copy fetched from the remote.
+        self.archive_root = archive_root or config.backup_directory
         self.run_as: proc.RunAs | None = None
         self.work: Path | None = None
         self.child: proc.Child | None = None
@@ -223,7 +232,7 @@ class ThrowAwayCluster:
         if extracted.returncode != 0:
             raise JobFailed(f"extracting {self.backup.tar} failed: {extracted.stderr_tail[-1:]}")
         staged = await asyncio.to_thread(
-            _stage_wal, config.backup_directory, self.work / "wal", self.backup, self.run_as
+            _stage_wal, self.archive_root, self.work / "wal", self.backup, self.run_as
         )
         logger.info("restore: %s WAL segment(s) staged for recovery run=%s", staged, self.run_id)
         await asyncio.to_thread(self._configure, target)
@@ -378,14 +387,26 @@ async def dump_at(
     config: Config, database: str, moment: datetime, target: Path, run_id: str
 ) -> str | None:
     """Write ``database`` as it was at ``moment`` into ``target`` (pg_dump -Fc) when the
-    archive covers it; None (nothing written) when it does not. Returns what was done."""
-    backup = await asyncio.to_thread(wal_archive.base_backup_for, config.backup_directory, moment)
+    archive covers it; None (nothing written) when it does not. Returns what was done.
+    When the local archive does not cover it and the upload is on, the archive's copy on the
+    rclone remote is asked (ops/restore/remote_archive.py), fetched next to ``target``."""
+    root = config.backup_directory
+    backup = await asyncio.to_thread(wal_archive.base_backup_for, root, moment)
+    fetched_from: str | None = None
+    fetched = target.parent / "remote-archive"
+    if backup is None and config.upload.enabled:
+        remote = await fetch_for_moment(config, moment, fetched)
+        if isinstance(remote, RemoteMiss):
+            logger.info("restore: the archive off-site does not give it either: %s", remote.reason)
+        else:
+            backup, root, fetched_from = remote.backup, remote.root, remote.source
     if backup is None:
+        await asyncio.to_thread(shutil.rmtree, fetched, True)
         return None
     logger.info(
         "restore: point in time %s from base backup %s", moment.isoformat(), backup.directory
     )
-    cluster = ThrowAwayCluster(config, backup, run_id)
+    cluster = ThrowAwayCluster(config, backup, run_id, root)
     try:
         await cluster.prepare(moment)
         how = await cluster.recover(moment)
@@ -401,4 +422,13 @@ async def dump_at(
         await cluster.dump(database, target)
     finally:
         await cluster.close()
-    return f"base backup {backup.directory.name} + WAL archive, {how}"
+        if fetched_from is not None:
+            await proc.finish_uncancellable(
+                asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, fetched, True))
+            )
+    where = (
+        f"WAL archive fetched from {fetched_from} (the local archive does not cover the moment)"
+        if fetched_from is not None
+        else "WAL archive"
+    )
+    return f"base backup {backup.directory.name} + {where}, {how}"
