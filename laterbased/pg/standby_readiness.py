@@ -19,6 +19,7 @@ MIN_VERSION_NUM = 100000
 STANDBY_FACTS = """
 SELECT pg_is_in_recovery() AS in_recovery,
        (SELECT status FROM pg_stat_wal_receiver LIMIT 1) AS receiver,
+       (SELECT pid FROM pg_stat_wal_receiver LIMIT 1) AS receiver_pid,
        pg_is_wal_replay_paused() AS paused
 """
 PRIMARY_FLUSH_LSN = "SELECT pg_current_wal_flush_lsn()::text"
@@ -55,7 +56,10 @@ async def why_not_ready(
     facts = await standby.fetchrow(STANDBY_FACTS)
     if not facts["in_recovery"]:
         return "it is not in recovery (not a standby)"
-    if facts["receiver"] != "streaming":
+    # Without pg_read_all_stats (a REPLICATION role that is not a superuser) the view shows
+    # the receiver's pid but not its status: then the lag below is the proof it streams.
+    hidden = facts["receiver"] is None and facts["receiver_pid"] is not None
+    if facts["receiver"] != "streaming" and not hidden:
         return f"it is not streaming from the primary (wal receiver: {facts['receiver'] or 'none'})"
     target = str(await primary.fetchval(PRIMARY_FLUSH_LSN))
     behind = int(await standby.fetchval(REPLAY_BEHIND, target))

@@ -25,7 +25,7 @@ from pgserver import PgServer
 from streaming_standby import StreamingStandby
 
 from laterbased.backup.dump import run_dumps
-from laterbased.config import Config, MonitorConfig
+from laterbased.config import Config, MonitorConfig, Secret
 from laterbased.records.catalogue import BackupRecord, Catalogue
 
 pytestmark = pytest.mark.slow
@@ -197,4 +197,31 @@ async def test_failed_auto_dump_from_the_standby_still_resumes_replay(
     assert "dump source: the standby" in caplog.text
     assert "paused WAL replay on the standby" in caplog.text
     assert "resumed WAL replay on the standby" in caplog.text
+    assert not replay_paused(standby)
+
+
+async def test_auto_reads_the_standby_as_a_replication_role_that_is_not_a_superuser(
+    pair: tuple[PgServer, StreamingStandby], backup_dir: Path, caplog: Any
+) -> None:
+    # primary.user a REPLICATION role allowed to read the library, not a superuser: the
+    # standby's pg_stat_wal_receiver hides its status from it (only its pid shows).
+    primary, standby = pair
+    role = primary.replication_user
+    primary.sql(
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; "
+        f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        DB,
+    )
+    config = auto_config(primary, standby, backup_dir)
+    config = dataclasses.replace(
+        config,
+        primary=dataclasses.replace(
+            config.primary, user=role, password=Secret(primary.replication_password)
+        ),
+    )
+    caplog.set_level("INFO", logger="laterbased.backup.dump")
+    outcomes = await run_dumps(config, Catalogue(backup_dir), "auto-role")
+    assert [o.result for o in outcomes] == ["success"], outcomes
+    record = outcomes[0].record
+    assert record is not None and record.source == "standby", caplog.text
     assert not replay_paused(standby)
