@@ -578,6 +578,8 @@ class Child:
     ) -> None:
         self._process = process
         self.log_name = log_name
+        # Its last lines, for a supervisor that acts on why the child ended.
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         assert process.stdout is not None  # noqa: S101 - guaranteed by spawn()
         collapser = RepeatCollapser(repeat_window) if repeat_window else None
         self._pump = asyncio.create_task(
@@ -585,6 +587,7 @@ class Child:
                 process.stdout,
                 log_name,
                 logging.INFO,
+                tail=self.tail,
                 collapser=collapser,
                 severity=PostgresSeverity(logging.INFO),
             )

@@ -28,6 +28,8 @@ class PrimaryFacts:
     server_version: str
     system_identifier: str | None
     segment_size: int
+    # The archive's slot was missing and this call created it (dropped on the primary?).
+    slot_created: bool = False
 
 
 def archive_server(config: Config, standby: StandbyState) -> PrimaryConfig:
@@ -68,8 +70,9 @@ async def inspect_primary(
             )
             sysid = str(await conn.fetchval(sql.SYSTEM_IDENTIFIER))
             await identity.check_identity(config, sysid, f"{primary.host}:{primary.port}")
+            slot_created = False
             if ensure_slot:
-                await ensure_physical_slot(conn, config.pitr.slot_name)
+                slot_created = await ensure_physical_slot(conn, config.pitr.slot_name)
     except TimeoutError:
         conn.terminate()
         raise PgUnavailable(
@@ -81,7 +84,12 @@ async def inspect_primary(
         with contextlib.suppress(TimeoutError):
             await asyncio.shield(conn.close(timeout=config.monitor.query_timeout))
     return PrimaryFacts(
-        version_num, major_from_version_num(version_num), server_version, sysid, segment_size
+        version_num,
+        major_from_version_num(version_num),
+        server_version,
+        sysid,
+        segment_size,
+        slot_created,
     )
 
 

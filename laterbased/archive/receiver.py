@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -50,6 +51,13 @@ RESTART_RESET_AFTER = 120.0
 STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGINT, 10.0),)
 REFRESH_INTERVAL = 1.0
 PASSFILE = "pitr-passfile"
+# What pg_receivewal says when the primary no longer has the WAL after the archive's end
+# (the slot was dropped, or lost WAL at max_slot_wal_keep_size): it can never continue.
+WAL_REMOVED = "has already been removed"
+# Where pg_receivewal starts afresh after such a loss (no segment there: it starts where the
+# server has WAL); hidden from the archive's listing until its first file is moved in.
+RESUME_DIR = ".resume"
+RESUME_TIMEOUT = 60.0
 
 
 def receivewal_argv(
@@ -137,6 +145,14 @@ class WalReceiver:
         # history comes with the stream: pg_receivewal carries on from the archive's end).
         server = archive_server(config, self.ctx.state.standby)
         facts = await inspect_primary(config, ensure_slot=True, server=server)
+        if facts.slot_created and bool(await asyncio.to_thread(wal_archive.list_segments, root)):
+            message = (
+                f"the archive's slot {config.pitr.slot_name} was missing on "
+                f"{server.host}:{server.port} (dropped?) and is created again: WAL the server "
+                "removed meanwhile is a gap in the archive"
+            )
+            logger.warning("archive: %s", message)
+            self.ctx.state.record_event("warning", f"WAL archive: {message}")
         bindir = await asyncio.to_thread(
             find_bindir, facts.major, config.standby.bin_dir, tools=("pg_receivewal",)
         )
@@ -179,12 +195,56 @@ class WalReceiver:
                         await exit_task
             returncode = exit_task.result()
             await self._refresh()
+            if any(WAL_REMOVED in line for line in child.tail):
+                return await self._resume_after_lost_wal(bindir, passfile, directory, server)
             if returncode < 0:
                 return f"killed by signal {-returncode}"
             return f"exited with status {returncode}"
         finally:
             await finish_uncancellable(asyncio.ensure_future(child.stop(STOP_STEPS)))
             st.pid = None
+
+    async def _resume_after_lost_wal(
+        self, bindir: Path, passfile: Path, directory: Path, server: PrimaryConfig
+    ) -> str:
+        """The server no longer has the WAL that follows the archive's end, so pg_receivewal
+        (which always starts from the archive's newest segment) can never go on. Start it
+        once in an empty folder, where it begins at the oldest WAL the server still keeps
+        (the slot's, or the server's current position on 13), stop it once its first file
+        is there and move that into the archive: the next start goes on from it. What lies
+        between is a gap, reported as such (health, /status.json ranges, restore)."""
+        resume = directory / RESUME_DIR
+        await asyncio.to_thread(shutil.rmtree, resume, True)
+        await asyncio.to_thread(resume.mkdir, 0o700)
+        last = await asyncio.to_thread(wal_archive.list_segments, self.config.backup_directory)
+        child = await spawn(
+            receivewal_argv(bindir, self.config, passfile, resume, server),
+            env=child_environment({"PGPASSFILE": str(passfile)}),
+            cwd=resume,
+            log_name="pg_receivewal (resume after lost WAL)",
+        )
+        deadline = time.monotonic() + RESUME_TIMEOUT
+        try:
+            while child.returncode is None and time.monotonic() < deadline:
+                if await asyncio.to_thread(_received_files, resume):
+                    break
+                if await self.ctx.sleep(REFRESH_INTERVAL / 5):
+                    break
+        finally:
+            await finish_uncancellable(asyncio.ensure_future(child.stop(STOP_STEPS)))
+        moved = await asyncio.to_thread(_move_received, resume, directory)
+        if not moved:
+            return "could not go on: the server no longer has the WAL after the archive's end"
+        before = last[-1].name if last else "nothing"
+        message = (
+            f"the server no longer has the WAL after the archive's end ({before}): archiving "
+            f"goes on from {moved[0]}; the WAL between is lost, a gap in the undo window "
+            "(moments after it are restorable from the next base backup on)"
+        )
+        logger.error("archive: %s", message)
+        self.ctx.state.record_event("error", f"WAL archive: {message}")
+        await self._refresh()
+        return f"resumed after a gap: {message}"
 
     async def _refresh(self) -> None:
         """Read the window off the disk into state (a thread: it lists the archive)."""
@@ -206,6 +266,26 @@ class WalReceiver:
                 directory,
             )
             await stop_unrelated_process(pid, STOP_STEPS, "pg_receivewal")
+
+
+def _received_files(folder: Path) -> list[Path]:
+    """Segment files with something in them (pg_receivewal creates one as data arrives)."""
+    found = []
+    for entry in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if wal_archive.parse_segment(entry) is not None and entry.stat().st_size > 0:
+                found.append(entry)
+    return sorted(found)
+
+
+def _move_received(resume: Path, directory: Path) -> list[str]:
+    """Move what the resuming pg_receivewal wrote into the archive; remove its folder."""
+    moved = []
+    for entry in _received_files(resume):
+        os.rename(entry, directory / entry.name)
+        moved.append(entry.name)
+    shutil.rmtree(resume, ignore_errors=True)
+    return moved
 
 
 async def refresh_coverage(ctx: WorkerContext, root: Path) -> None:

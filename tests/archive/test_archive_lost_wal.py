@@ -1,0 +1,132 @@
+"""The archive's slot dropped on the primary while laterbased was down, and the WAL after the
+archive's end recycled there: the slot is created again, archiving goes on from what the
+primary still has, and the hole is reported as a gap (health, ranges), while moments before
+it stay restorable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pgserver import PgServer
+from waiting import wait_for
+
+from laterbased.archive.worker import run_archive
+from laterbased.config import Config, load_config
+from laterbased.core.context import WorkerContext
+from laterbased.core.state import State
+from laterbased.health.verdicts import check_pitr
+from laterbased.ops.restore.steps import RestoreRequest, restore
+from laterbased.records import wal_archive
+
+pytestmark = pytest.mark.slow
+
+LIBRARY = "Resolve Library"
+SLOT = "laterbase_wal_slot"
+
+
+def archive_config(server: PgServer, work: Path, state_dir: Path) -> Config:
+    return load_config(
+        None,
+        {
+            "PRIMARY_HOST": server.host,
+            "PRIMARY_PORT": str(server.port),
+            "PRIMARY_USER": server.superuser,
+            "REPL_PASSWORD": server.superuser_password,
+            "LOCAL_BACKUP_PATH": str(work / "backups"),
+            "LATERBASED_STATE_DIR": str(state_dir),
+            "LATERBASED_PITR_ENABLED": "true",
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def archiving(config: Config) -> AsyncIterator[State]:
+    state = State(config=config)
+    ctx = WorkerContext(state, asyncio.Event())
+    task = asyncio.create_task(run_archive(ctx))
+    try:
+        await wait_for(
+            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
+            "a base backup and pg_receivewal streaming",
+        )
+        yield state
+    finally:
+        ctx.stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+def archived_through(server: PgServer) -> Callable[[], bool]:
+    lsn = server.sql("SELECT pg_current_wal_lsn()")
+
+    def flushed() -> bool:
+        return server.sql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
+            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
+        ) == "1"
+
+    return flushed
+
+
+async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_gap(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    # Nothing kept beyond what checkpoints need: the primary recycles WAL at once.
+    server = make_primary(min_wal_size="32MB", wal_keep_size=0)
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text)',
+        database=LIBRARY,
+    )
+    config = archive_config(server, tmp_path, state_dir)
+    async with archiving(config):
+        server.sql("INSERT INTO clips VALUES (1, 'before-the-loss')", database=LIBRARY)
+        moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
+        await asyncio.sleep(0.05)
+        server.sql("INSERT INTO clips VALUES (2, 'lost-with-the-wal')", database=LIBRARY)
+        await wait_for(archived_through(server), "the WAL so far archived")
+    end = wal_archive.list_segments(config.backup_directory)[-1].name
+
+    # laterbased is down; someone drops its slot on the Resolve server, which moves on.
+    server.sql(f"SELECT pg_drop_replication_slot('{SLOT}')")
+    for step in range(5):
+        server.sql(
+            f"CREATE TABLE churn{step} AS SELECT 1 AS id; SELECT pg_switch_wal(); CHECKPOINT",
+            database=LIBRARY,
+        )
+    kept = server.sql("SELECT string_agg(name, ' ') FROM pg_ls_waldir()")
+    assert end not in kept, f"the primary still has {end}: {kept}"
+
+    async with archiving(config) as state:
+        await wait_for(
+            lambda: bool(state.archive.gaps) and state.archive.phase == "streaming",
+            "the gap reported and archiving going on",
+            log=lambda: f"{state.archive.last_exit} {state.archive.message}",
+        )
+        assert server.sql(
+            f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"  # noqa: S608
+        ) == "t", "the slot created again and used"
+        server.sql("INSERT INTO clips VALUES (3, 'after-the-loss')", database=LIBRARY)
+        await wait_for(archived_through(server), "new WAL archived after the gap")
+        verdict = check_pitr(state, time.time())
+        assert verdict.severity == "critical", verdict
+        assert "the window is broken since" in verdict.reason, verdict
+        first, _ = state.archive.gaps[-1]
+        assert first in verdict.reason, verdict
+        assert any("is created again" in e.message for e in state.events), state.events
+        assert any("the WAL between is lost" in e.message for e in state.events), state.events
+
+    window = wal_archive.coverage(config.backup_directory)
+    assert window.covers(moment) and window.earliest is None, window
+    result = await restore(
+        config, RestoreRequest(target_db="before the loss", database=LIBRARY, at=moment)
+    )
+    assert result.at_how is not None and result.at_how.startswith("point in time"), result
+    assert server.sql("SELECT note FROM clips ORDER BY id", database="before the loss") == (
+        "before-the-loss"
+    )
