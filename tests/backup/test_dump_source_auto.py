@@ -19,10 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from backup_support import make_config
+from daemon_process import DaemonProcess, primary_section, write_config
+from daemon_support import daemon_config, post, standby_sql
 from pgserver import PgServer
 from streaming_standby import StreamingStandby
+from waiting import wait_for
 
 from laterbased.backup.dump import run_dumps
 from laterbased.config import Config, MonitorConfig, Secret
@@ -225,3 +229,52 @@ async def test_auto_reads_the_standby_as_a_replication_role_that_is_not_a_superu
     record = outcomes[0].record
     assert record is not None and record.source == "standby", caplog.text
     assert not replay_paused(standby)
+
+
+async def test_the_daemon_by_default_dumps_its_own_streaming_standby(
+    make_primary: Callable[..., PgServer], state_dir: Path
+) -> None:
+    # No backup.source in the configuration: the default, auto, in the real daemon with
+    # the standby it cloned and runs itself (as the postgres OS user under root).
+    primary = make_primary(log_connections="on")
+    primary.create_database(DB)
+    primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', DB)
+    backups = state_dir / "backups"
+    config = daemon_config(primary, state_dir)
+    config["primary"] = primary_section(primary, superuser=True)
+    config["backup"] = {
+        "databases": [DB],
+        "directory": str(backups),
+        "schedule": "0 0 1 1 *",
+        "catch_up": False,
+        "skip_unchanged": False,
+    }
+    port = config["standby"]["port"]
+    daemon = await DaemonProcess.start(
+        write_config(state_dir / "laterbased.yaml", config), config["http"]["port"]
+    )
+    try:
+        await wait_for(
+            lambda: standby_receiver_streaming(primary, port),
+            "the daemon's standby streaming",
+            180,
+            interval=0.5,
+            log=lambda: daemon.log,
+        )
+        primary_log = log_size(primary.log_file)
+        status, body = await post(daemon, "/api/backup")
+        assert status == 200 and body["result"] == "success", (body, daemon.log[-3000:])
+        [record] = Catalogue(backups).list_backups(DB)
+        assert record.source == "standby", daemon.log[-3000:]
+        assert "dump source: the standby 127.0.0.1:" in daemon.log
+        assert DUMP_APPLICATION not in log_since(primary.log_file, primary_log)
+    finally:
+        await daemon.stop()
+
+
+async def standby_receiver_streaming(primary: PgServer, port: int) -> bool:
+    try:
+        status = await standby_sql(primary, port, "SELECT status FROM pg_stat_wal_receiver")
+    except (OSError, asyncpg.PostgresError):
+        return False
+    return bool(status == "streaming")
