@@ -36,6 +36,9 @@ STDERR_TAIL_LINES = 20
 DEFAULT_TERM_GRACE = 5.0
 # After the leader exits, a descendant may still hold our pipe open; do not wait for it forever.
 PIPE_DRAIN_GRACE = 2.0
+# How often a child's exit is looked for (see wait_exit): first soon, then every 0.25 s.
+EXIT_POLL_FIRST = 0.005
+EXIT_POLL_MAX = 0.25
 DEFAULT_STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = (
     (signal.SIGTERM, 10.0),
     (signal.SIGKILL, 5.0),
@@ -190,6 +193,31 @@ def _exec_kwargs(
     return kwargs
 
 
+async def wait_exit(process: asyncio.subprocess.Process) -> int:
+    """Return the exit status of ``process`` as soon as it has exited.
+
+    Not ``process.wait()``: on Python 3.11 it returns only once every pipe of the child is
+    closed, and a process the child left behind (a postgres backend that outlived its
+    postmaster, or one stopped in a debugger) can hold the child's output open for minutes;
+    a supervisor would miss the crash and a stop would hang meanwhile. ``returncode`` is set
+    as soon as the child watcher reaps the child, so it is polled, briefly at first (most
+    children are short), then at most every EXIT_POLL_MAX seconds.
+    """
+    delay = EXIT_POLL_FIRST
+    while (returncode := process.returncode) is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, EXIT_POLL_MAX)
+    return returncode
+
+
+def _close_pipes(process: asyncio.subprocess.Process) -> None:
+    """Close our ends of the exited child's pipes, even if a descendant still holds theirs
+    (else the transport, and its file descriptors, live until garbage collection)."""
+    transport = getattr(process, "_transport", None)
+    if transport is not None and process.returncode is not None:
+        transport.close()
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     """Send ``sig`` to a process group; False when the group no longer exists."""
     try:
@@ -213,12 +241,12 @@ async def _stop_group(
         _signal_group(pgid, sig)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                await process.wait()
+                await wait_exit(process)
     if process.returncode is None:
         logger.warning("process %s did not exit in time; sending SIGKILL to its group", pgid)
     # Also reaches descendants that outlived the leader in its group.
     _signal_group(pgid, signal.SIGKILL)
-    return await process.wait()
+    return await wait_exit(process)
 
 
 async def finish_uncancellable(awaitable: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
@@ -545,7 +573,7 @@ async def run(
                 )
         try:
             async with asyncio.timeout(timeout):
-                returncode = await process.wait()
+                returncode = await wait_exit(process)
                 await _drain(pumps, log_name)
         except BaseException as exc:
             if isinstance(exc, TimeoutError):
@@ -557,6 +585,7 @@ async def run(
             raise
     finally:
         await finish_uncancellable(asyncio.ensure_future(_cancel_and_await(pumps)))
+        _close_pipes(process)
     logger.debug("%s: exited with status %s", log_name, returncode)
     return CompletedRun(returncode=returncode, stdout=b"".join(chunks), stderr_tail=list(tail))
 
@@ -604,7 +633,7 @@ class Child:
 
     async def wait(self) -> int:
         """Wait for the child to exit and its output to be logged; return its status."""
-        returncode = await self._process.wait()
+        returncode = await wait_exit(self._process)
         await self._finish_pump()
         return returncode
 
@@ -633,6 +662,7 @@ class Child:
         if not self._pump.done():
             await _drain([self._pump], self.log_name)
         await finish_uncancellable(asyncio.ensure_future(_cancel_and_await([self._pump])))
+        _close_pipes(self._process)
 
     async def __aenter__(self) -> Self:
         return self
