@@ -5,78 +5,24 @@ pg_receivewal carries on with the history file, the window spans the switch, and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer
+from pitr_support import LIBRARY, archive_running, archived_up_to_now, config_for, rows
 from streaming_standby import StreamingStandby
 from waiting import wait_for
 
-from laterbased.archive.worker import run_archive
-from laterbased.config import Config, load_config
-from laterbased.core.context import WorkerContext
-from laterbased.core.state import State
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.records import wal_archive
 
 pytestmark = pytest.mark.slow
 
-LIBRARY = "Resolve Library"
-
-
-def archive_config(server: PgServer, work: Path, state_dir: Path) -> Config:
-    return load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": server.superuser,
-            "REPL_PASSWORD": server.superuser_password,
-            "LOCAL_BACKUP_PATH": str(work / "backups"),
-            "LATERBASED_STATE_DIR": str(state_dir),
-            "LATERBASED_PITR_ENABLED": "true",
-        },
-    )
-
-
-@contextlib.asynccontextmanager
-async def archiving(config: Config) -> AsyncIterator[State]:
-    state = State(config=config)
-    ctx = WorkerContext(state, asyncio.Event())
-    task = asyncio.create_task(run_archive(ctx))
-    try:
-        await wait_for(
-            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
-            "a base backup and pg_receivewal streaming",
-        )
-        yield state
-    finally:
-        ctx.stopping.set()
-        await asyncio.wait_for(task, 30)
-
-
-def archived_through(server: PgServer) -> Callable[[], bool]:
-    lsn = server.sql("SELECT pg_current_wal_lsn()")
-
-    def flushed() -> bool:
-        return server.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
-            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
-        ) == "1"
-
-    return flushed
-
-
 def now_on(server: PgServer) -> datetime:
     return datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
-
-
-def notes(server: PgServer, database: str) -> list[str]:
-    return server.sql("SELECT note FROM clips ORDER BY id", database=database).split()
 
 
 def library_with_clips(server: PgServer) -> None:
@@ -96,13 +42,13 @@ async def test_the_archive_follows_a_failover_and_restores_moments_on_both_timel
         'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text)',
         database=LIBRARY,
     )
-    config = archive_config(server, tmp_path, state_dir)
-    async with archiving(config) as state:
+    config = config_for(server, tmp_path, state_dir)
+    async with archive_running(config) as state:
         server.sql("INSERT INTO clips VALUES (1, 'before-failover')", database=LIBRARY)
         before = now_on(server)
         await asyncio.sleep(0.05)
         server.sql("INSERT INTO clips VALUES (2, 'late-on-timeline-1')", database=LIBRARY)
-        await wait_for(archived_through(server), "timeline 1 archived")
+        await archived_up_to_now(server)
 
         server.fail_over_in_place()  # the same cluster, back on timeline 2
         assert server.sql("SELECT pg_walfile_name(pg_current_wal_lsn())").startswith("00000002")
@@ -113,7 +59,7 @@ async def test_the_archive_follows_a_failover_and_restores_moments_on_both_timel
         server.sql("DELETE FROM clips", database=LIBRARY)  # the mistake
         server.sql("SELECT pg_switch_wal()")
         server.sql("CREATE TABLE later (id int)", database=LIBRARY)
-        await wait_for(archived_through(server), "timeline 2 archived", timeout=90)
+        await archived_up_to_now(server, timeout=90)
 
         def spans_the_switch() -> bool:
             window = wal_archive.coverage(config.backup_directory)
@@ -133,14 +79,14 @@ async def test_the_archive_follows_a_failover_and_restores_moments_on_both_timel
         config, RestoreRequest(target_db="after the failover", database=LIBRARY, at=after)
     )
     assert result.at_how is not None and result.at_how.startswith("point in time"), result
-    assert notes(server, "after the failover") == [
+    assert rows(server, "after the failover") == [
         "before-failover", "late-on-timeline-1", "after-failover"
     ]
     result = await restore(
         config, RestoreRequest(target_db="before the failover", database=LIBRARY, at=before)
     )
     assert result.at_how is not None and result.at_how.startswith("point in time"), result
-    assert notes(server, "before the failover") == ["before-failover"]
+    assert rows(server, "before the failover") == ["before-failover"]
 
 
 async def test_the_archive_follows_our_promoted_standby_and_restores_moments_on_both_sides(
@@ -150,16 +96,16 @@ async def test_the_archive_follows_our_promoted_standby_and_restores_moments_on_
     library_with_clips(server)
     standby = StreamingStandby.running(server, "laterbase_standby_slot")
     try:
-        config = archive_config(server, tmp_path, state_dir)
+        config = config_for(server, tmp_path, state_dir)
         config = dataclasses.replace(
             config, standby=dataclasses.replace(config.standby, enabled=True, port=standby.port)
         )
-        async with archiving(config) as state:
+        async with archive_running(config) as state:
             server.sql("INSERT INTO clips VALUES (1, 'on-the-old-primary')", database=LIBRARY)
             before = now_on(server)
             await asyncio.sleep(0.05)
             server.sql("INSERT INTO clips VALUES (2, 'replicated-too')", database=LIBRARY)
-            await wait_for(archived_through(server), "the old primary's WAL archived")
+            await archived_up_to_now(server)
             lsn = server.sql("SELECT pg_current_wal_lsn()")
             await wait_for(
                 lambda: standby.sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'") == "t",

@@ -42,7 +42,7 @@ def config_for(
     return load_config(None, environment(server, work, state_dir) | (extra or {}))
 
 
-async def archived_up_to_now(server: PgServer) -> None:
+async def archived_up_to_now(server: PgServer, timeout: float = 60.0) -> None:  # noqa: ASYNC109
     """Wait until the archive's walsender has flushed everything written so far."""
     lsn = server.sql("SELECT pg_current_wal_lsn()")
 
@@ -52,7 +52,7 @@ async def archived_up_to_now(server: PgServer) -> None:
             f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
         ) == "1"
 
-    await wait_for(flushed, f"the archive received WAL up to {lsn}")
+    await wait_for(flushed, f"the archive received WAL up to {lsn}", timeout)
 
 
 @contextlib.asynccontextmanager
