@@ -26,8 +26,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from laterbased.archive.primary import APPLICATION_NAME, PrimaryFacts, inspect_primary
-from laterbased.config import Config
+from laterbased.archive.primary import (
+    APPLICATION_NAME,
+    PrimaryFacts,
+    archive_server,
+    inspect_primary,
+)
+from laterbased.config import Config, PrimaryConfig
 from laterbased.core.context import WorkerContext
 from laterbased.errors import JobFailed, LaterbasedError
 from laterbased.pg import sql
@@ -57,8 +62,10 @@ class BackupSource:
     sslmode: str
 
 
-def primary_source(config: Config) -> BackupSource:
-    primary = config.primary
+def primary_source(config: Config, server: PrimaryConfig | None = None) -> BackupSource:
+    """The primary: the configured one, or ``server`` (after a failover to our own standby,
+    the promoted server: archive/primary.archive_server)."""
+    primary = server or config.primary
     return BackupSource("primary", primary.host or "localhost", primary.port, primary.sslmode)
 
 
@@ -177,9 +184,12 @@ async def _standby_unready(
     return None
 
 
-async def write_backup_passfile(config: Config, path: Path) -> None:
+async def write_backup_passfile(
+    config: Config, path: Path, source: BackupSource | None = None
+) -> None:
     """A 0600 passfile for pg_basebackup to the primary or the standby (same login: the
-    standby is a copy of the primary): the password never goes in argv."""
+    standby is a copy of the primary), and ``source`` (the promoted server after a failover,
+    on its failover port): the password never goes in argv."""
     primary = config.primary
     lines = []
     if primary.password and primary.host:
@@ -187,15 +197,24 @@ async def write_backup_passfile(config: Config, path: Path) -> None:
         lines.append(passfile_line(primary.host, primary.port, "*", primary.user, secret))
         standby = config.standby
         lines.append(passfile_line(standby.connect_host, standby.port, "*", primary.user, secret))
+        if source is not None:
+            lines.append(passfile_line(source.host, source.port, "*", primary.user, secret))
     await write_passfile(path, lines, None)
 
 
-async def take_base_backup(config: Config) -> wal_archive.BaseBackup:
+async def take_base_backup(
+    config: Config, server: PrimaryConfig | None = None
+) -> wal_archive.BaseBackup:
     """One base backup, published in ``@base/<stamp>/``: from the local standby when it
     can stand in for the primary (:func:`choose_source`), else (or when that one fails)
-    from the primary."""
-    facts = await inspect_primary(config, ensure_slot=False)
-    source, why = await choose_source(config, facts)
+    from the primary. ``server``: the primary the archive follows (after a failover to our
+    own standby, the promoted server: there is no other to read then)."""
+    server = server or config.primary
+    facts = await inspect_primary(config, ensure_slot=False, server=server)
+    if server != config.primary:
+        source, why = primary_source(config, server), "our standby, promoted: the primary now"
+    else:
+        source, why = await choose_source(config, facts)
     logger.info("base backup source: the %s (%s)", source.role, why)
     if source.role == "standby":
         try:
@@ -207,7 +226,7 @@ async def take_base_backup(config: Config) -> wal_archive.BaseBackup:
                 source.port,
                 exc,
             )
-    return await _take_base_backup(config, facts, primary_source(config))
+    return await _take_base_backup(config, facts, primary_source(config, server))
 
 
 async def _take_base_backup(
@@ -222,7 +241,7 @@ async def _take_base_backup(
     partial = await asyncio.to_thread(wal_archive.new_base_partial, root, stamp)
     passfile = config.state_dir / PASSFILE
     try:
-        await write_backup_passfile(config, passfile)
+        await write_backup_passfile(config, passfile, source)
         result = await run(
             basebackup_argv(bindir, config, passfile, partial, source),
             env=child_environment({"PGPASSFILE": str(passfile)}),
@@ -290,7 +309,9 @@ async def run_base_backups(ctx: WorkerContext) -> None:
             if await ctx.sleep(0.5):
                 return
         try:
-            backup = await take_base_backup(ctx.config)
+            backup = await take_base_backup(
+                ctx.config, archive_server(ctx.config, ctx.state.standby)
+            )
         except (JobFailed, OSError, ValueError, KeyError) as exc:
             st.last_base_backup_error = str(exc)
             logger.error("base backup failed: %s", exc)

@@ -16,10 +16,13 @@ from pitr_support import LIBRARY, archive_running, archived_up_to_now, config_fo
 from streaming_standby import StreamingStandby
 from waiting import wait_for
 
+from laterbased.archive.basebackup import take_base_backup
+from laterbased.archive.primary import archive_server
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.records import wal_archive
 
 pytestmark = pytest.mark.slow
+
 
 def now_on(server: PgServer) -> datetime:
     return datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
@@ -158,6 +161,19 @@ async def test_the_archive_follows_our_promoted_standby_and_restores_moments_on_
                 "the window spanning the failover",
                 log=lambda: repr(wal_archive.coverage(config.backup_directory)),
             )
+
+            # The next base backup comes from the promoted server too (the old one is gone).
+            newer = await take_base_backup(config, archive_server(config, state.standby))
+            assert newer.timeline == 2, newer
+            on_promoted("INSERT INTO clips VALUES (4, 'after-the-new-base-backup')")
+            latest = datetime.fromisoformat(on_promoted("SELECT clock_timestamp()::text"))
+            standby_sql("SELECT pg_switch_wal()")
+            on_promoted("CREATE TABLE even_later (id int)")
+            await wait_for(
+                lambda: wal_archive.base_backup_for(config.backup_directory, latest) == newer,
+                "the promoted server's base backup starting the window's newest moments",
+                log=lambda: repr(wal_archive.coverage(config.backup_directory)),
+            )
         into_the_new_primary = {"target_host": "127.0.0.1", "target_port": standby.port}
         result = await restore(
             config,
@@ -177,5 +193,14 @@ async def test_the_archive_follows_our_promoted_standby_and_restores_moments_on_
         assert result.at_how is not None and result.at_how.startswith("point in time"), result
         restored = standby_sql('\\c "before"\nSELECT note FROM clips ORDER BY id').split()
         assert restored == ["on-the-old-primary"]
+        result = await restore(
+            config,
+            RestoreRequest(
+                target_db="latest", database=LIBRARY, at=latest, **into_the_new_primary
+            ),
+        )
+        assert newer.directory.name in result.source, result
+        restored = standby_sql('\\c "latest"\nSELECT note FROM clips ORDER BY id').split()
+        assert restored == ["after-the-new-base-backup"]
     finally:
         standby.cleanup()
