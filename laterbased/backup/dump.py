@@ -32,7 +32,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -977,10 +977,12 @@ async def run_dumps(
     run_id: str,
     databases: Sequence[str] | None = None,
     promoted_port: int | None = None,
+    on_source: Callable[[str], None] | None = None,
 ) -> list[DumpOutcome]:
     """Dump ``databases`` (default: configured, else discovered), then globals if asked.
 
     ``promoted_port``: our standby was promoted and runs there; it is the source.
+    ``on_source``: told the role of the server the run reads, once chosen.
 
     Failures of single databases are outcomes, not exceptions; a failure before any dump
     (server unreachable, no pg_dump) is one outcome for database ``"*"``.
@@ -988,6 +990,8 @@ async def run_dumps(
     outcomes: list[DumpOutcome] = []
     try:
         async with Dumper(config, catalogue, run_id, promoted_port) as dumper:
+            if on_source is not None:
+                on_source(dumper.server.role)
             tools = await select_tools(config, dumper.server)
             names = list(databases or config.backup.databases)
             if not names:

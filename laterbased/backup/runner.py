@@ -313,7 +313,14 @@ async def run_backup_chain(
     catalogue = Catalogue(config.backup_directory)
     logger.info("backup run started run=%s trigger=%s", run_id, trigger)
     try:
-        outcomes = await run_dumps(config, catalogue, run_id, databases, promoted_port(state))
+        outcomes = await run_dumps(
+            config,
+            catalogue,
+            run_id,
+            databases,
+            promoted_port(state),
+            on_source=lambda role: setattr(run, "source", role),
+        )
         now = time.time()
         for outcome in outcomes:
             chain.steps.append(outcome.to_json())

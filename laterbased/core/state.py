@@ -132,6 +132,8 @@ class JobRun:
     result: str | None = None  # success | failed | skipped | unchanged | cancelled
     detail: str | None = None
     database: str | None = None
+    # A dump run: the server it reads (primary | standby | promoted), once chosen.
+    source: str | None = None
 
 
 @dataclass
@@ -205,6 +207,9 @@ class ArchiveState:
     base_backups: int = 0
     last_base_backup: float | None = None
     last_base_backup_error: str | None = None
+    # Why a base backup is wanted before the schedule's next one (a gap cut the window:
+    # nothing after it is restorable until one is taken); None when the schedule will do.
+    base_backup_wanted: str | None = None
     # With upload on: finished WAL files and base backups without an off-site copy yet, and
     # since when the oldest of them waits (epoch).
     pending_upload: int = 0

@@ -194,14 +194,19 @@ def check_replication(state: State, now: float) -> Check:
         )
     if local.replay_paused:
         dump = state.jobs.get("dump")
-        if state.config.backup.source != "primary" and dump is not None and dump.running:
+        running = dump.running if dump is not None else None
+        if (
+            state.config.backup.source != "primary"
+            and running is not None
+            and running.source != "primary"
+        ):
             # Our own dump pauses replay on the standby while it reads (no recovery
-            # conflicts) and resumes it when it ends (auto: when it dumps from it, and it
-            # never takes a standby already paused).
+            # conflicts) and resumes it when it ends. A run that went to the primary
+            # (auto never takes a standby already paused) paused nothing.
             return Check(
                 "replication",
                 "ok",
-                f"streaming, replay paused for dump {dump.running.id}, {describe_lag(state)}",
+                f"streaming, replay paused for dump {running.id}, {describe_lag(state)}",
             )
         return Check(
             "replication",

@@ -29,7 +29,9 @@ from streaming_standby import StreamingStandby
 from waiting import wait_for
 
 from laterbased.backup.dump import run_dumps
+from laterbased.backup.runner import run_backup_chain
 from laterbased.config import Config, MonitorConfig, Secret
+from laterbased.core.state import State
 from laterbased.records.catalogue import BackupRecord, Catalogue
 
 pytestmark = pytest.mark.slow
@@ -278,3 +280,21 @@ async def standby_receiver_streaming(primary: PgServer, port: int) -> bool:
     except (OSError, asyncpg.PostgresError):
         return False
     return bool(status == "streaming")
+
+
+async def test_a_backup_run_tells_the_state_which_server_it_reads(
+    pair: tuple[PgServer, StreamingStandby], backup_dir: Path
+) -> None:
+    # Health reads it: replay paused during a run that dumps the standby is ours (ok); during
+    # one that went to the primary it is someone else's (a warning).
+    primary, standby = pair
+    state = State(config=auto_config(primary, standby, backup_dir))
+    result = await run_backup_chain(state, trigger="test")
+    assert result.result == "success", result
+    run = state.job("dump").last_run
+    assert run is not None and run.source == "standby"
+    await asyncio.to_thread(standby.stop)
+    result = await run_backup_chain(state, trigger="test")
+    assert result.result == "success", result
+    run = state.job("dump").last_run
+    assert run is not None and run.source == "primary"

@@ -12,7 +12,7 @@ from laterbased.health.verdicts import check_replication
 NOW = 1_800_000_000.0
 
 
-def paused_during_a_dump(source: str) -> State:
+def paused_during_a_dump(source: str, dumping: str | None = "standby") -> State:
     config = Config(
         primary=PrimaryConfig(host="resolve.local"),
         standby=StandbyConfig(enabled=True),
@@ -30,7 +30,9 @@ def paused_during_a_dump(source: str) -> State:
     local.replay_paused = True
     local.lag_bytes = 0
     local.lag_seconds = 0.0
-    state.job("dump").running = JobRun(id="dump-1", job="dump", started=NOW - 5)
+    state.job("dump").running = JobRun(
+        id="dump-1", job="dump", started=NOW - 5, source=dumping
+    )
     return state
 
 
@@ -42,6 +44,13 @@ def test_replay_paused_by_our_own_dump_from_the_standby_is_ok(source: str) -> No
 
 
 def test_replay_paused_while_dumps_go_to_the_primary_is_a_warning() -> None:
-    check = check_replication(paused_during_a_dump("primary"), NOW)
+    check = check_replication(paused_during_a_dump("primary", "primary"), NOW)
+    assert check.severity == "warning", check
+    assert "pg_wal_replay_resume()" in check.reason
+
+
+def test_replay_paused_while_an_auto_run_dumps_the_primary_is_someone_elses_pause() -> None:
+    # auto found the standby paused already and went to the primary: nobody of ours paused it.
+    check = check_replication(paused_during_a_dump("auto", "primary"), NOW)
     assert check.severity == "warning", check
     assert "pg_wal_replay_resume()" in check.reason
