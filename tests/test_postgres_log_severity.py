@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Callable
 
 import pytest
-from pgserver import PgServer, free_port
+from pgserver import PgServer
+from standby_support import orphan_standby
 from waiting import wait_for
 
-from laterbased.proc import PostgresSeverity, resolve_run_as, spawn
+from laterbased.proc import PostgresSeverity
 
 
 @pytest.mark.parametrize(
@@ -44,22 +43,8 @@ def test_postgres_severities_map_to_ours(lines: list[str], levels: list[int]) ->
 async def test_a_standby_that_cannot_reach_its_primary_logs_the_fatal_at_error(
     make_primary: Callable[..., PgServer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = make_primary()
-    await asyncio.to_thread(server.stop, "fast")
-    (server.data_dir / "standby.signal").touch()
-    dead = free_port()
     caplog.set_level(logging.INFO, logger="laterbased.proc")
-    child = await spawn(
-        [
-            str(server.bindir / "postgres"),
-            "-D", str(server.data_dir),
-            "-c", f"primary_conninfo=host=127.0.0.1 port={dead} user=nobody connect_timeout=2",
-            "-c", "wal_retrieve_retry_interval=100ms",
-        ],
-        run_as=resolve_run_as(None),
-        log_name="standby postgres",
-    )
-    try:
+    async with orphan_standby(make_primary()):
         await wait_for(
             lambda: any("could not connect to the primary server" in r.getMessage()
                         for r in caplog.records),
@@ -67,8 +52,6 @@ async def test_a_standby_that_cannot_reach_its_primary_logs_the_fatal_at_error(
             timeout=30,
             log=lambda: caplog.text[-3000:],
         )
-    finally:
-        await child.stop([(signal.SIGINT, 30)])
     records = [r for r in caplog.records if r.name == "laterbased.proc"]
     fatal = [r for r in records if "could not connect to the primary server" in r.getMessage()]
     assert fatal and all(r.levelno == logging.ERROR for r in fatal), [

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pgserver import PgServer, free_port
+from pgserver import PgServer
+from standby_support import orphan_standby
 from waiting import wait_for
 
 from laterbased.errors import RefuseToRun
@@ -280,23 +281,8 @@ async def test_standby_fatal_while_the_primary_is_down_is_collapsed(
 ) -> None:
     # A real postgres in standby mode whose primary does not answer: its walreceiver fails
     # with the same FATAL every wal_retrieve_retry_interval (5 s by default, 100 ms here).
-    server = make_primary()
-    await asyncio.to_thread(server.stop, "fast")
-    (server.data_dir / "standby.signal").touch()
-    dead = free_port()
     caplog.set_level(logging.INFO, logger="laterbased.proc")
-    child = await spawn(
-        [
-            str(server.bindir / "postgres"),
-            "-D", str(server.data_dir),
-            "-c", f"primary_conninfo=host=127.0.0.1 port={dead} user=nobody connect_timeout=2",
-            "-c", "wal_retrieve_retry_interval=100ms",
-        ],
-        run_as=resolve_run_as(None),
-        log_name="standby postgres",
-        repeat_window=1.0,
-    )
-    try:
+    async with orphan_standby(make_primary(), repeat_window=1.0):
         await wait_for(
             lambda: sum(
                 "repeated" in m and "could not connect" in m
@@ -306,8 +292,6 @@ async def test_standby_fatal_while_the_primary_is_down_is_collapsed(
             timeout=30,
             log=lambda: caplog.text[-3000:],
         )
-    finally:
-        await child.stop([(signal.SIGINT, 30)])
     messages = [r.getMessage() for r in caplog.records if r.name == "laterbased.proc"]
     fatal = [m for m in messages if "could not connect to the primary server" in m]
     full = [m for m in fatal if "repeated" not in m]

@@ -36,12 +36,11 @@ from aiohttp import web
 from daemon_process import DaemonProcess, free_tcp_port
 from pgserver import PgServer
 from waiting import wait_for
+from web_support import serving
 
 from laterbased.config import load_config
 from laterbased.core.state import State
-from laterbased.daemon import configured_routes
 from laterbased.offsite.rclone import Rclone, find_rclone
-from laterbased.web.server import HttpServer, build_app
 
 ROOT = Path(__file__).resolve().parent.parent
 S3_SECRET = "s3-secret-" + os.urandom(8).hex()
@@ -311,12 +310,8 @@ async def test_debug_logs_pages_and_config_show_carry_no_secret_and_files_are_pr
 async def api() -> AsyncIterator[tuple[str, State]]:
     config = load_config(None, {"PRIMARY_HOST": "127.0.0.1", "LATERBASED_STANDBY_ENABLED": "0"})
     state = State(config=config)
-    http = HttpServer(build_app(state, configured_routes(config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield f"http://127.0.0.1:{http.port}", state
-    finally:
-        await http.stop()
+    async with serving(state) as url:
+        yield url, state
 
 
 WRITE_ENDPOINTS = ("/api/backup", "/api/promote")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, write_config
+from daemon_process import DaemonProcess, primary_section, write_config
 from daemon_support import TOKEN, post, stop_daemon
 from pgserver import PgServer, free_port
 
@@ -20,12 +20,7 @@ pytestmark = pytest.mark.slow
 
 def backup_daemon_config(primary: PgServer, state_dir: Path) -> dict[str, Any]:
     return {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.superuser,
-            "password": primary.superuser_password,
-        },
+        "primary": primary_section(primary, superuser=True),
         "standby": {"enabled": False},
         "backup": {
             "directory": str(state_dir / "backups"),

@@ -5,19 +5,16 @@ leftover restore-drill cluster (issue 14, items 4, 7). Real PostgreSQL, real pro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 from backup_support import make_config
+from bystanders import survived, victim_with_an_open_file
 from daemon_process import DaemonProcess, minimal_config, write_config
 from pgserver import PgServer, ensure_postgres_user, free_port
 from waiting import wait_for
@@ -29,28 +26,6 @@ from laterbased.proc import pid_alive, pids_with_cwd_under
 from laterbased.records.catalogue import Catalogue, writers_into
 
 pytestmark = pytest.mark.slow
-
-
-def survived(process: subprocess.Popen[bytes]) -> bool:
-    """True when ``process`` was still alive: our SIGTERM, not an earlier SIGKILL, ends it
-    (a pending SIGKILL wins, so this does not depend on timing)."""
-    process.terminate()
-    return process.wait(10) == -signal.SIGTERM
-
-
-@contextlib.contextmanager
-def victim_with_an_open_file() -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """Someone else's directory (mode 0755) with a file a running ``sleep`` holds open."""
-    victim = Path(tempfile.mkdtemp(prefix="laterbased-victim-"))
-    victim.chmod(0o755)
-    with open(victim / "precious.log", "wb") as out:
-        sleeper = subprocess.Popen(["sleep", "300"], stdout=out)
-    try:
-        yield victim, sleeper
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-        shutil.rmtree(victim, ignore_errors=True)
 
 
 async def test_a_symlinked_partial_dir_is_refused_and_its_target_and_processes_are_untouched(

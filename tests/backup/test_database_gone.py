@@ -16,14 +16,13 @@ import aiohttp
 import pytest
 from backup_support import make_config
 from pgserver import PgServer
+from web_support import serving
 
 from laterbased.backup.runner import run_backup_chain
 from laterbased.config import HttpConfig
 from laterbased.core.state import State
-from laterbased.daemon import configured_routes
 from laterbased.health import verdicts as health
 from laterbased.records.catalogue import Catalogue
-from laterbased.web.server import HttpServer, build_app
 from laterbased.web.status import render_status_page, status_document
 
 pytestmark = pytest.mark.slow
@@ -85,14 +84,12 @@ async def test_a_dropped_database_warns_then_leaves_health_and_its_backups_stay_
         assert len(Catalogue(base / "backups").list_backups("Restored Copy")) == 1
 
         # What /healthz answers over HTTP says the same.
-        http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-        await http.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://127.0.0.1:{http.port}/healthz") as answer:
-                    body = await answer.json()
-        finally:
-            await http.stop()
+        async with (
+            serving(state) as url,
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/healthz") as answer,
+        ):
+            body = await answer.json()
         assert "backup:Restored Copy" not in [c["name"] for c in body["checks"]]
 
         # Created again under the same name: it is backed up and judged again.

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from backup_files import publish_real_backup
 from backup_support import make_config
-from daemon_process import DaemonProcess, write_config
+from daemon_process import DaemonProcess, primary_section, write_config
 from daemon_support import TOKEN, get_json, health_check, post, stop_daemon
 from pgserver import PgServer, free_port
 from waiting import wait_for
@@ -98,12 +98,7 @@ async def test_a_backup_dated_in_the_future_does_not_hide_a_failed_run_from_heal
     # From now on every dump of it fails.
     primary.sql(f"ALTER DATABASE {quoted(database)} ALLOW_CONNECTIONS false")
     config = {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.superuser,
-            "password": primary.superuser_password,
-        },
+        "primary": primary_section(primary, superuser=True),
         "standby": {"enabled": False},
         "monitor": {"interval": "1s"},
         "backup": {

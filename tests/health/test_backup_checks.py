@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, write_config
-from daemon_support import TOKEN, get_json, get_text, health_check, post, stop_daemon, wait_check
+from daemon_process import DaemonProcess, primary_section, write_config
+from daemon_support import (
+    TOKEN,
+    get_json,
+    get_text,
+    health_check,
+    healthy,
+    post,
+    stop_daemon,
+    wait_check,
+)
+from health_support import NOW, checks_by_name, ready_state
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
@@ -22,13 +32,6 @@ from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
 from laterbased.core.state import JobRun, State
 from laterbased.health import verdicts as health
 from laterbased.records.catalogue import GLOBALS_KEY, GLOBALS_NAME
-
-NOW = 1_800_000_000.0
-
-
-def checks_by_name(state: State, now: float = NOW) -> dict[str, health.Check]:
-    return {check.name: check for check in health.evaluate(state, now)}
-
 
 DOWN = "cannot connect to the primary 10.0.0.5:5432: connection refused"
 
@@ -40,11 +43,7 @@ def backup_state(**backup: Any) -> State:
         backup=BackupConfig(schedule="0 * * * *", **backup),
         timezone="UTC",
     )
-    state = State(config=config, started_at=NOW - 600)
-    state.ready = True
-    state.primary.reachable = True
-    state.primary.last_ok = NOW - 5
-    state.primary.in_recovery = False
+    state = ready_state(config)
     return state
 
 
@@ -154,13 +153,7 @@ async def test_dump_run_with_the_primary_down_turns_backup_health_bad_until_a_go
     primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', database)
     await asyncio.to_thread(primary.stop)
     config = {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.superuser,
-            "password": primary.superuser_password,
-            "connect_timeout": "3s",
-        },
+        "primary": {**primary_section(primary, superuser=True), "connect_timeout": "3s"},
         "standby": {"enabled": False},
         "monitor": {"interval": "1s"},
         # No databases configured: discovery, so the first run knows none while it fails.
@@ -214,11 +207,9 @@ async def test_dump_run_with_the_primary_down_turns_backup_health_bad_until_a_go
         await wait_check(
             daemon, f"backup:{database}", lambda c: c["severity"] == "ok", "backup ok again"
         )
-
-        async def healthy() -> bool:
-            return (await get_json(daemon, "/healthz"))[0] == 200
-
-        await wait_for(healthy, "/healthz 200 after the good run", 30, log=lambda: daemon.log)
+        await wait_for(
+            lambda: healthy(daemon), "/healthz 200 after the good run", 30, log=lambda: daemon.log
+        )
         _, document = await get_json(daemon, "/status.json")
         (row,) = [b for b in document["backups"] if b["database"] == database]
         assert row["last_error"] is None, row

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from health_support import NOW, ready_state
 
 from laterbased.config import (
     BackupConfig,
@@ -18,7 +19,6 @@ from laterbased.config import (
 from laterbased.core.state import SlotState, State
 from laterbased.health import verdicts as health
 
-NOW = 1_800_000_000.0
 GB = 1024**3
 
 
@@ -33,11 +33,7 @@ def make_state(
         upload=UploadConfig(remote="s3" if upload else ""),
         timezone="UTC",
     )
-    state = State(config=config, started_at=NOW - 600)
-    state.ready = True
-    state.primary.reachable = True
-    state.primary.last_ok = NOW - 5
-    state.primary.in_recovery = False
+    state = ready_state(config)
     state.primary.replication_state = "streaming"
     state.primary.slot = SlotState(
         name="laterbase_standby_slot", exists=True, active=True, retained_bytes=1024,

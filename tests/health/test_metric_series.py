@@ -3,13 +3,13 @@ the last run's duration is named for what it is. Checked by promtool."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from monitor_support import promtool_check
+from web_support import serving
 
 from laterbased.backup.runner import begin_job, finish_job
 from laterbased.config import (
@@ -22,8 +22,6 @@ from laterbased.config import (
     StandbyConfig,
 )
 from laterbased.core.state import State
-from laterbased.daemon import configured_routes
-from laterbased.web.server import HttpServer, build_app
 
 
 def config_with_standby_and_notifications() -> Config:
@@ -41,27 +39,13 @@ def config_with_standby_and_notifications() -> Config:
 
 
 async def scrape(state: State) -> str:
-    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{http.port}/metrics") as answer:
-                assert answer.status == 200
-                return await answer.text()
-    finally:
-        await http.stop()
-
-
-async def promtool_check(text: str) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool missing: apt-get install prometheus"
-    proc = await asyncio.create_subprocess_exec(
-        promtool, "check", "metrics",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(proc.communicate(text.encode()), 60)
-    assert proc.returncode == 0, output.decode()
+    async with (
+        serving(state) as url,
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/metrics") as answer,
+    ):
+        assert answer.status == 200
+        return await answer.text()
 
 
 async def test_restart_and_notification_counters_are_zero_from_the_first_scrape() -> None:

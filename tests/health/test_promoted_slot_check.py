@@ -10,20 +10,22 @@ from pathlib import Path
 
 import pytest
 from daemon_process import DaemonProcess, write_config
-from daemon_support import daemon_config, get_json, get_text, post, stop_daemon, wait_check
+from daemon_support import (
+    daemon_config,
+    get_json,
+    get_text,
+    healthy,
+    post,
+    stop_daemon,
+    wait_check,
+)
+from health_support import checks_by_name, ready_state
 from pgserver import PgServer
 from waiting import wait_for
 
 from laterbased.config import BackupConfig, Config, PrimaryConfig, StandbyConfig
 from laterbased.core.state import SlotState, State
 from laterbased.health import verdicts as health
-
-NOW = 1_800_000_000.0
-
-
-def checks_by_name(state: State, now: float = NOW) -> dict[str, health.Check]:
-    return {check.name: check for check in health.evaluate(state, now)}
-
 
 SLOT = "laterbase_standby_slot"
 
@@ -35,11 +37,7 @@ def promoted_state(slot: SlotState | None) -> State:
         backup=BackupConfig(enabled=False),
         timezone="UTC",
     )
-    state = State(config=config, started_at=NOW - 600)
-    state.ready = True
-    state.primary.reachable = True
-    state.primary.last_ok = NOW - 5
-    state.primary.in_recovery = False
+    state = ready_state(config)
     state.primary.slot = slot
     state.standby.enabled = True
     state.standby.role = "primary"
@@ -95,11 +93,9 @@ async def test_promoted_daemon_warns_about_its_slot_on_the_old_primary_until_dro
     )
     try:
         await daemon.wait_log("standby postgres accepting connections", timeout=90)
-
-        async def healthy() -> bool:
-            return (await get_json(daemon, "/healthz"))[0] == 200
-
-        await wait_for(healthy, "healthy streaming standby", 60, log=lambda: daemon.log)
+        await wait_for(
+            lambda: healthy(daemon), "healthy streaming standby", 60, log=lambda: daemon.log
+        )
         # --force: the old primary stays up, which is the whole point here.
         status, body = await post(daemon, "/api/promote", {"force": True})
         assert status == 200, body
@@ -133,7 +129,10 @@ async def test_promoted_daemon_warns_about_its_slot_on_the_old_primary_until_dro
         primary.sql(f"SELECT pg_drop_replication_slot('{SLOT}')")
         check = await wait_check(daemon, "slot", lambda c: c["severity"] == "ok", "slot ok")
         assert "no longer exists" in check["reason"], check
-        await wait_for(healthy, "/healthz 200 once the slot is dropped", 30, log=lambda: daemon.log)
+        await wait_for(
+            lambda: healthy(daemon), "/healthz 200 once the slot is dropped", 30,
+            log=lambda: daemon.log,
+        )
         await daemon.wait_log("replication slot ok: promoted", timeout=10)
         metrics = await get_text(daemon, "/metrics")
         assert f'laterbased_replication_slot_exists{{slot_name="{SLOT}"}} 0.0' in metrics

@@ -7,25 +7,16 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from config_support import quiet_config
+from monitor_support import monitor_config
 from pgserver import PgServer
 
-from laterbased.config import (
-    BackupConfig,
-    Config,
-    HttpConfig,
-    MonitorConfig,
-    PrimaryConfig,
-    Secret,
-    StandbyConfig,
-)
+from laterbased.config import Config, PrimaryConfig, Secret, StandbyConfig
 from laterbased.core.state import State
 from laterbased.daemon import Daemon, Worker
 from laterbased.health import verdicts as health
@@ -39,21 +30,8 @@ SLOT = "doomed_slot"
 
 
 def config_for(primary: PgServer, *, standby: bool, interval: float) -> Config:
-    return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.replication_user,
-            password=Secret(primary.replication_password),
-            connect_timeout=2.0,
-        ),
-        standby=StandbyConfig(enabled=standby, slot_name=SLOT),
-        monitor=MonitorConfig(interval=interval, query_timeout=2.0),
-        backup=BackupConfig(enabled=False),
-        http=HttpConfig(host="127.0.0.1", port=0),
-        # A private state_dir: the daemon locks its state_dir (one daemon per directory).
-        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-test-")),
-        timezone="UTC",
+    return monitor_config(
+        primary, standby=StandbyConfig(enabled=standby, slot_name=SLOT), interval=interval
     )
 
 

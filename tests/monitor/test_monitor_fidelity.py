@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
+from monitor_support import Harness, monitor_config, monitor_harness, streaming
 from pgserver import PgServer
-from streaming_standby import APPLICATION_NAME, StreamingStandby, primary_with_standby
-
-from laterbased.config import (
-    BackupConfig,
-    Config,
-    MonitorConfig,
-    PrimaryConfig,
-    Secret,
-    StandbyConfig,
-)
-from laterbased.core.state import State
-from laterbased.daemon import configured_routes
-from laterbased.monitor.worker import Monitor
-from laterbased.web.server import HttpServer, build_app
+from streaming_standby import StreamingStandby, primary_with_standby
 
 pytestmark = pytest.mark.slow
 
@@ -42,71 +26,12 @@ def servers(pg_bindir: Path) -> Iterator[tuple[PgServer, StreamingStandby]]:
         yield pair
 
 
-def config_for(primary: PgServer, standby_port: int) -> Config:
-    return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.replication_user,
-            password=Secret(primary.replication_password),
-            connect_timeout=2.0,
-        ),
-        standby=StandbyConfig(
-            enabled=True, port=standby_port, slot_name=SLOT, application_name=APPLICATION_NAME
-        ),
-        monitor=MonitorConfig(interval=INTERVAL, query_timeout=2.0),
-        backup=BackupConfig(enabled=False),
-        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-fidelity-")),
-        timezone="UTC",
-    )
-
-
-class Harness:
-    def __init__(self, state: State, monitor: Monitor, url: str) -> None:
-        self.state = state
-        self.monitor = monitor
-        self.url = url
-
-    async def poll_until(
-        self, condition: Callable[[State], bool], what: str, timeout: float = 30.0
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            await self.monitor.poll_once()
-            if condition(self.state):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for: {what}; "
-                    f"primary={self.state.primary} local={self.state.local}"
-                )
-            await asyncio.sleep(INTERVAL)
-
-    async def get(self, path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
-            return r.status, await r.text()
-
-    async def json(self, path: str) -> Any:
-        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
-            return await r.json()
-
-
 @pytest.fixture
 async def harness(servers: tuple[PgServer, StreamingStandby]) -> AsyncIterator[Harness]:
     primary, standby = servers
-    state = State(config=config_for(primary, standby.port))
-    state.ready = True
-    state.standby.enabled = True
-    state.standby.phase = "running"
-    state.standby.pid = standby.pid
-    monitor = Monitor(state)
-    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield Harness(state, monitor, f"http://127.0.0.1:{http.port}")
-    finally:
-        monitor.close()
-        await http.stop()
+    config = monitor_config(primary, standby=streaming(standby), interval=INTERVAL)
+    async with monitor_harness(config, standby) as harness:
+        yield harness
 
 
 def sample(metrics: str, name: str) -> float | None:

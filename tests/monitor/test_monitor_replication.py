@@ -13,27 +13,16 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
+from monitor_support import Harness, monitor_config, monitor_harness, promtool_check, streaming
 from pgserver import PgServer
-from streaming_standby import APPLICATION_NAME, StreamingStandby, primary_with_standby
+from streaming_standby import StreamingStandby, primary_with_standby
 
-from laterbased.config import (
-    BackupConfig,
-    Config,
-    MonitorConfig,
-    PrimaryConfig,
-    Secret,
-    StandbyConfig,
-)
 from laterbased.core.state import State
-from laterbased.daemon import configured_routes
 from laterbased.health import verdicts as health
-from laterbased.monitor.worker import Monitor
-from laterbased.web.server import HttpServer, build_app
 
 pytestmark = pytest.mark.slow
 
@@ -47,76 +36,18 @@ def servers(pg_bindir: Path) -> Iterator[tuple[PgServer, StreamingStandby]]:
         yield pair
 
 
-def monitor_config(primary: PgServer, standby_port: int, **monitor: object) -> Config:
-    settings: dict[str, object] = {
-        "interval": INTERVAL,
-        "query_timeout": 2.0,
-        "slot_retained_warn_bytes": 1024 * 1024,
-    }
-    settings.update(monitor)
-    return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.replication_user,
-            # quotes, backslash, colon, space, unicode: what broke postgres_exporter
-            password=Secret(primary.replication_password),
-            connect_timeout=2.0,
-        ),
-        standby=StandbyConfig(
-            enabled=True, port=standby_port, slot_name=SLOT, application_name=APPLICATION_NAME
-        ),
-        monitor=MonitorConfig(**settings),  # type: ignore[arg-type]
-        backup=BackupConfig(enabled=False),
-        # A private state_dir: the monitor records the primary's identity there.
-        state_dir=Path(tempfile.mkdtemp(prefix="lb-monitor-replication-")),
-        timezone="UTC",
-    )
-
-
-class Harness:
-    def __init__(self, state: State, monitor: Monitor, url: str) -> None:
-        self.state = state
-        self.monitor = monitor
-        self.url = url
-
-    async def poll_until(self, condition: Callable[[State], bool], what: str,
-                         timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            await self.monitor.poll_once()
-            if condition(self.state):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for: {what}; "
-                    f"primary={self.state.primary} local={self.state.local}"
-                )
-            await asyncio.sleep(INTERVAL)
-
-    async def status(self, path: str) -> int:
-        async with aiohttp.ClientSession() as session, session.get(self.url + path) as r:
-            await r.read()
-            return r.status
-
-
 @pytest.fixture
 async def harness(servers: tuple[PgServer, StreamingStandby]) -> AsyncIterator[Harness]:
     primary, standby = servers
     standby.start()
-    state = State(config=monitor_config(primary, standby.port))
-    state.ready = True
-    state.standby.enabled = True
-    state.standby.phase = "running"
-    state.standby.pid = standby.pid
-    monitor = Monitor(state)
-    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield Harness(state, monitor, f"http://127.0.0.1:{http.port}")
-    finally:
-        monitor.close()
-        await http.stop()
+    config = monitor_config(
+        primary,
+        standby=streaming(standby),
+        interval=INTERVAL,
+        slot_retained_warn_bytes=1024 * 1024,
+    )
+    async with monitor_harness(config, standby) as harness:
+        yield harness
 
 
 def caught_up(state: State) -> bool:
@@ -207,7 +138,7 @@ async def test_stopped_standby_inactive_slot_retains_wal_warns_and_recovers(
         assert "replication slot warning" in caplog.text
         # The standby's last replay position is kept: lag keeps growing while it is down.
         assert (state.local.lag_bytes or 0) > 1024 * 1024
-        metrics = await fetch(harness.url + "/metrics")
+        metrics = await fetch(harness, "/metrics")
         assert f'laterbased_replication_slot_active{{slot_name="{SLOT}"}} 0.0' in metrics
     finally:
         await asyncio.to_thread(standby.start)
@@ -217,10 +148,10 @@ async def test_stopped_standby_inactive_slot_retains_wal_warns_and_recovers(
     assert "Traceback" not in caplog.text
 
 
-async def fetch(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        assert response.status == 200
-        return await response.text()
+async def fetch(harness: Harness, path: str) -> str:
+    status, text = await harness.get(path)
+    assert status == 200, text
+    return text
 
 
 DESIGN_METRICS = [
@@ -254,16 +185,8 @@ async def test_real_scrape_passes_promtool_and_has_every_design_metric(
     state.retention_deleted = 4
     state.upload_last_success = time.time()
     state.worker_restarts["schedule"] += 1
-    text = await fetch(harness.url + "/metrics")
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool missing: apt-get install prometheus"
-    proc = await asyncio.create_subprocess_exec(
-        promtool, "check", "metrics",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(proc.communicate(text.encode()), 60)
-    assert proc.returncode == 0, output.decode()
+    text = await fetch(harness, "/metrics")
+    await promtool_check(text)
     samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
                if line and not line.startswith("#")}
     declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}

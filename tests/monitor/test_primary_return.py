@@ -4,46 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from monitor_support import monitor_config
 from pgserver import PgServer
 from waiting import wait_for
 
-from laterbased.config import (
-    BackupConfig,
-    Config,
-    HttpConfig,
-    MonitorConfig,
-    PrimaryConfig,
-    Secret,
-    StandbyConfig,
-)
 from laterbased.daemon import Daemon, Worker
 from laterbased.monitor.worker import run_monitor
 
 pytestmark = pytest.mark.slow
-
-
-def monitor_only(primary: PgServer, interval: float) -> Config:
-    return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.replication_user,
-            password=Secret(primary.replication_password),
-            connect_timeout=2.0,
-        ),
-        standby=StandbyConfig(enabled=False),
-        monitor=MonitorConfig(interval=interval, query_timeout=2.0),
-        backup=BackupConfig(enabled=False),
-        http=HttpConfig(host="127.0.0.1", port=0),
-        state_dir=Path(tempfile.mkdtemp(prefix="lb-return-test-")),
-        timezone="UTC",
-    )
 
 
 async def test_primary_back_after_a_long_outage_is_seen_within_two_polls_and_five_seconds(
@@ -51,7 +23,9 @@ async def test_primary_back_after_a_long_outage_is_seen_within_two_polls_and_fiv
 ) -> None:
     primary = make_primary()
     interval = 1.0
-    daemon = Daemon(monitor_only(primary, interval), workers=[Worker("monitor", run_monitor)])
+    daemon = Daemon(
+        monitor_config(primary, interval=interval), workers=[Worker("monitor", run_monitor)]
+    )
     caplog.set_level(logging.DEBUG, logger="laterbased.monitor.worker")
 
     def failed_polls() -> int:

@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from config_support import primary_config
 from pgserver import PgServer, free_port
 
 from laterbased.config import (
     BackupConfig,
     Config,
     HttpConfig,
-    PrimaryConfig,
-    Secret,
     StandbyConfig,
 )
 from laterbased.ops.check.checks import CheckResult
@@ -62,13 +61,7 @@ def cloned_standby(primary: PgServer, state_dir: Path) -> Path:
 
 def config_for(primary: PgServer, state_dir: Path) -> Config:
     return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.replication_user,
-            password=Secret(primary.replication_password),
-            connect_timeout=5.0,
-        ),
+        primary=primary_config(primary, connect_timeout=5.0),
         standby=StandbyConfig(port=free_port(), failover_address=(LAN_ADDRESS,)),
         backup=BackupConfig(enabled=False, databases=(LIBRARY,)),
         http=HttpConfig(enabled=False),

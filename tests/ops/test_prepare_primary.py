@@ -10,44 +10,17 @@ from pathlib import Path
 
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer
+from prepare_support import ROLE, SLOT, config_for, options_for
 from streaming_standby import StreamingStandby
 
 from laterbased import cli
 from laterbased.backup.dump import run_dumps
-from laterbased.config import Config, load_config
-from laterbased.ops.prepare_primary.steps import SetupOptions, hba_line_for, prepare_primary
+from laterbased.config import load_config
+from laterbased.ops.prepare_primary.steps import hba_line_for, prepare_primary
 from laterbased.pg.role_password import scram_sha256_verifier
 from laterbased.records.catalogue import Catalogue
 
 pytestmark = pytest.mark.slow
-
-ROLE = "laterbase_repl"
-SLOT = "laterbase_standby_slot"
-
-
-def config_for(server: PgServer, user: str = ROLE) -> Config:
-    return load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": user,
-            "REPL_PASSWORD": NASTY_PASSWORD,
-        },
-    )
-
-
-def options_for(server: PgServer, **overrides: object) -> SetupOptions:
-    values: dict[str, object] = {
-        "admin_user": server.superuser,
-        "admin_password": server.superuser_password,
-        "role": ROLE,
-        "role_password": NASTY_PASSWORD,
-        "separate_role": True,
-    }
-    values.update(overrides)
-    return SetupOptions(**values)  # type: ignore[arg-type]
-
 
 def server_facts(server: PgServer) -> tuple[str, str, str]:
     roles = server.sql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{ROLE}'")  # noqa: S608

@@ -10,43 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pgserver import NASTY_PASSWORD, PgServer
+from pgserver import PgServer
+from prepare_support import ROLE, SLOT, config_for, options_for
 
-from laterbased.config import Config, load_config
+from laterbased.config import Config
 from laterbased.ops.check.checks import run_checks
-from laterbased.ops.prepare_primary.steps import SetupOptions, prepare_primary
+from laterbased.ops.prepare_primary.steps import prepare_primary
 
 pytestmark = pytest.mark.slow
 
-ROLE = "laterbase_repl"
-SLOT = "laterbase_standby_slot"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def config_for(server: PgServer) -> Config:
-    return load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": ROLE,
-            "REPL_PASSWORD": NASTY_PASSWORD,
-            "LATERBASED_BACKUP_ENABLED": "false",
-            "LATERBASED_HTTP_ENABLED": "false",
-        },
-    )
-
-
-def options_for(server: PgServer, **overrides: object) -> SetupOptions:
-    values: dict[str, object] = {
-        "admin_user": server.superuser,
-        "admin_password": server.superuser_password,
-        "role": ROLE,
-        "role_password": NASTY_PASSWORD,
-        "separate_role": True,
-    }
-    values.update(overrides)
-    return SetupOptions(**values)  # type: ignore[arg-type]
+def quiet_config_for(server: PgServer) -> Config:
+    return config_for(server, LATERBASED_BACKUP_ENABLED="false", LATERBASED_HTTP_ENABLED="false")
 
 
 async def cap_line(config: Config) -> tuple[str, str, str]:
@@ -58,7 +35,7 @@ async def test_prepare_primary_bounds_the_slot_it_creates_and_check_sees_the_cap
     make_primary: Callable[..., PgServer],
 ) -> None:
     server = make_primary()
-    config = config_for(server)
+    config = quiet_config_for(server)
     report = await prepare_primary(config, options_for(server))  # no --apply
     assert report.ready, report.as_dict()
     steps = {step.name: step for step in report.steps}
@@ -79,7 +56,7 @@ async def test_no_wal_cap_leaves_it_unlimited_and_check_warns(
     make_primary: Callable[..., PgServer],
 ) -> None:
     server = make_primary()
-    config = config_for(server)
+    config = quiet_config_for(server)
     report = await prepare_primary(config, options_for(server, wal_cap=False))
     steps = {step.name: step for step in report.steps}
     assert steps["max_slot_wal_keep_size"].status == "warn"

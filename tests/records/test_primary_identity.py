@@ -9,7 +9,6 @@ of the same cluster (new timeline, same identifier) stays green.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from daemon_process import DaemonProcess, write_config
+from daemon_support import get_json, run_cli
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
@@ -88,27 +88,6 @@ def daemon_config(primary: PgServer, workdir: Path) -> dict[str, Any]:
     }
 
 
-async def cli(*args: str) -> tuple[int, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "laterbased", *args,
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
-
-async def healthz(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{daemon.url}/healthz") as response,
-    ):
-        return response.status, await response.json()
-
-
 async def started(daemon: DaemonProcess) -> None:
     await daemon.wait_http(timeout=60)
     # The backup worker cleans .partial when it takes the backup directory: a run asked
@@ -162,7 +141,7 @@ def check(body: dict[str, Any], name: str) -> dict[str, Any]:
 
 async def wait_green(daemon: DaemonProcess, timeout: float = 90.0) -> None:
     async def green() -> bool:
-        status, _ = await healthz(daemon)
+        status, _ = await get_json(daemon, "/healthz")
         return status == 200
 
     await wait_for(green, "/healthz 200", timeout, interval=0.5, log=lambda: daemon.log)
@@ -195,7 +174,7 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         assert stranger_id != real_id
 
         async def primary_critical() -> dict[str, Any] | None:
-            status, body = await healthz(daemon)
+            status, body = await get_json(daemon, "/healthz")
             verdict = check(body, "primary")
             # Not "unreachable" while the new cluster is being made: the stranger itself.
             named = stranger_id in verdict["reason"]
@@ -232,9 +211,9 @@ async def test_a_new_cluster_at_the_primarys_address_gets_no_backup_and_no_slot_
         assert control_file.system_identifier(standby_dir) == real_id
 
         # The operator accepts the new primary: without the identifier nothing happens.
-        code, out = await cli("accept-primary", "--config", str(config_path))
+        code, out = await run_cli("accept-primary", "--config", str(config_path))
         assert code == 1 and f"--system-identifier {stranger_id}" in out, out
-        code, out = await cli("accept-primary", "--config", str(config_path),
+        code, out = await run_cli("accept-primary", "--config", str(config_path),
                               "--system-identifier", stranger_id)
         assert code == 0, out
         await wait_for(
@@ -276,7 +255,7 @@ async def test_a_failover_of_the_same_cluster_stays_green(
 
         async def replication_ok() -> bool:
             # The standby follows the new timeline after a reconnect: green once it streams.
-            _, body = await healthz(daemon)
+            _, body = await get_json(daemon, "/healthz")
             return bool(check(body, "replication")["severity"] == "ok")
 
         await wait_for(replication_ok, "replication ok on the new timeline", 60, interval=0.5,

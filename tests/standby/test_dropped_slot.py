@@ -8,13 +8,12 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 from daemon_process import DaemonProcess, write_config
-from daemon_support import daemon_config, standby_sql
+from daemon_support import daemon_config, get_json, healthy, standby_sql
 from pgserver import PgServer
 from waiting import wait_for
 
@@ -51,12 +50,6 @@ def slot_active(primary: PgServer) -> bool:
     ) == "1"
 
 
-async def healthz(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{daemon.url}/healthz") as response:
-            return response.status, await response.json()
-
-
 async def events(daemon: DaemonProcess) -> str:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{daemon.url}/status.json") as response:
@@ -69,11 +62,7 @@ async def start_streaming(primary: PgServer, state_dir: Path) -> tuple[DaemonPro
     config_path = write_config(state_dir / "laterbased.yaml", config)
     daemon = await DaemonProcess.start(config_path, config["http"]["port"])
     await daemon.wait_log("standby postgres accepting connections", timeout=90)
-
-    async def healthy() -> bool:
-        return (await healthz(daemon))[0] == 200
-
-    await wait_for(healthy, f"healthy daemon\n{daemon.log}")
+    await wait_for(lambda: healthy(daemon), f"healthy daemon\n{daemon.log}")
     return daemon, config["standby"]["port"]
 
 
@@ -113,11 +102,7 @@ async def test_slot_dropped_while_streaming_is_recreated_and_nothing_is_lost(
             primary, port,
             "SELECT count(*) FROM slot_fault WHERE v = 'written while the slot was gone'",
         ) == 1
-
-        async def healthy() -> bool:
-            return (await healthz(daemon))[0] == 200
-
-        await wait_for(healthy, f"healthy again\n{daemon.log}")
+        await wait_for(lambda: healthy(daemon), f"healthy again\n{daemon.log}")
         assert "vanished from the primary" in await events(daemon)
         await stop(daemon)
     finally:
@@ -142,7 +127,7 @@ async def test_slot_that_cannot_be_recreated_is_reported_with_the_fix_and_retrie
         assert "re-clone" in line
 
         async def slot_reported() -> bool:
-            status, body = await healthz(daemon)
+            status, body = await get_json(daemon, "/healthz")
             reasons = {check["name"]: check["reason"] for check in body["checks"]}
             return status == 503 and "does not exist" in reasons.get("slot", "")
 

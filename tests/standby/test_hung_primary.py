@@ -11,16 +11,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from config_support import primary_config, quiet_config
 from pgserver import PgServer
 from standby_support import running_standby
 
 from laterbased.config import (
-    BackupConfig,
-    Config,
-    HttpConfig,
     MonitorConfig,
     PrimaryConfig,
-    Secret,
     StandbyConfig,
 )
 from laterbased.core.state import PrimaryState, SlotState, State
@@ -67,6 +64,15 @@ class FreezingProxy:
             await asyncio.gather(pipe(client_r, server_w, False), pipe(server_r, client_w, True))
 
 
+def through(proxy: FreezingProxy, primary: PgServer, *, connect_timeout: float) -> PrimaryConfig:
+    """Resolve's superuser login to ``primary``, reached through ``proxy``."""
+    return replace(
+        primary_config(primary, superuser=True, connect_timeout=connect_timeout),
+        host="127.0.0.1",
+        port=proxy.port,
+    )
+
+
 async def test_existing_standby_starts_although_the_primary_hangs_after_login(
     make_primary: Callable[..., PgServer],
 ) -> None:
@@ -96,18 +102,7 @@ async def test_split_brain_guard_answers_quickly_when_the_old_primary_hangs_afte
     # says "still running (it accepted a connection)" within its probe time, instead of
     # waiting forever to close a connection nobody answers on.
     async with FreezingProxy(primary.port) as proxy:
-        config = Config(
-            primary=PrimaryConfig(
-                host="127.0.0.1",
-                port=proxy.port,
-                user=primary.superuser,
-                password=Secret(primary.superuser_password),
-                connect_timeout=5.0,
-            ),
-            standby=StandbyConfig(enabled=False),
-            backup=BackupConfig(enabled=False),
-            http=HttpConfig(enabled=False),
-        )
+        config = quiet_config(primary=through(proxy, primary, connect_timeout=5.0))
         async with asyncio.timeout(PRIMARY_PROBE_TIMEOUT + 10):
             verdict = await old_primary_still_up(config)
     assert verdict is not None and "accepted a connection" in verdict
@@ -119,17 +114,10 @@ async def test_slot_repair_gives_up_in_time_when_the_primary_hangs_after_login(
     # The slot guard runs inside the standby's liveness loop: if it hung, nobody would
     # notice the standby postgres dying any more.
     async with FreezingProxy(primary.port) as proxy:
-        config = Config(
-            primary=PrimaryConfig(
-                host="127.0.0.1",
-                port=proxy.port,
-                user=primary.superuser,
-                password=Secret(primary.superuser_password),
-                connect_timeout=2.0,
-            ),
+        config = quiet_config(
+            primary=through(proxy, primary, connect_timeout=2.0),
+            standby=StandbyConfig(),
             monitor=MonitorConfig(query_timeout=1.0),
-            backup=BackupConfig(enabled=False),
-            http=HttpConfig(enabled=False),
         )
         state = State(config=config)
         state.primary = PrimaryState(

@@ -4,7 +4,6 @@ promotion with ``laterbased promote``, SIGTERM leaves no postgres behind."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from daemon_process import DaemonProcess, write_config
+from daemon_process import DaemonProcess, primary_section, write_config
 from daemon_support import TOKEN, daemon_config, run_cli, standby_sql
 from pgserver import NASTY_PASSWORD, PgServer
-from standby_support import cmdlines
+from standby_support import cmdlines, frozen_checkpointer
 from waiting import wait_for
 
 from laterbased.config import Config, HttpConfig, Secret
@@ -95,13 +94,9 @@ async def test_daemon_sigterm_mid_bootstrap_leaves_no_data_dir(
     make_primary: Callable[..., PgServer], state_dir: Path
 ) -> None:
     primary = make_primary()
-    checkpointer = int(
-        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
-    )
     config = daemon_config(primary, state_dir)
     config_path = write_config(state_dir / "laterbased.yaml", config)
-    os.kill(checkpointer, signal.SIGSTOP)
-    try:
+    with frozen_checkpointer(primary):
         daemon = await DaemonProcess.start(config_path, config["http"]["port"])
         try:
             await daemon.wait_log("waiting for the primary's checkpoint", timeout=60)
@@ -109,8 +104,6 @@ async def test_daemon_sigterm_mid_bootstrap_leaves_no_data_dir(
             assert await daemon.wait_exit(timeout=60) == 0
         finally:
             await daemon.stop()
-    finally:
-        os.kill(checkpointer, signal.SIGCONT)
     assert not (state_dir / "standby").exists()
     assert not (state_dir / ".standby.laterbased-staging").exists()
     assert pids_with_cwd_under(state_dir) == []
@@ -185,12 +178,7 @@ async def test_promote_command_without_a_daemon_promotes_the_server_directly(
         config_path = write_config(
             config.state_dir / "cli.yaml",
             {
-                "primary": {
-                    "host": primary.host,
-                    "port": primary.port,
-                    "user": primary.replication_user,
-                    "password": primary.replication_password,
-                },
+                "primary": primary_section(primary),
                 "standby": {"port": config.standby.port},
                 "backup": {"enabled": False},
                 "http": {"enabled": False},

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bystanders import victim_with_an_open_file
 from daemon_process import DaemonProcess, write_config
 from daemon_support import daemon_config
 from pgserver import PgServer
-from standby_support import running_standby
+from standby_support import frozen_checkpointer, running_standby
 from waiting import wait_for
 
 from laterbased.errors import UnsafePath
@@ -27,21 +28,6 @@ from laterbased.proc import pid_alive, process_facts, read_postmaster_pid
 from laterbased.standby import bootstrap
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def victim_with_an_open_file() -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """Someone else's directory (mode 0755) with a file a running ``sleep`` holds open."""
-    victim = Path(tempfile.mkdtemp(prefix="laterbased-victim-"))
-    victim.chmod(0o755)
-    with open(victim / "precious.log", "wb") as out:
-        sleeper = subprocess.Popen(["sleep", "300"], stdout=out)
-    try:
-        yield victim, sleeper
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-        shutil.rmtree(victim, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -124,9 +110,6 @@ async def test_a_daemon_killed_mid_bootstrap_on_a_mount_point_keeps_lost_and_fou
     make_primary: Callable[..., PgServer], state_dir: Path
 ) -> None:
     primary = make_primary()
-    checkpointer = int(
-        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
-    )
     config = daemon_config(primary, state_dir)
     config_path = write_config(state_dir / "laterbased.yaml", config)
     data_dir = state_dir / "standby"
@@ -136,9 +119,8 @@ async def test_a_daemon_killed_mid_bootstrap_on_a_mount_point_keeps_lost_and_fou
         (data_dir / "lost+found").mkdir(mode=0o700)
         (data_dir / "lost+found" / "#12345").write_text("recovered by fsck")
         staging = data_dir / bootstrap.INNER_STAGING
-        os.kill(checkpointer, signal.SIGSTOP)
         second: DaemonProcess | None = None
-        try:
+        with frozen_checkpointer(primary):
             first = await DaemonProcess.start(config_path, config["http"]["port"])
             try:
                 await first.wait_log("waiting for the primary's checkpoint", timeout=60)
@@ -151,8 +133,6 @@ async def test_a_daemon_killed_mid_bootstrap_on_a_mount_point_keeps_lost_and_fou
             assert orphans != []
             second = await DaemonProcess.start(config_path, config["http"]["port"])
             await second.wait_log("killing leftover pg_basebackup", timeout=30)
-        finally:
-            os.kill(checkpointer, signal.SIGCONT)
         assert second is not None
         try:
             await second.wait_log("standby postgres accepting connections", timeout=90)
@@ -241,23 +221,17 @@ async def test_a_mount_point_that_appears_during_the_clone_gets_the_clone_moved_
     # the directory, which can then be neither removed (EBUSY) nor renamed into (EXDEV).
     # The finished clone is moved in, not thrown away for another full pg_basebackup.
     primary = make_primary()
-    checkpointer = int(
-        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
-    )
     async with running_standby(primary, start=False, bootstrap_retry_max=1.0) as standby:
         data_dir = standby.data_dir
         data_dir.mkdir(parents=True)
         staging = data_dir.with_name(f".{data_dir.name}.laterbased-staging")
-        os.kill(checkpointer, signal.SIGSTOP)
-        try:
+        with frozen_checkpointer(primary):
             standby.start()
             await wait_for(
                 lambda: "waiting for checkpoint" in (standby.state.standby.message or ""),
                 "bootstrap waiting for the primary's checkpoint",
             )
             assert staging.is_dir()
-        finally:
-            os.kill(checkpointer, signal.SIGCONT)
         with mounted(["--bind", str(data_dir)], data_dir):
             await standby.wait_running()
             assert not [e for e in standby.state.events if "bootstrap failed" in e.message]

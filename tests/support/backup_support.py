@@ -12,14 +12,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from config_support import primary_config
 from pgserver import PgServer
 
 from laterbased.config import (
     BackupConfig,
     Config,
     HttpConfig,
-    PrimaryConfig,
-    Secret,
     StandbyConfig,
 )
 from laterbased.records.catalogue import BackupRecord, Catalogue
@@ -37,13 +36,7 @@ def make_config(
 ) -> Config:
     backup.setdefault("directory", backup_dir)
     return Config(
-        primary=PrimaryConfig(
-            host=server.host,
-            port=server.port,
-            user=server.superuser,
-            password=Secret(server.superuser_password),
-            connect_timeout=10.0,
-        ),
+        primary=primary_config(server, superuser=True, connect_timeout=10.0),
         standby=StandbyConfig(enabled=False),
         backup=BackupConfig(**backup),
         http=http or HttpConfig(enabled=False),
@@ -153,9 +146,16 @@ CLI_DB = "cli proj é"
 
 
 def environment(
-    primary: PgServer, workdir: Path, port: int, token: str | None, *, database: str = CLI_DB
+    primary: PgServer,
+    workdir: Path,
+    port: int,
+    token: str | None,
+    *,
+    database: str = CLI_DB,
+    catch_up: bool = False,
 ) -> dict[str, str]:
-    """A backups-only laterbased of ``database`` on ``primary``, from the environment alone."""
+    """A backups-only laterbased of ``database`` on ``primary``, from the environment alone,
+    backing up into ``workdir/backups``; with ``catch_up`` its first dump starts at once."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
     env.update(
         PRIMARY_HOST=primary.host,
@@ -166,7 +166,7 @@ def environment(
         LATERBASED_STATE_DIR=str(workdir),
         LATERBASED_BACKUP_DIRECTORY=str(workdir / "backups"),
         LATERBASED_BACKUP_DATABASES=database,
-        LATERBASED_BACKUP_CATCH_UP="false",
+        LATERBASED_BACKUP_CATCH_UP=str(catch_up).lower(),
         LATERBASED_HTTP_PORT=str(port),
     )
     if token:

@@ -13,12 +13,24 @@ from typing import Any
 
 import aiohttp
 import yaml
+from pgserver import PgServer
 from pgserver import free_port as free_tcp_port
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(dict(data)))
     return path
+
+
+def primary_section(server: PgServer, *, superuser: bool = False) -> dict[str, Any]:
+    """The YAML ``primary`` section for ``server``: its replication user (what laterbased is
+    given in production) or, with ``superuser``, Resolve's own superuser login."""
+    return {
+        "host": server.host,
+        "port": server.port,
+        "user": server.superuser if superuser else server.replication_user,
+        "password": server.superuser_password if superuser else server.replication_password,
+    }
 
 
 def minimal_config(tmp_path: Path, **sections: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from daemon_process import DaemonProcess
+from daemon_process import DaemonProcess, primary_section
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
@@ -22,12 +22,7 @@ TOKEN = "promote-token-" + os.urandom(6).hex()
 
 def daemon_config(primary: PgServer, state_dir: Path, **standby: Any) -> dict[str, Any]:
     return {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.replication_user,
-            "password": primary.replication_password,
-        },
+        "primary": primary_section(primary),
         "standby": {"port": free_port(), **standby},
         "monitor": {"interval": "1s"},
         "backup": {"enabled": False},
@@ -51,7 +46,9 @@ async def standby_sql(primary: PgServer, port: int, query: str) -> Any:
         await conn.close()
 
 
-async def run_cli(*args: str) -> tuple[int, str]:
+async def run_cli(*args: str, timeout: float = 300.0) -> tuple[int, str]:  # noqa: ASYNC109
+    """``laterbased ARGS`` beside the daemon, without our LATERBASED_* variables: (exit
+    code, stdout and stderr). The deadline is generous: ``promote --rehearse`` clones."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "laterbased", *args,
@@ -59,7 +56,7 @@ async def run_cli(*args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
 
@@ -68,6 +65,14 @@ async def get_json(daemon: DaemonProcess, path: str) -> tuple[int, dict[str, Any
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{daemon.url}{path}") as response:
             return response.status, await response.json()
+
+
+async def healthy(daemon: DaemonProcess) -> bool:
+    """``/healthz`` answers 200 (False also while the daemon cannot be reached)."""
+    try:
+        return (await get_json(daemon, "/healthz"))[0] == 200
+    except aiohttp.ClientError:
+        return False
 
 
 async def get_text(daemon: DaemonProcess, path: str) -> str:

@@ -1,6 +1,7 @@
 """The standby worker run in-process, as the daemon runs it, against a real primary: a config
 aimed at a test server, the running worker and ways to look at its server, and the command
-lines of every process (to prove a password is in none)."""
+lines of every process (to prove a password is in none); and a standby postgres whose
+primary never answers, run as laterbased runs its child."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from config_support import primary_config
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
@@ -23,13 +25,11 @@ from laterbased.config import (
     Config,
     HttpConfig,
     MonitorConfig,
-    PrimaryConfig,
-    Secret,
     StandbyConfig,
 )
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
-from laterbased.proc import pids_with_cwd_under
+from laterbased.proc import Child, pids_with_cwd_under, resolve_run_as, spawn
 from laterbased.standby.supervisor import run_standby
 
 DEADLINE = 60.0
@@ -39,15 +39,7 @@ def standby_config(
     primary: PgServer, state_dir: Path, *, superuser: bool = False, **standby: Any
 ) -> Config:
     return Config(
-        primary=PrimaryConfig(
-            host=primary.host,
-            port=primary.port,
-            user=primary.superuser if superuser else primary.replication_user,
-            password=Secret(
-                primary.superuser_password if superuser else primary.replication_password
-            ),
-            connect_timeout=5.0,
-        ),
+        primary=primary_config(primary, superuser=superuser, connect_timeout=5.0),
         standby=StandbyConfig(port=free_port(), **standby),
         monitor=MonitorConfig(interval=1.0),
         backup=BackupConfig(enabled=False),
@@ -155,3 +147,41 @@ def cmdlines() -> list[bytes]:
                 found.append((entry / "cmdline").read_bytes())
     return found
 
+
+@contextlib.asynccontextmanager
+async def orphan_standby(server: PgServer, **spawn_options: Any) -> AsyncIterator[Child]:
+    """``server`` restarted as a standby of a primary that never answers (a free port), as
+    laterbased runs its standby child (``proc.spawn``, logging as "standby postgres"): its
+    walreceiver fails with the same FATAL every 100 ms. Stopped at the end."""
+    await asyncio.to_thread(server.stop, "fast")
+    (server.data_dir / "standby.signal").touch()
+    dead = free_port()
+    child = await spawn(
+        [
+            str(server.bindir / "postgres"),
+            "-D", str(server.data_dir),
+            "-c", f"primary_conninfo=host=127.0.0.1 port={dead} user=nobody connect_timeout=2",
+            "-c", "wal_retrieve_retry_interval=100ms",
+        ],
+        run_as=resolve_run_as(None),
+        log_name="standby postgres",
+        **spawn_options,
+    )
+    try:
+        yield child
+    finally:
+        await child.stop([(signal.SIGINT, 30)])
+
+
+@contextlib.contextmanager
+def frozen_checkpointer(primary: PgServer) -> Iterator[None]:
+    """The primary's checkpointer stopped (SIGSTOP) for the block: a clone started meanwhile
+    waits for its checkpoint, for as long as the test needs it to."""
+    checkpointer = int(
+        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    )
+    os.kill(checkpointer, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(checkpointer, signal.SIGCONT)

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from web_support import serving
 
 from laterbased.config import Config, PrimaryConfig, StandbyConfig
 from laterbased.core.state import SlotState, State
-from laterbased.daemon import configured_routes
-from laterbased.web.server import HttpServer, build_app
 
 
 def streaming_state() -> State:
@@ -35,12 +34,8 @@ def streaming_state() -> State:
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[str, State]]:
     state = streaming_state()
-    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield f"http://127.0.0.1:{http.port}", state
-    finally:
-        await http.stop()
+    async with serving(state) as url:
+        yield url, state
 
 
 async def get(url: str, method: str = "GET") -> tuple[int, str]:

@@ -13,11 +13,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
+from web_support import serving
 
 from laterbased.config import load_config
 from laterbased.core.state import State
-from laterbased.daemon import configured_routes
-from laterbased.web.server import HttpServer, build_app
 
 TOKEN = "spaced-token-" + os.urandom(6).hex()
 MINIMAL = {"PRIMARY_HOST": "127.0.0.1", "LATERBASED_STANDBY_ENABLED": "0"}
@@ -26,12 +25,8 @@ MINIMAL = {"PRIMARY_HOST": "127.0.0.1", "LATERBASED_STANDBY_ENABLED": "0"}
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[str, State]]:
     state = State(config=load_config(None, MINIMAL))
-    http = HttpServer(build_app(state, configured_routes(state.config)), "127.0.0.1", 0)
-    await http.start()
-    try:
-        yield f"http://127.0.0.1:{http.port}", state
-    finally:
-        await http.stop()
+    async with serving(state) as url:
+        yield url, state
 
 
 @pytest.mark.parametrize("how", ["yaml", "LATERBASED_HTTP_TOKEN", "LATERBASED_HTTP_TOKEN_FILE"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from daemon_process import DaemonProcess, minimal_config, write_config
+from daemon_process import DaemonProcess, minimal_config, primary_section, write_config
 from pgserver import PgServer, free_port
 
 from laterbased.config import load_config
@@ -42,12 +42,7 @@ def backups_only_config(primary: PgServer, workdir: Path, port: int) -> Path:
     return write_config(
         workdir / "laterbased.yaml",
         {
-            "primary": {
-                "host": primary.host,
-                "port": primary.port,
-                "user": primary.superuser,
-                "password": primary.superuser_password,
-            },
+            "primary": primary_section(primary, superuser=True),
             "standby": {"enabled": False},
             "backup": {
                 "databases": [DB],
