@@ -8,9 +8,11 @@ path::
     <remote>:<path>/@wal/<segment>.gz, <timeline>.history[.gz]
 
 Never the ``.partial`` segment pg_receivewal is writing. Each file goes the way a dump does
-(offsite/upload.py ``send_verified``: asked first, skipped when the remote has it with the
-same size and hash, copied with ``rclone copyto``, checked after); a base backup's own
-manifest goes last, so off-site as locally a base backup exists only once its manifest does.
+(offsite/verified_copy.py: asked first, skipped when the remote has it with the same size
+and hash, copied, checked after): a base backup's files one by one with ``rclone copyto``,
+its own manifest last, so off-site as locally a base backup exists only once its manifest
+does; WAL files (a busy hour makes hundreds) in batches of :data:`WAL_BATCH`, three rclone
+commands a batch (``lsjson`` of just those names, one ``rclone copy``, ``lsjson`` again).
 What made it is recorded beside it (records/wal_archive.py ``mark_uploaded``): archive
 retention keeps everything not recorded yet, and ``restore --at`` can fetch it back
 (ops/restore/remote_archive.py) when the local archive is gone. The first failure ends the
@@ -20,6 +22,7 @@ run's archive part (the remote is most likely down): the rest waits for the next
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -29,12 +32,15 @@ from typing import Any
 
 from laterbased.config import Config
 from laterbased.core.state import State
-from laterbased.offsite.rclone import Rclone, RcloneFailed
-from laterbased.offsite.verified_copy import send_verified
+from laterbased.offsite.rclone import Rclone, RcloneFailed, RemoteEntry
+from laterbased.offsite.verified_copy import file_matches, send_verified
 from laterbased.records import wal_archive
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
+
+# WAL files per ``rclone copy``: a backlog of days goes in steps, each within upload.timeout.
+WAL_BATCH = 200
 
 
 @dataclass
@@ -85,6 +91,52 @@ async def _send(rclone: Rclone, path: Path, target: str, outcome: ArchiveUpload)
     return how
 
 
+async def _send_wal(rclone: Rclone, files: list[Path], outcome: ArchiveUpload) -> None:
+    """A batch of WAL files the way ``send_verified`` sends one, in three rclone commands
+    rather than three per file: which of them the remote already holds (size and hash), one
+    ``rclone copy`` of the others, then each checked; every one recorded as it is known
+    off-site. A copy that does not match raises RcloneFailed (the rest stays pending)."""
+    folder = rclone.target(wal_archive.WAL_DIR)
+    sizes = {}
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):  # deleted by hand since the listing
+            sizes[path.name] = (await asyncio.to_thread(path.stat)).st_size
+    present = [p for p in files if p.name in sizes]
+
+    async def holds(paths: list[Path], entries: list[RemoteEntry]) -> list[Path]:
+        """Record those the remote holds; the others."""
+        by_name = {entry.name: entry for entry in entries}
+        missing = []
+        for path in paths:
+            ok, how = await file_matches(path, sizes[path.name], by_name.get(path.name))
+            if not ok:
+                missing.append(path)
+                continue
+            target = rclone.target(wal_archive.WAL_DIR, path.name)
+            await asyncio.to_thread(
+                wal_archive.mark_uploaded, path, target, how, datetime.now(UTC)
+            )
+        return missing
+
+    names = [p.name for p in present]
+    missing = await holds(present, await rclone.lsjson(folder, hashes=True, only=names))
+    outcome.already_there += len(present) - len(missing)
+    if not missing:
+        return
+    wanted = [p.name for p in missing]
+    await rclone.copy_files(str(missing[0].parent), folder, wanted)
+    failed = await holds(missing, await rclone.lsjson(folder, hashes=True, only=wanted))
+    sent = [p for p in missing if p not in failed]
+    outcome.uploaded += len(sent)
+    outcome.bytes_sent += sum(sizes[p.name] for p in sent)
+    if failed:
+        raise RcloneFailed(
+            f"{rclone.target(wal_archive.WAL_DIR, failed[0].name)}: verification after upload "
+            f"failed ({len(failed)} WAL file(s) do not match)",
+            None,
+        )
+
+
 async def upload_archive(
     config: Config, state: State, rclone: Rclone, run_id: str
 ) -> ArchiveUpload:
@@ -113,14 +165,8 @@ async def upload_archive(
                 run_id,
                 destination,
             )
-        for path in files:
-            if not await asyncio.to_thread(path.is_file):
-                continue  # gone since the listing (deleted by hand): nothing to send
-            target = rclone.target(wal_archive.WAL_DIR, path.name)
-            how = await _send(rclone, path, target, outcome)
-            await asyncio.to_thread(
-                wal_archive.mark_uploaded, path, target, how, datetime.now(UTC)
-            )
+        for first in range(0, len(files), WAL_BATCH):
+            await _send_wal(rclone, files[first : first + WAL_BATCH], outcome)
     except (RcloneFailed, OSError) as exc:
         outcome.failed = str(exc)
         logger.error(

@@ -23,8 +23,9 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -356,18 +357,43 @@ class Rclone:
         return result.stdout
 
     async def lsjson(
-        self, remote_path: str, *, hashes: bool = False, recursive: bool = False
+        self,
+        remote_path: str,
+        *,
+        hashes: bool = False,
+        recursive: bool = False,
+        only: Sequence[str] | None = None,
     ) -> list[RemoteEntry]:
-        """Objects under ``remote_path``; an absent directory is an empty list."""
+        """Objects under ``remote_path``; an absent directory is an empty list. ``only``:
+        just these names (relative to it; the absent ones are not listed), so a large
+        folder is neither listed nor hashed whole."""
         args = ["--files-only"]
         if hashes:
             args += hash_flags(await self.verify_hashes())
         if recursive:
             args.append("--recursive")
-        output = await self._lsjson_output(remote_path, args)
+        if only is None:
+            output = await self._lsjson_output(remote_path, args)
+        else:
+            if not only:
+                return []
+            async with _name_list(only) as listing:
+                output = await self._lsjson_output(remote_path, [*args, f"--files-from={listing}"])
         if output is None:
             return []
         return [RemoteEntry.from_json(item) for item in _json_list(output)]
+
+    async def copy_files(self, source: str, destination: str, names: Sequence[str]) -> None:
+        """``rclone copy`` the files ``names`` (relative to ``source``) into ``destination``:
+        one command for them all, each file streamed to its place by rclone (written under a
+        temporary name and renamed where the backend can, like ``copyto``). Either side may
+        be local or remote."""
+        if not names:
+            return
+        async with _name_list(names) as listing:
+            await self.call(
+                "copy", source, destination, f"--files-from={listing}", "--no-traverse"
+            )
 
     async def stat(self, remote_path: str, *, hashes: bool = True) -> RemoteEntry | None:
         """The object at ``remote_path`` (with hashes the backend has), or None if absent."""
@@ -402,6 +428,19 @@ class Rclone:
         )
         text = result.stdout.decode("utf-8", errors="replace")
         return [line for line in text.splitlines() if line]
+
+
+@contextlib.asynccontextmanager
+async def _name_list(names: Sequence[str]) -> AsyncIterator[Path]:
+    """A temporary ``--files-from`` file naming ``names``, removed afterwards."""
+    fd, name = await asyncio.to_thread(tempfile.mkstemp, prefix="laterbased-rclone-", suffix=".txt")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            await asyncio.to_thread(handle.write, "".join(f"{entry}\n" for entry in names))
+        yield path
+    finally:
+        await asyncio.to_thread(path.unlink, True)
 
 
 def default_flags(env: Mapping[str, str]) -> list[str]:

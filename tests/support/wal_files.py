@@ -13,15 +13,18 @@ from laterbased.records import wal_archive
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
 
 
-def segment(root: Path, number: int, at: datetime, suffix: str = ".gz") -> None:
+def segment(
+    root: Path, number: int, at: datetime, suffix: str = ".gz", content: bytes = b""
+) -> Path:
     directory = wal_archive.wal_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{wal_archive.segment_name(1, number)}{suffix}"
-    path.write_bytes(b"")
+    path.write_bytes(content)
     os.utime(path, (at.timestamp(), at.timestamp()))
+    return path
 
 
-def base_backup(root: Path, start_segment: int, finished: datetime) -> None:
+def base_backup(root: Path, start_segment: int, finished: datetime) -> Path:
     lsn = f"0/{start_segment * wal_archive.DEFAULT_SEGMENT_SIZE + 40:X}"
     directory = wal_archive.base_dir(root) / finished.strftime("%Y%m%dT%H%M%SZ")
     directory.mkdir(parents=True)
@@ -41,3 +44,4 @@ def base_backup(root: Path, start_segment: int, finished: datetime) -> None:
             }
         )
     )
+    return directory

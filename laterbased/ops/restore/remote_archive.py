@@ -53,25 +53,6 @@ class RemoteMiss:
     reason: str
 
 
-def _write_list(path: Path, names: list[str]) -> None:
-    path.write_text("".join(f"{name}\n" for name in names), "utf-8")
-
-
-async def _copy_listed(
-    rclone: Rclone, folder: str, destination: Path, names: list[str], work: Path
-) -> None:
-    """``rclone copy`` the files ``names`` (relative to ``folder`` on the remote) into
-    ``destination``: one command for them all, rclone streaming each to disk."""
-    if not names:
-        return
-    listing = work / f"{folder.strip('@')}-files.txt"
-    await asyncio.to_thread(_write_list, listing, names)
-    await rclone.call(
-        "copy", rclone.target(folder), str(destination), f"--files-from={listing}", "--no-traverse"
-    )
-    await asyncio.to_thread(listing.unlink)
-
-
 def _segments(entries: list[RemoteEntry]) -> list[RemoteEntry]:
     return [e for e in entries if wal_archive.parse_segment(Path(e.name)) is not None]
 
@@ -129,11 +110,11 @@ async def fetch_for_moment(
         wal_entries = await rclone.lsjson(rclone.target(wal_archive.WAL_DIR))
         base_root = wal_archive.base_dir(into)
         await asyncio.to_thread(base_root.mkdir, 0o700, True)
-        await _copy_listed(rclone, wal_archive.BASE_DIR, base_root, manifests, into)
+        await rclone.copy_files(rclone.target(wal_archive.BASE_DIR), str(base_root), manifests)
         histories = [e.name for e in wal_entries if wal_archive.is_history_file(e.name)]
         wal_root = wal_archive.wal_dir(into)
         await asyncio.to_thread(wal_root.mkdir, 0o700, True)
-        await _copy_listed(rclone, wal_archive.WAL_DIR, wal_root, histories, into)
+        await rclone.copy_files(rclone.target(wal_archive.WAL_DIR), str(wal_root), histories)
         stand_ins = await asyncio.to_thread(_stand_ins, into, wal_entries)
         backup = await asyncio.to_thread(wal_archive.base_backup_for, into, moment)
         if backup is None:
@@ -154,7 +135,7 @@ async def fetch_for_moment(
             "copy", rclone.target(wal_archive.BASE_DIR, stamp), str(backup.directory)
         )
         needed = _needed_segments(wal_entries, backup)
-        await _copy_listed(rclone, wal_archive.WAL_DIR, wal_root, needed, into)
+        await rclone.copy_files(rclone.target(wal_archive.WAL_DIR), str(wal_root), needed)
     except (RcloneFailed, ToolMissing) as exc:
         logger.warning("restore: the point-in-time archive off-site cannot be read: %s", exc)
         return RemoteMiss(f"the archive off-site cannot be read: {exc}")
