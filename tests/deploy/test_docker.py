@@ -86,8 +86,9 @@ def interpolated_compose() -> dict[str, Any]:
 # --- Dockerfile -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILE.parent / "base" / "Dockerfile"],
-                         ids=["image", "stand-in-base"])
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DOCKERFILE.parent / "base" / "Dockerfile",
+                                        DOCKERFILE.parent / "pgadmin" / "Dockerfile"],
+                         ids=["image", "stand-in-base", "stand-in-pgadmin"])
 def test_hadolint_passes_on_the_dockerfile(dockerfile: Path) -> None:
     program = hadolint()
     if program is None:

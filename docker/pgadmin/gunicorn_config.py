@@ -1,0 +1,5 @@
+"""gunicorn settings of the official image: no server version in the responses."""
+
+import gunicorn
+
+gunicorn.SERVER_SOFTWARE = "Python"
