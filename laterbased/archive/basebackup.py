@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 PASSFILE = "pitr-basebackup-passfile"
 RETRY_DELAY = 300.0
+# How often a wait for the schedule looks whether a base backup is wanted sooner.
+WANTED_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -300,9 +302,13 @@ async def run_base_backups(ctx: WorkerContext) -> None:
             fire = next_fire(
                 config.pitr.base_backup_schedule, datetime.now(config.zone), config.zone
             )
-            if await ctx.sleep(max(0.0, fire.timestamp() - time.time())):
-                return
+            while (left := fire.timestamp() - time.time()) > 0 and not st.base_backup_wanted:
+                if await ctx.sleep(min(left, WANTED_POLL)):
+                    return
         due_now = False
+        if st.base_backup_wanted:
+            logger.warning("base backup now, before the schedule: %s", st.base_backup_wanted)
+            st.base_backup_wanted = None
         # A base backup is restorable only with the WAL from its start on: the archive
         # must be receiving before it begins.
         while st.phase != "streaming":

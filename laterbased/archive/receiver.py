@@ -243,6 +243,8 @@ class WalReceiver:
         )
         logger.error("archive: %s", message)
         self.ctx.state.record_event("error", f"WAL archive: {message}")
+        # The window starts again only at a base backup after the gap: take one now.
+        self.state.base_backup_wanted = f"a gap in the archive before {moved[0]}"
         await self._refresh()
         return f"resumed after a gap: {message}"
 
