@@ -52,7 +52,7 @@ STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGINT, 10.0),)
 REFRESH_INTERVAL = 1.0
 PASSFILE = "pitr-passfile"
 # What pg_receivewal says when the primary no longer has the WAL after the archive's end
-# (the slot was dropped, or lost WAL at max_slot_wal_keep_size): it can never continue.
+# (its slot was dropped meanwhile): it can never continue from there.
 WAL_REMOVED = "has already been removed"
 # Where pg_receivewal starts afresh after such a loss (no segment there: it starts where the
 # server has WAL); hidden from the archive's listing until its first file is moved in.
