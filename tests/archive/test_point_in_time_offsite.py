@@ -117,6 +117,18 @@ async def test_restore_at_a_moment_comes_from_the_remote_when_the_local_archive_
     assert not list(state_dir.glob("pitr-restore-*")), "the throw-away cluster is removed"
     assert not list((config.backup_directory / ".partial").iterdir()), "nothing fetched is left"
 
+    # Before the window off-site too: the newest dump, saying what the remote covers.
+    older = await restore(
+        config,
+        RestoreRequest(
+            target_db="before the window", database=LIBRARY,
+            at=datetime.now(UTC) - timedelta(minutes=4),
+        ),
+    )
+    assert older.at_how is not None and "newest dump" in older.at_how, older
+    assert f"the archive on offsite:{remote} covers 20" in older.at_how, older.at_how
+    assert rows(server, "before the window") == ["dumped"]
+
 
 async def test_the_archive_goes_to_s3_and_comes_back_from_it_and_waits_while_s3_is_down(
     make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
@@ -214,3 +226,47 @@ async def test_archive_retention_keeps_what_is_not_uploaded_yet(
     assert {p.name for p in records.iterdir()} <= set(stamps()), "records go with them"
     on_remote = sorted(p.name for p in (remote / "@base").iterdir())
     assert set(before) <= set(on_remote), "what retention deleted is off-site"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line names ``text`` (an rclone still fetching into a folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_restore_from_the_remote_cancelled_while_fetching_leaves_nothing_behind(
+    make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
+) -> None:
+    server = make_primary()
+    library(server)
+    remote = tmp_path / "offsite"
+    config = config_for(server, tmp_path, state_dir, local_remote_env(remote))
+    async with archive_running(config) as state:
+        moment = await work_then_a_mistake(server, config)
+        assert (await upload_pending(config, state, run_id="up")).result == "success"
+    delete_local_archive(config)
+    partial = config.backup_directory / ".partial"
+
+    def fetching() -> bool:
+        return any(partial.glob("restore-*/remote-archive"))
+
+    task = asyncio.create_task(
+        restore(config, RestoreRequest(target_db="never", database=LIBRARY, at=moment))
+    )
+    await wait_for(fetching, "the restore fetching the archive from the remote")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not list(partial.glob("restore-*")), "the fetched archive is removed"
+    assert not list(state_dir.glob("pitr-restore-*")), "no throw-away cluster is left"
+    assert processes_mentioning(str(partial)) == [], "no rclone still fetching"
+    assert server.sql("SELECT count(*) FROM pg_database WHERE datname = 'never'") == "0"

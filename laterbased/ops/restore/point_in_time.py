@@ -384,12 +384,18 @@ def out_of_reach_text(config: Config, moment: datetime) -> str | None:
 
 
 async def dump_at(
-    config: Config, database: str, moment: datetime, target: Path, run_id: str
+    config: Config,
+    database: str,
+    moment: datetime,
+    target: Path,
+    run_id: str,
+    missed: list[str] | None = None,
 ) -> str | None:
     """Write ``database`` as it was at ``moment`` into ``target`` (pg_dump -Fc) when the
     archive covers it; None (nothing written) when it does not. Returns what was done.
     When the local archive does not cover it and the upload is on, the archive's copy on the
-    rclone remote is asked (ops/restore/remote_archive.py), fetched next to ``target``."""
+    rclone remote is asked (ops/restore/remote_archive.py), fetched next to ``target``;
+    why it could not give the moment either is appended to ``missed``."""
     root = config.backup_directory
     backup = await asyncio.to_thread(wal_archive.base_backup_for, root, moment)
     fetched_from: str | None = None
@@ -398,6 +404,8 @@ async def dump_at(
         remote = await fetch_for_moment(config, moment, fetched)
         if isinstance(remote, RemoteMiss):
             logger.info("restore: the archive off-site does not give it either: %s", remote.reason)
+            if missed is not None:
+                missed.append(remote.reason)
         else:
             backup, root, fetched_from = remote.backup, remote.root, remote.source
     if backup is None:

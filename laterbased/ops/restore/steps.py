@@ -314,8 +314,14 @@ class Restorer:
             )
 
             moment_file = self.workdir / "point-in-time.backup"
+            off_site: list[str] = []
             how = await dump_at(
-                self.config, request.database, request.at, moment_file, self.workdir.name
+                self.config,
+                request.database,
+                request.at,
+                moment_file,
+                self.workdir.name,
+                missed=off_site,
             )
             if how is not None:
                 self.point_in_time = True
@@ -324,7 +330,9 @@ class Restorer:
             refused = await asyncio.to_thread(out_of_reach_text, self.config, request.at)
             if refused is not None:
                 raise RefuseToRun(refused + await self._dump_fallback_hint(request.database))
-            self.point_in_time_miss = await asyncio.to_thread(window_text, self.config)
+            self.point_in_time_miss = "; ".join(
+                [await asyncio.to_thread(window_text, self.config), *off_site]
+            )
         records = await asyncio.to_thread(self._local_records, request.database)
         record = choose(records, request.at)
         if record is not None:
