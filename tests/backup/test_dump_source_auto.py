@@ -298,3 +298,41 @@ async def test_a_backup_run_tells_the_state_which_server_it_reads(
     assert result.result == "success", result
     run = state.job("dump").last_run
     assert run is not None and run.source == "primary"
+
+
+async def test_auto_never_dumps_another_cluster_answering_at_the_standby_port(
+    make_primary: Callable[..., PgServer], backup_dir: Path, caplog: Any
+) -> None:
+    # Where the standby should be, a streaming standby of another cluster answers (same
+    # login): its system identifier is not the primary's, so the run dumps the primary.
+    primary = make_primary()
+    primary.create_database(DB)
+    primary.sql('CREATE TABLE "SM_Project" (id int); INSERT INTO "SM_Project" VALUES (1)', DB)
+    other = make_primary()
+    other.create_database(DB)
+    stranger = await asyncio.to_thread(StreamingStandby.running, other, "stranger_slot")
+    try:
+        password = primary.superuser_password.replace("'", "''")
+        other.sql(f"ALTER ROLE {other.superuser} PASSWORD '{password}'")
+        other.superuser_password = primary.superuser_password
+        other.write_passfile()
+        target = other.sql("SELECT pg_current_wal_insert_lsn()")  # synchronous_commit off
+        await wait_for(
+            lambda: stranger.sql(f"SELECT pg_last_wal_replay_lsn() >= '{target}'") == "t",
+            "the other standby replayed the new password",
+        )
+        config = make_config(primary, backup_dir, databases=(DB,), skip_unchanged=False)
+        config = dataclasses.replace(
+            config,
+            standby=dataclasses.replace(
+                config.standby, enabled=True, port=stranger.port, listen_addresses="127.0.0.1"
+            ),
+        )
+        caplog.set_level("INFO", logger="laterbased.backup.dump")
+        outcomes = await run_dumps(config, Catalogue(backup_dir), "auto-stranger")
+    finally:
+        await asyncio.to_thread(stranger.cleanup)
+    assert [o.result for o in outcomes] == ["success"], outcomes
+    record = outcomes[0].record
+    assert record is not None and record.source == "primary"
+    assert "it is another cluster (system identifier" in caplog.text, caplog.text
