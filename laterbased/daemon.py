@@ -38,6 +38,44 @@ RESTART_MAX_DELAY = 60.0
 RESTART_RESET_AFTER = 120.0
 
 
+# A stop that takes longer than this says, every so often, which worker it still waits for
+# and where that worker is (a stop that never ends must explain itself in the log).
+SLOW_STOP_REPORT_EVERY = 15.0
+
+
+def where_it_waits(task: asyncio.Task[object]) -> str:
+    """The chain of awaits a suspended task is in, innermost last (file:line function)."""
+    places: list[str] = []
+    awaited: object = task.get_coro()
+    for _ in range(64):  # a chain is short; the bound only guards against a cycle
+        if isinstance(awaited, asyncio.Task):
+            awaited = awaited.get_coro()
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            if awaited is not None and not places:
+                places.append(type(awaited).__name__)
+            break
+        code = frame.f_code
+        places.append(f"{os.path.basename(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " -> ".join(places) or "-"
+
+
+async def report_slow_stop(tasks: list[asyncio.Task[None]]) -> None:
+    waited = 0.0
+    while True:
+        await asyncio.sleep(SLOW_STOP_REPORT_EVERY)
+        waited += SLOW_STOP_REPORT_EVERY
+        for task in tasks:
+            if not task.done():
+                logger.warning(
+                    "stopping: still waiting after %.0fs for %s at %s",
+                    waited,
+                    task.get_name(),
+                    where_it_waits(task),
+                )
+
+
 # Re-reads the configuration from wherever it came from (YAML, env file, environment).
 ConfigLoader = Callable[[], Config]
 
@@ -145,6 +183,16 @@ class Daemon:
     async def main_loop(self) -> None:
         if self.stopping.is_set():  # a SIGTERM during start-up: start nothing
             return
+        reporter: asyncio.Task[None] | None = None
+        try:
+            reporter = await self._run_workers()
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+
+    async def _run_workers(self) -> asyncio.Task[None] | None:
+        """Run the workers until the stop; returns the slow-stop reporter it started."""
+        reporter: asyncio.Task[None] | None = None
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
@@ -170,6 +218,9 @@ class Daemon:
             logger.info("stopping: cancelling workers")
             for task in tasks:
                 task.cancel()
+            # Outside the group: it must not keep the group (and the daemon) alive.
+            reporter = asyncio.create_task(report_slow_stop(tasks), name="slow-stop report")
+        return reporter
 
     async def shutdown(self) -> None:
         self.state.ready = False

@@ -46,8 +46,11 @@ class WorkerContext:
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless the daemon is stopping; True when woken by the stop."""
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands just as
+        # the stop event is set (which is exactly how the daemon stops its workers).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
         return self.stopping.is_set()
 
 

@@ -21,6 +21,7 @@ Rules that keep a 3 a.m. phone quiet but honest:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -387,10 +388,10 @@ async def run_notify(
                 tracker.confirm_after = config.confirm_after
                 for notification in _evaluate(tracker, state):
                     _enqueue(state, queue, notification)
-                try:
-                    await asyncio.wait_for(stopping.wait(), timeout=poll_interval)
-                except TimeoutError:
-                    pass
+                # Not asyncio.wait_for: on 3.11 it can swallow the stop's cancellation.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_interval):
+                        await stopping.wait()
         finally:
             send_task.cancel()
 
