@@ -339,11 +339,17 @@ async def test_daemon_with_source_standby_waits_for_its_standby_at_start_and_dum
         assert "dump source: waiting up to 300s for the standby" in daemon.log
         assert "dump source: the standby accepts connections after" in daemon.log
         assert "dump run failed" not in daemon.log and "dump failed" not in daemon.log
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{daemon.url}/metrics") as response:
-                metrics = await response.text()
+
+        async def counted() -> str | None:
+            # The backup is published before its run ends and is counted: wait for the count.
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{daemon.url}/metrics") as response:
+                    text = await response.text()
+            success = 'laterbased_job_runs_total{kind="dump",result="success"} 1.0'
+            return text if success in text else None
+
+        metrics = await wait_for(counted, "the run counted", 30, log=lambda: daemon.log)
         assert 'laterbased_job_runs_total{kind="dump",result="failed"} 0.0' in metrics
-        assert 'laterbased_job_runs_total{kind="dump",result="success"} 1.0' in metrics
         daemon.send(signal.SIGTERM)
         assert await daemon.wait_exit(60) == 0, daemon.log
     finally:
