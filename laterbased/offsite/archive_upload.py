@@ -16,7 +16,9 @@ commands a batch (``lsjson`` of just those names, one ``rclone copy``, ``lsjson`
 What made it is recorded beside it (records/wal_archive.py ``mark_uploaded``): archive
 retention keeps everything not recorded yet, and ``restore --at`` can fetch it back
 (ops/restore/remote_archive.py) when the local archive is gone. The first failure ends the
-run's archive part (the remote is most likely down): the rest waits for the next run.
+run's archive part (the remote is most likely down): the rest waits for the next run. With
+``upload.retention_days``, :func:`prune_remote_archive` keeps off-site what a window of that
+many days needs, by the local archive's own rule.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from laterbased.config import Config
 from laterbased.core.state import State
+from laterbased.offsite.archive_view import read_remote_archive
 from laterbased.offsite.rclone import Rclone, RcloneFailed, RemoteEntry
 from laterbased.offsite.verified_copy import file_matches, send_verified
 from laterbased.records import wal_archive
@@ -187,3 +192,46 @@ async def upload_archive(
         count,
     )
     return outcome
+
+
+def _deleted_from(stand_ins: tuple[Path, ...]) -> list[str]:
+    return sorted(path.name for path in stand_ins if not path.exists())
+
+
+async def prune_remote_archive(
+    rclone: Rclone, retention_days: int, run_id: str
+) -> tuple[list[str], int]:
+    """Off-site retention of the archive (``upload.retention_days``): the same rule as the
+    local one (``wal_archive.prune``) applied to the remote's view, with a window of
+    ``retention_days``: the newest base backup finished before it and every later one stay
+    (the newest always), and the WAL from the oldest kept one's start on; older base
+    backups (manifest first) and segments are deleted. History files stay. Returns the
+    base backups deleted and how many WAL files."""
+    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="laterbased-remote-archive-"))
+    try:
+        view = await read_remote_archive(rclone, work)
+        if view is None:
+            return [], 0
+        window_start = datetime.now(UTC) - timedelta(days=retention_days)
+        pruned = await asyncio.to_thread(wal_archive.prune, view.root, window_start)
+        doomed = await asyncio.to_thread(_deleted_from, view.stand_ins)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+    for stamp in pruned.base_backups:
+        # Its manifest first: a half-deleted base backup is no longer one.
+        await rclone.deletefile(
+            rclone.target(wal_archive.BASE_DIR, stamp, wal_archive.BASE_MANIFEST)
+        )
+        await rclone.purge(rclone.target(wal_archive.BASE_DIR, stamp))
+    await rclone.delete_files(rclone.target(wal_archive.WAL_DIR), doomed)
+    if pruned.base_backups or doomed:
+        logger.info(
+            "remote retention of the archive run=%s age_limit_days=%s: deleted %s base "
+            "backup(s) %s and %s WAL file(s) off-site",
+            run_id,
+            retention_days,
+            len(pruned.base_backups),
+            ", ".join(pruned.base_backups) or "-",
+            len(doomed),
+        )
+    return list(pruned.base_backups), len(doomed)

@@ -413,6 +413,17 @@ class Rclone:
     async def deletefile(self, remote_path: str) -> None:
         await self.call("deletefile", remote_path, timeout=_short(self.upload))
 
+    async def delete_files(self, folder: str, names: Sequence[str]) -> None:
+        """Delete the files ``names`` (relative to ``folder``): one command for them all."""
+        if not names:
+            return
+        async with _name_list(names) as listing:
+            await self.call("delete", folder, f"--files-from={listing}", "--no-traverse")
+
+    async def purge(self, remote_path: str) -> None:
+        """Delete the folder ``remote_path`` with everything in it."""
+        await self.call("purge", remote_path)
+
     async def mkdir(self, remote_path: str) -> None:
         await self.call("mkdir", remote_path, timeout=_short(self.upload))
 

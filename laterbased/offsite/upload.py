@@ -40,7 +40,11 @@ from typing import Any
 from laterbased.config import Config
 from laterbased.core.state import State
 from laterbased.errors import ToolMissing
-from laterbased.offsite.archive_upload import refresh_archive_pending, upload_archive
+from laterbased.offsite.archive_upload import (
+    prune_remote_archive,
+    refresh_archive_pending,
+    upload_archive,
+)
 from laterbased.offsite.rclone import Rclone, RcloneFailed, RemoteEntry, find_rclone
 from laterbased.offsite.verified_copy import file_matches, send_verified
 from laterbased.records.catalogue import (
@@ -50,6 +54,7 @@ from laterbased.records.catalogue import (
     Catalogue,
     manifest_name,
 )
+from laterbased.records.wal_archive import BASE_DIR
 from laterbased.units import format_size
 
 logger = logging.getLogger(__name__)
@@ -210,6 +215,13 @@ async def upload_pending(
             result.deleted_remote = await prune_remote(
                 rclone, config.upload.retention_days, run_id
             )
+            if config.pitr.enabled:
+                bases, segments = await prune_remote_archive(
+                    rclone, config.upload.retention_days, run_id
+                )
+                result.deleted_remote += [f"{BASE_DIR}/{stamp}" for stamp in bases]
+                if result.archive is not None:
+                    result.archive["deleted_remote_wal"] = segments
         except RcloneFailed as exc:
             result.failed["remote retention"] = str(exc)
             logger.error("remote retention failed run=%s reason=%s", run_id, exc)

@@ -8,7 +8,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -115,3 +115,43 @@ async def test_a_wal_file_the_remote_got_wrong_is_not_recorded_and_goes_again(
     assert again.archive is not None and again.archive["uploaded"] == 1, again.archive
     assert (remote_wal / damaged.name).read_bytes() == damaged.read_bytes()
     assert state.archive.pending_upload == 0
+
+
+async def test_remote_retention_of_the_archive_keeps_what_its_window_needs(work: Path) -> None:
+    config = load_config(
+        None,
+        {
+            "PRIMARY_HOST": "resolve.local",
+            "HOME": "/nonexistent-home",
+            "LOCAL_BACKUP_PATH": str(work / "backups"),
+            "LATERBASED_PITR_ENABLED": "true",
+            "LATERBASED_UPLOAD_RETENTION_DAYS": "3",
+        }
+        | local_remote_env(work / "offsite"),
+    )
+    root = config.backup_directory
+    now = datetime.now(UTC)
+    # Base backups 10 days, 5 days and 1 hour old, starting at segments 2, 5 and 8.
+    for number in range(2, 11):
+        segment(root, number, now - timedelta(days=10) + timedelta(days=number),
+                content=secrets.token_bytes(512))
+    (wal_archive.wal_dir(root) / "00000002.history").write_text("1\t0/3000000\tx\n")
+    stamps = []
+    for start, age in ((2, timedelta(days=10)), (5, timedelta(days=5)), (8, timedelta(hours=1))):
+        folder = base_backup(root, start, now - age)
+        (folder / "base.tar.gz").write_bytes(secrets.token_bytes(1024))
+        stamps.append(folder.name)
+
+    result = await upload_pending(config, State(config=config), run_id="retention")
+
+    assert result.result == "success", result.detail
+    assert result.deleted_remote == [f"@base/{stamps[0]}"], result.deleted_remote
+    remote = work / "offsite"
+    assert sorted(p.name for p in (remote / "@base").iterdir()) == stamps[1:]
+    left = sorted(p.name for p in (remote / "@wal").iterdir())
+    assert left == sorted(
+        ["00000002.history"] + [f"{wal_archive.segment_name(1, n)}.gz" for n in range(5, 11)]
+    ), "the WAL from the oldest kept base backup's start on, and the history"
+    assert result.archive is not None and result.archive["deleted_remote_wal"] == 3
+    assert len(wal_archive.list_base_backups(root)) == 3, "the local archive is untouched"
+    assert len(wal_archive.list_segments(root)) == 9

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from laterbased.config import Config
 from laterbased.errors import ToolMissing
+from laterbased.offsite.archive_view import read_remote_archive, remote_segments
 from laterbased.offsite.rclone import Rclone, RcloneFailed, RemoteEntry
 from laterbased.records import wal_archive
 
@@ -53,37 +53,14 @@ class RemoteMiss:
     reason: str
 
 
-def _segments(entries: list[RemoteEntry]) -> list[RemoteEntry]:
-    return [e for e in entries if wal_archive.parse_segment(Path(e.name)) is not None]
-
-
-def _stand_ins(root: Path, entries: list[RemoteEntry]) -> list[Path]:
-    """Empty files named and dated like the remote segments: enough for the window."""
-    directory = wal_archive.wal_dir(root)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    made = []
-    for entry in _segments(entries):
-        if entry.modified is None:
-            continue
-        path = directory / entry.name
-        path.touch(mode=0o600)
-        moment = entry.modified.timestamp()
-        os.utime(path, (moment, moment))
-        made.append(path)
-    return made
-
-
-def _drop(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def _needed_segments(entries: list[RemoteEntry], backup: wal_archive.BaseBackup) -> list[str]:
+def _needed_segments(
+    entries: tuple[RemoteEntry, ...], backup: wal_archive.BaseBackup
+) -> list[str]:
     """Every segment the recovery from ``backup`` may ask for: from its start on, of its
     timeline and every later one (the recovery follows a switch)."""
     first = wal_archive.segment_of_lsn(backup.start_lsn, backup.segment_size)
     names = []
-    for entry in _segments(entries):
+    for entry in remote_segments(entries):
         segment = wal_archive.parse_segment(Path(entry.name), backup.segment_size)
         if segment is not None and segment.number >= first and segment.timeline >= backup.timeline:
             names.append(entry.name)
@@ -98,31 +75,15 @@ async def fetch_for_moment(
     try:
         rclone = await Rclone.open(config.upload)
         source = rclone.target()
-        base_entries = await rclone.lsjson(rclone.target(wal_archive.BASE_DIR), recursive=True)
-        # A base backup is there once its manifest is (uploaded last).
-        manifests = sorted(
-            entry.path
-            for entry in base_entries
-            if entry.name == wal_archive.BASE_MANIFEST and entry.path.count("/") == 1
-        )
-        if not manifests:
+        view = await read_remote_archive(rclone, into)
+        if view is None:
             return RemoteMiss(f"{source} holds no base backup of the point-in-time archive")
-        wal_entries = await rclone.lsjson(rclone.target(wal_archive.WAL_DIR))
-        base_root = wal_archive.base_dir(into)
-        await asyncio.to_thread(base_root.mkdir, 0o700, True)
-        await rclone.copy_files(rclone.target(wal_archive.BASE_DIR), str(base_root), manifests)
-        histories = [e.name for e in wal_entries if wal_archive.is_history_file(e.name)]
-        wal_root = wal_archive.wal_dir(into)
-        await asyncio.to_thread(wal_root.mkdir, 0o700, True)
-        await rclone.copy_files(rclone.target(wal_archive.WAL_DIR), str(wal_root), histories)
-        stand_ins = await asyncio.to_thread(_stand_ins, into, wal_entries)
         backup = await asyncio.to_thread(wal_archive.base_backup_for, into, moment)
         if backup is None:
             window = await asyncio.to_thread(wal_archive.coverage, into)
             covers = window.describe_ranges() or "no restorable range"
             return RemoteMiss(f"the archive on {source} covers {covers}")
-        # From here on the folder holds real files only.
-        await asyncio.to_thread(_drop, stand_ins)
+        await view.drop_stand_ins()
         stamp = backup.directory.name
         logger.info(
             "restore: fetching base backup %s and its WAL from %s (the local archive does not "
@@ -134,7 +95,8 @@ async def fetch_for_moment(
         await rclone.call(
             "copy", rclone.target(wal_archive.BASE_DIR, stamp), str(backup.directory)
         )
-        needed = _needed_segments(wal_entries, backup)
+        needed = _needed_segments(view.wal_entries, backup)
+        wal_root = wal_archive.wal_dir(into)
         await rclone.copy_files(rclone.target(wal_archive.WAL_DIR), str(wal_root), needed)
     except (RcloneFailed, ToolMissing) as exc:
         logger.warning("restore: the point-in-time archive off-site cannot be read: %s", exc)
