@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from backup_support import make_config
+from backup_support import environment, make_config
 from pgserver import PgServer, free_port
 
 from laterbased.backup.runner import backup_worker, register_actions, run_backup_chain
@@ -151,17 +151,9 @@ async def test_schedule_runs_dump_then_prune_and_never_overlaps(
 
 
 def start_daemon(primary: PgServer, database: str, backup_dir: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LATERBASED_", "PG"))}
-    env.update(
-        PRIMARY_HOST=primary.host,
-        PRIMARY_PORT=str(primary.port),
-        PRIMARY_USER=primary.superuser,
-        LATERBASED_PRIMARY_PASSWORD=primary.superuser_password,
-        LATERBASED_STANDBY_ENABLED="false",
-        LATERBASED_BACKUP_DIRECTORY=str(backup_dir),
-        LATERBASED_STATE_DIR=str(backup_dir.parent),
-        LATERBASED_BACKUP_DATABASES=database,
-        LATERBASED_HTTP_PORT=str(free_port()),
+    assert backup_dir.name == "backups"  # the layout environment() gives
+    env = environment(
+        primary, backup_dir.parent, free_port(), None, database=database, catch_up=True
     )
     with open(backup_dir.parent / "daemon.log", "ab") as log:
         return subprocess.Popen(

@@ -10,13 +10,11 @@ the standby, promotes the copy on a side port and leaves nothing behind."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from daemon_process import DaemonProcess, write_config
+from daemon_process import DaemonProcess, primary_section, write_config
+from daemon_support import get_json, healthy, run_cli, stop_daemon
 from pgserver import PgServer, free_port
 from waiting import wait_for
 
@@ -56,12 +55,7 @@ def resolve_primary(make_primary: Callable[..., PgServer], *, lan_rule: bool = T
 
 def failover_config(primary: PgServer, state_dir: Path, failover_port: int) -> dict[str, Any]:
     return {
-        "primary": {
-            "host": primary.host,
-            "port": primary.port,
-            "user": primary.replication_user,
-            "password": primary.replication_password,
-        },
+        "primary": primary_section(primary),
         "standby": {
             "port": free_port(),
             "failover_address": [LAN_ADDRESS],
@@ -76,32 +70,6 @@ def failover_config(primary: PgServer, state_dir: Path, failover_port: int) -> d
         "http": {"host": "127.0.0.1", "port": free_port(), "token": TOKEN},
         "state_dir": str(state_dir),
     }
-
-
-async def run_cli(*args: str) -> tuple[int, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("LATERBASED_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "laterbased", *args,
-        env=environ,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 300)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
-
-async def health(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{daemon.url}/healthz") as response:
-            return response.status, await response.json()
-
-
-async def healthy(daemon: DaemonProcess) -> bool:
-    try:
-        return (await health(daemon))[0] == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def library_connection(primary: PgServer, host: str, port: int) -> Any:
@@ -164,7 +132,7 @@ async def test_failover_to_the_planned_address_serves_workstations_and_the_new_w
             await conn.close()
 
         await wait_for(lambda: healthy(daemon), f"health green:\n{daemon.log[-3000:]}", 60)
-        _status, body = await health(daemon)
+        _status, body = await get_json(daemon, "/healthz")
         reasons = {check["name"]: check["reason"] for check in body["checks"]}
         assert "gone (promoted away)" in reasons["primary"]
         assert "primary unreachable" not in daemon.log.split("promoted")[-1]
@@ -201,15 +169,13 @@ async def test_failover_to_the_planned_address_serves_workstations_and_the_new_w
         assert "after-failover" in restored
 
         # A restart as a primary: no ERROR about the old primary while our postgres starts.
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
         restarted = await DaemonProcess.start(config_path, config["http"]["port"])
         await wait_for(lambda: healthy(restarted), f"green again:\n{restarted.log[-3000:]}", 90)
         assert "ERROR" not in restarted.log, restarted.log
         conn = await library_connection(primary, LAN_ADDRESS, failover_port)
         await conn.close()
-        restarted.send(signal.SIGTERM)
-        assert await restarted.wait_exit(timeout=90) == 0
+        await stop_daemon(restarted)
     finally:
         await daemon.stop()
         if restarted is not None:
@@ -234,8 +200,7 @@ async def test_check_fails_a_plan_whose_address_is_not_here_or_whose_hba_refuses
         assert "not an address of this host" in out
         hba = line_of(out, "failover pg_hba")
         assert hba.startswith("FAIL") and LIBRARY in hba, out
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
     finally:
         await daemon.stop()
 
@@ -269,8 +234,7 @@ async def test_a_taken_failover_port_keeps_the_promoted_server_where_it_ran_and_
                 page = await response.text()
         assert "cannot move the promoted server" in page
         assert "ERROR" in daemon.log and "cannot move the promoted server" in daemon.log
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
     finally:
         squatter.close()
         await daemon.stop()
@@ -298,8 +262,7 @@ async def test_check_warns_when_the_standbys_pg_hba_admits_with_another_method_t
         line = line_of(out, "failover pg_hba")
         assert line.startswith("WARN"), out
         assert "md5 here, scram-sha-256 on the primary" in line
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
     finally:
         await daemon.stop()
 
@@ -348,8 +311,7 @@ async def test_rehearsal_promotes_a_throwaway_copy_and_leaves_the_standby_stream
         await wait_for(replicated, "the standby still streams after the rehearsal")
         await wait_for(lambda: healthy(daemon), f"still healthy:\n{daemon.log[-3000:]}", 60)
         assert "rehearsal postgres" in daemon.log or "rehearsal" in out
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
     finally:
         await daemon.stop()
     assert pids_with_cwd_under(state_dir) == []
@@ -378,7 +340,6 @@ async def test_rehearsal_clones_the_primary_when_the_standbys_pg_hba_admits_no_r
         assert "cloned the primary: the standby's pg_hba.conf admits no replication" in out
         assert f"ok    {LIBRARY}: SM_Project readable" in out
         assert [p.name for p in state_dir.iterdir() if p.name.startswith("rehearsal-")] == []
-        daemon.send(signal.SIGTERM)
-        assert await daemon.wait_exit(timeout=90) == 0
+        await stop_daemon(daemon)
     finally:
         await daemon.stop()

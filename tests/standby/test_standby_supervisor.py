@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from pgserver import NASTY_PASSWORD, PgServer
-from standby_support import DEADLINE, cmdlines, running_standby
+from standby_support import DEADLINE, cmdlines, frozen_checkpointer, running_standby
 from waiting import wait_for
 
 from laterbased.config import (
@@ -280,13 +280,8 @@ async def test_cancel_mid_bootstrap_leaves_no_data_dir_and_next_start_cleans_and
     make_primary: Callable[..., PgServer],
 ) -> None:
     primary = make_primary()
-    # A checkpointer that cannot run keeps pg_basebackup waiting for its checkpoint.
-    checkpointer = int(
-        primary.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
-    )
     async with running_standby(primary, start=False) as standby:
-        os.kill(checkpointer, signal.SIGSTOP)
-        try:
+        with frozen_checkpointer(primary):
             standby.start()
             await wait_for(
                 lambda: "waiting for checkpoint" in (standby.state.standby.message or ""),
@@ -296,8 +291,6 @@ async def test_cancel_mid_bootstrap_leaves_no_data_dir_and_next_start_cleans_and
             staging = standby.data_dir.with_name(".standby.laterbased-staging")
             assert staging.exists()
             await standby.stop()
-        finally:
-            os.kill(checkpointer, signal.SIGCONT)
         assert not standby.data_dir.exists()
         assert not staging.exists()
         # A harder death (no cleanup) leaves staging behind: the next start removes it.
