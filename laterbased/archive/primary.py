@@ -93,6 +93,35 @@ async def inspect_primary(
     )
 
 
+async def renew_slot(config: Config, server: PrimaryConfig, release_wait: float = 10.0) -> None:
+    """Drop the archive's slot on ``server`` and create it again, WAL reserved from the
+    server's current position. For when the WAL the slot points at is gone: pg_receivewal
+    reports the position it asks to start from as received, which moves a physical slot
+    back there, and a fresh pg_receivewal (15 and later start at the slot's position) would
+    ask for the lost WAL again. Waits up to ``release_wait`` seconds for the walsender of
+    the pg_receivewal that just failed to let go of the slot."""
+    conn = await connect_primary(server, application_name=APPLICATION_NAME)
+    name = config.pitr.slot_name
+    try:
+        async with asyncio.timeout(release_wait + 4 * config.monitor.query_timeout):
+            deadline = asyncio.get_running_loop().time() + release_wait
+            while await conn.fetchval(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1", name
+            ):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            await conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = $1",
+                name,
+            )
+            await ensure_physical_slot(conn, name)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.shield(conn.close(timeout=config.monitor.query_timeout))
+
+
 async def write_primary_passfile(
     config: Config, path: Path, server: PrimaryConfig | None = None
 ) -> None:

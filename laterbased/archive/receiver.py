@@ -24,6 +24,7 @@ from laterbased.archive.primary import (
     archive_server,
     inspect_primary,
     primary_conninfo,
+    renew_slot,
     write_primary_passfile,
 )
 from laterbased.config import Config, PrimaryConfig
@@ -213,6 +214,7 @@ class WalReceiver:
         (the slot's, or the server's current position on 13), stop it once its first file
         is there and move that into the archive: the next start goes on from it. What lies
         between is a gap, reported as such (health, /status.json ranges, restore)."""
+        await renew_slot(self.config, server)
         resume = directory / RESUME_DIR
         await asyncio.to_thread(shutil.rmtree, resume, True)
         await asyncio.to_thread(resume.mkdir, 0o700)
