@@ -27,7 +27,7 @@ from pgserver import PgServer, free_port
 from streaming_standby import StreamingStandby
 from waiting import wait_for
 
-from laterbased.backup.dump import run_dumps
+from laterbased.backup.dump import DumpOutcome, run_dumps
 from laterbased.config import Config
 from laterbased.records.catalogue import Catalogue
 
@@ -150,23 +150,33 @@ async def hold_exclusive_lock(primary: PgServer, standby: StreamingStandby) -> A
     return conn
 
 
+async def dump_until_replay_paused(
+    primary: PgServer, standby: StreamingStandby, backup_dir: Path, run_id: str
+) -> asyncio.Task[list[DumpOutcome]]:
+    """A dump from the standby, started and running until it paused the standby's replay
+    (it blocks on a lock meanwhile): the task, for the test to cancel or to await."""
+    dump = asyncio.create_task(
+        run_dumps(standby_config(primary, standby, backup_dir), Catalogue(backup_dir), run_id)
+    )
+
+    def paused() -> bool:
+        assert not dump.done(), dump.result()
+        return replay_paused(standby)
+
+    try:
+        await wait_for(paused, "the standby's replay paused by the dump", 30, interval=0.05)
+    except BaseException:
+        dump.cancel()
+        raise
+    return dump
+
+
 async def test_cancelled_standby_dump_resumes_replay(
     primary: PgServer, standby: StreamingStandby, backup_dir: Path
 ) -> None:
     lock = await hold_exclusive_lock(primary, standby)
     try:
-        dump = asyncio.create_task(
-            run_dumps(
-                standby_config(primary, standby, backup_dir),
-                Catalogue(backup_dir),
-                "dump-standby-3",
-            )
-        )
-        deadline = time.monotonic() + 30
-        while not replay_paused(standby):
-            assert not dump.done(), dump.result()
-            assert time.monotonic() < deadline, "replay was never paused"
-            await asyncio.sleep(0.05)
+        dump = await dump_until_replay_paused(primary, standby, backup_dir, "dump-standby-3")
         dump.cancel()
         with pytest.raises(asyncio.CancelledError):
             await dump
@@ -210,18 +220,7 @@ async def test_lock_replayed_before_the_pause_does_not_block_the_dump_for_hours(
     monkeypatch.setattr(dump_module, "STANDBY_RETRY_DELAY", 0.5)
     lock = await hold_exclusive_lock(primary, standby)
     try:
-        dump = asyncio.create_task(
-            run_dumps(
-                standby_config(primary, standby, backup_dir),
-                Catalogue(backup_dir),
-                "dump-standby-4",
-            )
-        )
-        deadline = time.monotonic() + 30
-        while not replay_paused(standby):
-            assert not dump.done(), dump.result()
-            assert time.monotonic() < deadline, "replay was never paused"
-            await asyncio.sleep(0.05)
+        dump = await dump_until_replay_paused(primary, standby, backup_dir, "dump-standby-4")
         # The primary finishes its work while the standby's replay is paused.
         await lock.execute("ROLLBACK")
         outcomes = await asyncio.wait_for(dump, 60)
