@@ -44,6 +44,11 @@ _SERVER_TROUBLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's word for a connection whose protocol state it lost track of ("cannot switch
+    # to state 12; another operation is in progress", "not connected"): seen in a test run
+    # while the primary was stopped, as a crash of the whole monitor with a traceback.
+    # It is closed and opened afresh at the next poll like any broken connection.
+    asyncpg.InternalClientError,
 )
 
 
