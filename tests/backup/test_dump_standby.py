@@ -218,6 +218,9 @@ async def test_lock_replayed_before_the_pause_does_not_block_the_dump_for_hours(
 
     monkeypatch.setattr(dump_module, "STANDBY_LOCK_WAIT", 1.0)
     monkeypatch.setattr(dump_module, "STANDBY_RETRY_DELAY", 0.5)
+    # Short waits, so more attempts than the product's three: on a loaded machine the standby
+    # may not replay the primary's release within one 0.5 s pause between attempts.
+    monkeypatch.setattr(dump_module, "STANDBY_ATTEMPTS", 10)
     lock = await hold_exclusive_lock(primary, standby)
     try:
         dump = await dump_until_replay_paused(primary, standby, backup_dir, "dump-standby-4")
