@@ -258,7 +258,7 @@ async def _take_base_backup(
         manifest = json.loads(await asyncio.to_thread((partial / "backup_manifest").read_text))
         ranges = manifest["WAL-Ranges"]
         backup = wal_archive.BaseBackup(
-            directory=wal_archive.base_dir(root) / stamp,
+            directory=wal_archive.base_dir(root) / wal_archive.base_name(partial),
             started=started,
             finished=finished,
             start_lsn=str(ranges[0]["Start-LSN"]),

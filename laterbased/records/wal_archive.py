@@ -191,11 +191,28 @@ def list_base_backups(root: Path) -> list[BaseBackup]:
 
 
 def new_base_partial(root: Path, stamp: str) -> Path:
+    """A new, empty ``@base/.partial-<name>/``; ``<name>`` is ``stamp``, or ``stamp-2``, ``-3``
+    … when a base backup of that second exists or is being written (a retry, or a fallback
+    from the standby to the primary, within the same second). :func:`base_name` is the
+    name it will be published under."""
     directory = base_dir(root)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = directory / f"{BASE_PARTIAL_PREFIX}{stamp}"
-    partial.mkdir(mode=0o700)
-    return partial
+    for number in range(1, 1000):
+        name = stamp if number == 1 else f"{stamp}-{number}"
+        if (directory / name).exists():
+            continue
+        partial = directory / f"{BASE_PARTIAL_PREFIX}{name}"
+        try:
+            partial.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return partial
+    raise FileExistsError(f"no free base backup name for {stamp} in {directory}")
+
+
+def base_name(partial: Path) -> str:
+    """The name a base backup staged in ``partial`` is published under."""
+    return partial.name.removeprefix(BASE_PARTIAL_PREFIX)
 
 
 def publish_base_backup(partial: Path, backup: BaseBackup) -> BaseBackup:
