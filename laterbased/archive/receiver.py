@@ -37,10 +37,8 @@ from laterbased.pg.connect import connect_primary
 from laterbased.proc import (
     child_environment,
     finish_uncancellable,
-    pids_with_cwd_under,
-    process_facts,
     spawn,
-    stop_unrelated_process,
+    stop_leftovers,
 )
 from laterbased.records import wal_archive
 
@@ -256,20 +254,16 @@ class WalReceiver:
 
     async def _stop_leftovers(self, directory: Path) -> None:
         """Stop a pg_receivewal an earlier daemon left running on this archive (ours by
-        program, user and working directory); anything else there is left alone."""
-        for pid in await asyncio.to_thread(pids_with_cwd_under, directory):
-            facts = await asyncio.to_thread(process_facts, pid)
-            if facts is None or facts.program != "pg_receivewal":
-                continue
-            if any(uid != os.geteuid() for uid in facts.uids):
-                continue
-            logger.warning(
-                "archive: stopping pg_receivewal pid=%s left running on %s by an earlier "
-                "laterbased",
-                pid,
-                directory,
-            )
-            await stop_unrelated_process(pid, STOP_STEPS, "pg_receivewal")
+        program, user, working directory and target directory); anything else there is
+        left alone."""
+        await stop_leftovers(
+            directory,
+            "pg_receivewal",
+            os.geteuid(),
+            STOP_STEPS,
+            "archive",
+            target=("-D", "--directory"),
+        )
 
 
 def _received_files(folder: Path) -> list[Path]:
