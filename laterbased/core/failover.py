@@ -6,7 +6,7 @@ the two never disagree about the address a workstation enters in Resolve.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from laterbased.config import Config
 
@@ -26,18 +26,41 @@ def workstation_address(config: Config) -> str | None:
     return None
 
 
-def workstation_steps(config: Config, libraries: Sequence[str], port: int) -> list[str]:
+def workstation_user(config: Config, owners: Mapping[str, str] | None) -> str:
+    """The login the workstations enter: the libraries' owners where known (Resolve made
+    each library with the workstations' login), else laterbased's own login, said as such
+    when it is not Resolve's default."""
+    users = sorted(set((owners or {}).values()))
+    if len(users) == 1:
+        return users[0]
+    if users:
+        pairs = ", ".join(f"{owner} for {name}" for name, owner in sorted((owners or {}).items()))
+        return f"the login owning each library ({pairs})"
+    if config.primary.user == "postgres":
+        return "postgres"
+    return (
+        "the login the workstations used on the old server (Resolve's default: postgres; "
+        f"{config.primary.user} is laterbased's own)"
+    )
+
+
+def workstation_steps(
+    config: Config,
+    libraries: Sequence[str],
+    port: int,
+    owners: Mapping[str, str] | None = None,
+) -> list[str]:
     """What each Resolve workstation enters, one line each, for the promoted server
-    listening on ``port``."""
+    listening on ``port``; ``owners``: library -> the login owning it there."""
     address = workstation_address(config)
     names = ", ".join(libraries) if libraries else "the same library names as before"
-    user = config.primary.user
     steps = [
         "On every Resolve workstation: Project Manager > Project Libraries > Add > Connect "
         "(Network):",
         f"  Location (IP address): {address or 'this host LAN address (see below)'}",
         f"  Database name: {names}",
-        f"  User: {user}, with the same password as on the old server",
+        f"  User: {workstation_user(config, owners)}, with the same password as on the old "
+        "server",
     ]
     if address is None:
         steps.append(

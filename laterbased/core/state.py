@@ -53,6 +53,8 @@ class StandbyState:
     # serves (listed on the promoted server), for the status page's instructions.
     failover_problem: str | None = None
     libraries: tuple[str, ...] = ()
+    # library -> the login owning it there: the user the workstations enter.
+    library_owners: dict[str, str] = field(default_factory=dict)
     # Set to make the supervisor look at its postgres now instead of at its next check
     # (a promotion asks it to move the server to the failover endpoint).
     wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)

@@ -170,6 +170,10 @@ async def promote(config: Config, *, force: bool = False) -> int:
                 port=int(body.get("port") or config.standby.port),
                 listen_addresses=str(body.get("listen_addresses") or ""),
                 libraries=[str(name) for name in body.get("libraries") or []],
+                owners={
+                    str(name): str(owner)
+                    for name, owner in (body.get("library_owners") or {}).items()
+                },
             )
             return EXIT_OK
         if status == 409 and body.get("reason") == OLD_PRIMARY_RUNNING:
@@ -215,10 +219,15 @@ async def promote(config: Config, *, force: bool = False) -> int:
 
 
 def _print_next_steps(
-    config: Config, *, port: int, listen_addresses: str, libraries: list[str]
+    config: Config,
+    *,
+    port: int,
+    listen_addresses: str,
+    libraries: list[str],
+    owners: dict[str, str] | None = None,
 ) -> None:
     """What each workstation enters in Resolve, and what to do with the old primary."""
     print(f"the promoted server listens on {listen_addresses or '?'} port {port}")
-    for line in workstation_steps(config, libraries, port):
+    for line in workstation_steps(config, libraries, port, owners):
         print(line)
     print(old_primary_advice(config))

@@ -211,6 +211,9 @@ class LibraryProof:
 
     opened: dict[str, int] = field(default_factory=dict)  # library -> projects
     failed: dict[str, str] = field(default_factory=dict)
+    # library -> the login role owning it: what Resolve created it with, so what the
+    # workstations log in as (not laterbased's own role when that is a replication role).
+    owners: dict[str, str] = field(default_factory=dict)
 
 
 async def resolve_libraries(conn: Any) -> list[str]:
@@ -246,6 +249,8 @@ async def prove_libraries(
     conn = await open_db(maintenance_db)
     try:
         names = await resolve_libraries(conn)
+        rows = await conn.fetch(sql.LOGIN_OWNERS, names)
+        owners = {str(row["datname"]): str(row["rolname"]) for row in rows}
     finally:
         await conn.close()
     for name in names:
@@ -272,4 +277,5 @@ async def prove_libraries(
             proof.failed[name] = f"{type(exc).__name__}: {exc}"
         finally:
             await conn.close()
+    proof.owners = {name: owner for name, owner in owners.items() if name in proof.opened}
     return proof

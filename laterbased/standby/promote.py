@@ -218,7 +218,8 @@ async def promote_in_daemon(
         how = await promote_server(config)
         mark_promoted(state, how=how)
         await _wait_on_failover_endpoint(state)
-        st.libraries = tuple(await _list_libraries(state))
+        libraries, st.library_owners = await _list_libraries(state)
+        st.libraries = tuple(libraries)
         result: dict[str, Any] = {
             "role": st.role,
             "promoted_at": st.promoted_at,
@@ -227,6 +228,7 @@ async def promote_in_daemon(
             "port": st.port,
             "listen_addresses": st.listen_addresses,
             "libraries": list(st.libraries),
+            "library_owners": dict(st.library_owners),
         }
         if st.failover_problem is not None:
             result["failover_problem"] = st.failover_problem
@@ -257,9 +259,10 @@ async def _wait_on_failover_endpoint(state: State) -> None:
     )
 
 
-async def _list_libraries(state: State) -> list[str]:
-    """The Resolve libraries on the promoted server (names for the workstations), or the
-    ones laterbased backs up when it cannot look (the answer must not fail for this)."""
+async def _list_libraries(state: State) -> tuple[list[str], dict[str, str]]:
+    """The Resolve libraries on the promoted server (names for the workstations) with the
+    login owning each, or the ones laterbased backs up (owners unknown) when it cannot look
+    (the answer must not fail for this)."""
     config, st = state.config, state.standby
     known = sorted(set(config.backup.databases) | set(state.backups) - {GLOBALS_KEY})
     primary = config.primary
@@ -275,8 +278,8 @@ async def _list_libraries(state: State) -> list[str]:
         )
     except (PgUnavailable, asyncpg.PostgresError, OSError) as exc:
         logger.warning("cannot list the libraries on the promoted server: %s", exc)
-        return known
-    return sorted(proof.opened) or known
+        return known, {}
+    return (sorted(proof.opened) or known), proof.owners
 
 
 def _force_requested(params: dict[str, Any]) -> bool:

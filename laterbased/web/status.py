@@ -16,7 +16,12 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from laterbased import __version__
-from laterbased.core.failover import old_primary_advice, workstation_address, workstation_steps
+from laterbased.core.failover import (
+    old_primary_advice,
+    workstation_address,
+    workstation_steps,
+    workstation_user,
+)
 from laterbased.core.state import GLOBALS_KEY, State
 from laterbased.health import verdicts as health
 from laterbased.units import format_duration, format_size
@@ -164,9 +169,9 @@ def failover_document(state: State) -> dict[str, Any] | None:
         "port": port,
         "listen_addresses": standby.listen_addresses,
         "libraries": libraries,
-        "user": config.primary.user,
+        "user": workstation_user(config, standby.library_owners),
         "problem": standby.failover_problem,
-        "workstations": workstation_steps(config, libraries, port),
+        "workstations": workstation_steps(config, libraries, port, standby.library_owners),
         "old_primary": old_primary_advice(config),
     }
 
