@@ -121,15 +121,9 @@ async def test_a_second_cancel_during_shutdown_still_leaves_no_postgres_behind(
     pending. It must end with the postmaster reaped, no exception but the cancellation, and
     no postgres process left.
 
-    Why this test cannot catch a stop that lets the second cancel skip the sweep of
-    leftover backends (checked: removing finish_uncancellable around stop_and_sweep in
-    StandbySupervisor passes it): Child.stop drains the postmaster's output pipe, which
-    every backend and auxiliary process inherited, so it returns only once they have all
-    exited, and they do exit by themselves within moments of the postmaster's SIGKILL (each
-    waits with WL_POSTMASTER_DEATH). A leftover the sweep alone would end needs a backend
-    that cannot notice (busy in a long computation, or frozen); freezing one here made the
-    stop hang past the test's deadline with and without the fix (the stop path with such a
-    backend is worth its own look; reported with issue 20), so it is not done."""
+    This one cannot catch a stop that skips the sweep of leftover backends (they exit by
+    themselves within moments of the postmaster's SIGKILL); the next test freezes one, so
+    that only the sweep ends it."""
     primary = make_primary()
     async with running_standby(primary, stop_timeout=1.0) as standby:
         await standby.wait_running()
@@ -156,6 +150,45 @@ async def test_a_second_cancel_during_shutdown_still_leaves_no_postgres_behind(
         finally:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=1)
+
+
+async def test_a_second_cancel_during_shutdown_still_kills_a_frozen_backend(
+    make_primary: Callable[..., PgServer],
+) -> None:
+    """As above, with a backend that cannot notice its postmaster's death (frozen): only
+    the sweep after the stop ends it, so a second cancel that skipped the sweep would leave
+    it behind (checked: without finish_uncancellable around stop_and_sweep this fails).
+    Possible since a child's exit is read from its reaped status: before, the stop waited
+    for the frozen backend to close the postmaster's output pipe, for ever."""
+    primary = make_primary()
+    async with running_standby(primary, stop_timeout=1.0) as standby:
+        await standby.wait_running()
+        postmaster = standby.state.standby.pid
+        assert postmaster is not None
+        conn = await standby.connect(primary)
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:
+            assert standby.task is not None
+            os.kill(backend, signal.SIGSTOP)
+            os.kill(postmaster, signal.SIGSTOP)
+            standby.task.cancel()
+            stop_signals = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGQUIT - 1))
+            await wait_for(
+                lambda: pending_signals(postmaster) & stop_signals,
+                "the supervisor's stop signal to the postmaster (its stop under way)",
+                interval=0.02,
+            )
+            standby.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(standby.task), DEADLINE)
+            assert not os.path.exists(f"/proc/{postmaster}")
+            await wait_for(lambda: not pid_alive(backend), "the frozen backend killed", 10)
+            assert pids_with_cwd_under(standby.config.state_dir) == []
+        finally:
+            if pid_alive(backend):
+                os.kill(backend, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                conn.terminate()
 
 
 async def test_a_stopped_postmaster_is_detected_as_stuck_and_restarted(
