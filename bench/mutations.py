@@ -274,6 +274,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "        pass",
         CONFIG_TESTS,
     ),
+    # --- children: nothing outlives the daemon ---------------------------------------------
+    Mutant(
+        "standby: a second cancel may skip the sweep of leftover backends",
+        "laterbased/standby/supervisor.py",
+        "            await finish_uncancellable(asyncio.ensure_future(stop_and_sweep()))",
+        "            await stop_and_sweep()",
+        ("tests/standby/test_standby_supervisor.py",),
+        "frozen_backend",
+    ),
+    Mutant(
+        "proc: a child's exit is read from the end of its output",
+        "laterbased/proc.py",
+        "                returncode = await wait_exit(process)",
+        "                returncode = await process.wait()",
+        ("tests/test_proc_stray_output.py",),
+        "a_run_returns",
+    ),
 )
 
 

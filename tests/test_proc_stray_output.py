@@ -22,7 +22,7 @@ from laterbased.proc import pid_alive, run, spawn
 
 PY = sys.executable
 # Far longer than any healthy wait below: a hang shows as this deadline, not as a slow test.
-HANG = 60.0
+HANG = 20.0
 
 
 def leaves_a_stray_holding_output(pid_file: Path, *, then_exit: bool) -> str:
