@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
-import tempfile
 import time
 import zlib
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ import asyncpg
 
 from laterbased import proc
 from laterbased.config import Config
+from laterbased.core.lockfile import HeldLock, LockBusy, take_lock
 from laterbased.errors import JobFailed, LaterbasedError
 from laterbased.ops.restore.remote_archive import RemoteMiss, fetch_for_moment
 from laterbased.pg.binaries import find_bindir, major_from_version_num
@@ -75,12 +76,37 @@ class PointInTimeError(LaterbasedError):
     """The archive cannot give this moment back."""
 
 
+def _lock_path(directory: Path) -> Path:
+    # Beside the directory, not in it: the directory belongs to the run-as user, and a
+    # hidden name keeps it out of the pitr-restore-* glob.
+    return directory.with_name(f".{directory.name}.lock")
+
+
 def remove_leftovers(root: Path) -> None:
-    """Kill what still runs in, and delete, throw-away clusters of an interrupted restore."""
+    """Kill what still runs in, and delete, throw-away clusters of an interrupted restore.
+
+    A restore running beside this one (two operators, or a retry while the first still
+    recovers) holds its directory's lock: its cluster is left alone, not killed as a
+    leftover. The lock is taken before the directory is made, so a directory seen here
+    whose lock can be taken has no live restore."""
     for directory in sorted(root.glob(f"{WORK_PREFIX}*")):
-        if directory.is_dir() and not directory.is_symlink():
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        try:
+            lock = take_lock(_lock_path(directory))
+        except LockBusy as exc:
+            logger.info(
+                "restore: %s belongs to another restore running now (pid %s); left alone",
+                directory, exc.holder,
+            )
+            continue
+        except OSError as exc:
+            logger.warning("restore: cannot check %s: %s; left alone", directory, exc)
+            continue
+        with lock:
             remove_work_dir(directory)
-            logger.warning("restore: removed the leftover throw-away cluster %s", directory)
+            lock.path.unlink(missing_ok=True)
+        logger.warning("restore: removed the leftover throw-away cluster %s", directory)
 
 
 def remove_work_dir(directory: Path) -> None:
@@ -97,16 +123,30 @@ def remove_work_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> Path:
+def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> tuple[Path, HeldLock]:
+    """A new throw-away directory and the lock that marks it as in use (held until it is
+    removed)."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
+    while True:
+        work = root / f"{WORK_PREFIX}{secrets.token_hex(4)}"
+        lock = take_lock(_lock_path(work))
+        try:
+            work.mkdir(mode=0o700)
+        except FileExistsError:
+            lock.release()  # the name of a leftover (its lock file was gone): another name
+            continue
+        except BaseException:
+            lock.path.unlink(missing_ok=True)
+            lock.release()
+            raise
+        break
     for name in ("data", "socket", "wal", "log"):
         (work / name).mkdir(mode=0o700)
     if run_as is not None:
         for path in (work, *(work / name for name in ("data", "socket", "wal", "log"))):
             os.chown(path, run_as.uid, run_as.gid)
         proc.ensure_reachable(work, run_as, fix_up_to=root)
-    return work
+    return work, lock
 
 
 def _stage_wal(
@@ -127,22 +167,35 @@ def _stage_wal(
         staged[segment.name] = segment.partial
     for history in wal_archive.wal_dir(archive_root).glob("*.history*"):
         name = history.name.removesuffix(".gz")
-        _decompress(history, staging / name, history.name.endswith(".gz"), None)
+        _decompress(history, staging / name, history.name.endswith(".gz"))
     if run_as is not None:
         for entry in staging.iterdir():
             os.chown(entry, run_as.uid, run_as.gid)
     return len(staged)
 
 
-def _decompress(source: Path, target: Path, compressed: bool, pad_to: int | None) -> None:
+def _decompress(source: Path, target: Path, compressed: bool, pad_to: int | None = None) -> None:
+    """Copy ``source`` into ``target``, inflated; a file that is not whole gzip is named in a
+    :class:`PointInTimeError` (a damaged archive), not a traceback."""
     # A partial segment's gzip stream is still being written: decompress what is there.
     with source.open("rb") as reader, target.open("wb") as writer:
         inflater = zlib.decompressobj(wbits=31) if compressed else None
         written = 0
         while chunk := reader.read(1 << 20):
-            data = inflater.decompress(chunk) if inflater is not None else chunk
+            try:
+                data = inflater.decompress(chunk) if inflater is not None else chunk
+            except zlib.error as exc:
+                raise PointInTimeError(
+                    f"the archive's WAL file {source} is damaged (cannot be decompressed: "
+                    f"{exc}); moments that need it cannot be restored from this copy"
+                ) from None
             writer.write(data)
             written += len(data)
+        if inflater is not None and pad_to is None and not inflater.eof:
+            raise PointInTimeError(
+                f"the archive's WAL file {source} is damaged (its gzip stream ends early: "
+                f"{written} bytes); moments that need it cannot be restored from this copy"
+            )
         if pad_to is not None and written < pad_to:
             writer.write(bytes(pad_to - written))
 
@@ -186,6 +239,7 @@ class ThrowAwayCluster:
         self.archive_root = archive_root or config.backup_directory
         self.run_as: proc.RunAs | None = None
         self.work: Path | None = None
+        self.lock: HeldLock | None = None
         self.child: proc.Child | None = None
         self.bindir = Path()
 
@@ -211,7 +265,8 @@ class ThrowAwayCluster:
         self.run_as = proc.resolve_run_as(config.standby.run_as)
         root = config.state_dir.absolute()
         await asyncio.to_thread(remove_leftovers, root)
-        self.work = await asyncio.to_thread(_make_work_dir, root, self.run_as)
+        work, self.lock = await asyncio.to_thread(_make_work_dir, root, self.run_as)
+        self.work = work
         logger.info(
             "restore: extracting base backup %s into %s", self.backup.directory, self.work
         )
@@ -230,9 +285,10 @@ class ThrowAwayCluster:
         finally:
             os.close(fd)
         if extracted.returncode != 0:
-            raise JobFailed(f"extracting {self.backup.tar} failed: {extracted.stderr_tail[-1:]}")
+            tail = " | ".join(extracted.stderr_tail[-2:]) or f"exit status {extracted.returncode}"
+            raise JobFailed(f"extracting {self.backup.tar} failed (damaged?): {tail}")
         staged = await asyncio.to_thread(
-            _stage_wal, self.archive_root, self.work / "wal", self.backup, self.run_as
+            _stage_wal, self.archive_root, work / "wal", self.backup, self.run_as
         )
         logger.info("restore: %s WAL segment(s) staged for recovery run=%s", staged, self.run_id)
         await asyncio.to_thread(self._configure, target)
@@ -347,6 +403,10 @@ class ThrowAwayCluster:
             work = self.work
             await asyncio.to_thread(remove_work_dir, work)
             logger.info("restore: removed the throw-away cluster %s run=%s", work, self.run_id)
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            await asyncio.to_thread(lock.path.unlink, True)
+            lock.release()
 
 
 def window_text(config: Config) -> str:
