@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from laterbased.archive.primary import (
@@ -198,7 +199,10 @@ class WalReceiver:
                 return await self._resume_after_lost_wal(bindir, passfile, directory, server)
             if returncode < 0:
                 return f"killed by signal {-returncode}"
-            return f"exited with status {returncode}"
+            # Its own words say why (the backup disk full, the slot held by another
+            # process): in the health reason and the warning, not only in INFO lines.
+            said = _last_error(child.tail)
+            return f"exited with status {returncode}" + (f": {said}" if said else "")
         finally:
             await finish_uncancellable(asyncio.ensure_future(child.stop(STOP_STEPS)))
             st.pid = None
@@ -264,6 +268,15 @@ class WalReceiver:
             "archive",
             target=("-D", "--directory"),
         )
+
+
+def _last_error(lines: Iterable[str]) -> str | None:
+    """pg_receivewal's first ``error:`` line of its last run (its later ones, such as
+    ``disconnected``, follow from it), without the program's name."""
+    errors = [line for line in lines if "error:" in line]
+    if not errors:
+        return None
+    return errors[0].split("error:", 1)[1].strip() or None
 
 
 def _received_files(folder: Path) -> list[Path]:
