@@ -112,14 +112,18 @@ class WalReceiver:
                     raise
                 except (LaterbasedError, OSError) as exc:
                     description = f"could not start: {exc}"
-                    st.failed_starts += 1
                 except Exception as exc:  # asyncpg's errors (no REPLICATION right, …)
                     description = f"could not start: {type(exc).__name__}: {exc}"
-                    st.failed_starts += 1
                 if self.ctx.stopping.is_set():
                     break
                 if time.monotonic() - started > RESTART_RESET_AFTER:
                     delay = 0.0
+                    st.failed_starts = 0
+                else:
+                    # Started, then gone within seconds (the backup disk full, the slot
+                    # held elsewhere): as much a failed start as one that never ran, so
+                    # health turns critical after a few instead of 'restarting' for ever.
+                    st.failed_starts += 1
                 st.restarts += 1
                 st.last_exit = description
                 st.phase = "restarting"
@@ -171,7 +175,6 @@ class WalReceiver:
         st.started_at = time.time()
         st.phase = "streaming"
         st.message = None
-        st.failed_starts = 0
         try:
             exit_task = asyncio.ensure_future(child.wait())
             try:

@@ -193,7 +193,7 @@ class ArchiveState:
     pid: int | None = None
     started_at: float | None = None
     restarts: int = 0
-    failed_starts: int = 0  # in a row: reset once pg_receivewal streams again
+    failed_starts: int = 0  # in a row, counting runs gone within 2 min; reset by a longer one
     last_exit: str | None = None
     message: str | None = None
     last_segment: str | None = None  # the newest file in @wal (the .partial while streaming)

@@ -1,5 +1,6 @@
 """A pg_receivewal that keeps failing says why in /healthz and the warning (the backup disk
-full, its slot held by another process), not only 'exited with status 1'."""
+full, its slot held by another process), not only 'exited with status 1', and health turns
+critical after a few such runs, not 'restarting' (a warning) for ever."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from waiting import wait_for
 from laterbased.archive.worker import run_archive
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
-from laterbased.health.verdicts import check_pitr
+from laterbased.health.verdicts import PITR_RESTARTS_CRITICAL, check_pitr
 
 pytestmark = pytest.mark.slow
 
 
-async def test_pg_receivewal_failing_because_its_slot_is_held_elsewhere_says_so_in_health(
+async def test_pg_receivewal_failing_because_its_slot_is_held_elsewhere_says_so_and_turns_critical(
     make_primary: Callable[..., PgServer],
     tmp_path: Path,
     state_dir: Path,
@@ -56,14 +57,27 @@ async def test_pg_receivewal_failing_because_its_slot_is_held_elsewhere_says_so_
         ctx = WorkerContext(state, asyncio.Event())
         task = asyncio.create_task(run_archive(ctx))
         try:
-            await wait_for(lambda: state.archive.restarts >= 1, "pg_receivewal failing")
-            verdict = check_pitr(state, time.time())
+            # Between its runs (a new one starts at once after the first failure).
+            verdict = await wait_for(
+                lambda: state.archive.phase == "restarting" and check_pitr(state, time.time()),
+                "pg_receivewal failing",
+            )
             assert f'replication slot "{slot}" is active for PID' in verdict.reason, verdict
             warned = [
                 r.getMessage() for r in caplog.records
                 if r.levelname == "WARNING" and "pg_receivewal exited" in r.getMessage()
             ]
             assert warned and "is active for PID" in warned[0], warned
+
+            # Each run starts, then exits within a second: the archive is not coming back.
+            verdict = await wait_for(
+                lambda: state.archive.restarts >= PITR_RESTARTS_CRITICAL
+                and state.archive.phase == "restarting"
+                and check_pitr(state, time.time()),
+                f"{PITR_RESTARTS_CRITICAL} failed runs",
+            )
+            assert verdict.severity == "critical", verdict
+            assert "is active for PID" in verdict.reason, verdict
         finally:
             ctx.stopping.set()
             await asyncio.wait_for(task, 30)
