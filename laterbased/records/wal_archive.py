@@ -313,6 +313,32 @@ class Coverage:
             moment
         )
 
+    def why_out_of_reach(
+        self,
+        moment: datetime,
+        archive: str = "the point-in-time archive",
+        end_hint: str = "is pg_receivewal streaming?",
+    ) -> str | None:
+        """For a human: why ``archive`` cannot give ``moment`` back although its window began
+        before it (:meth:`out_of_reach`), with the exact ranges it can; None otherwise."""
+        if not self.out_of_reach(moment):
+            return None
+        stamp = moment.astimezone(UTC).isoformat()
+        if self.gaps and (self.latest is None or moment < self.latest):
+            since = self.gap_since.astimezone(UTC).isoformat() if self.gap_since else "unknown"
+            missing = ", ".join(f"{first} to {last}" for first, last in self.gaps)
+            why = (
+                f"WAL segments {missing} are missing (broken since {since}; after a gap the "
+                "archive restores again only from the next base backup on)"
+            )
+        else:
+            reached = self.ranges[-1].latest.astimezone(UTC).isoformat()
+            why = f"the archive has WAL only up to {reached} ({end_hint})"
+        return (
+            f"{stamp} cannot be restored from {archive}: {why}. Restorable exactly: "
+            f"{self.describe_ranges()}"
+        )
+
     def describe_ranges(self) -> str:
         """Every restorable range, ISO 8601 UTC, for a human."""
         return "; ".join(

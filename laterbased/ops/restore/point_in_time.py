@@ -423,24 +423,7 @@ def out_of_reach_text(config: Config, moment: datetime) -> str | None:
     """Why the archive cannot give ``moment`` back although its window began before it
     (a gap, or WAL not received that far), with the exact ranges it can; None when it
     covers ``moment`` or ``moment`` is older than the whole window (or there is none)."""
-    window = wal_archive.coverage(config.backup_directory)
-    if not window.out_of_reach(moment):
-        return None
-    stamp = moment.astimezone(UTC).isoformat()
-    if window.gaps and (window.latest is None or moment < window.latest):
-        since = window.gap_since.astimezone(UTC).isoformat() if window.gap_since else "unknown"
-        missing = ", ".join(f"{first} to {last}" for first, last in window.gaps)
-        why = (
-            f"WAL segments {missing} are missing (broken since {since}; after a gap the "
-            "archive restores again only from the next base backup on)"
-        )
-    else:
-        reached = window.ranges[-1].latest.astimezone(UTC).isoformat()
-        why = f"the archive has WAL only up to {reached} (is pg_receivewal streaming?)"
-    return (
-        f"{stamp} cannot be restored from the point-in-time archive: {why}. Restorable "
-        f"exactly: {window.describe_ranges()}"
-    )
+    return wal_archive.coverage(config.backup_directory).why_out_of_reach(moment)
 
 
 async def dump_at(
@@ -450,12 +433,15 @@ async def dump_at(
     target: Path,
     run_id: str,
     missed: list[str] | None = None,
+    refused: list[str] | None = None,
 ) -> str | None:
     """Write ``database`` as it was at ``moment`` into ``target`` (pg_dump -Fc) when the
     archive covers it; None (nothing written) when it does not. Returns what was done.
     When the local archive does not cover it and the upload is on, the archive's copy on the
     rclone remote is asked (ops/restore/remote_archive.py), fetched next to ``target``;
-    why it could not give the moment either is appended to ``missed``."""
+    why it could not give the moment either is appended to ``missed``, and to ``refused``
+    when the moment lies inside the remote's window yet out of its reach (a gap there,
+    or past its last WAL uploaded): refused like the local archive's."""
     root = config.backup_directory
     backup = await asyncio.to_thread(wal_archive.base_backup_for, root, moment)
     fetched_from: str | None = None
@@ -466,6 +452,8 @@ async def dump_at(
             logger.info("restore: the archive off-site does not give it either: %s", remote.reason)
             if missed is not None:
                 missed.append(remote.reason)
+            if refused is not None and remote.refused is not None:
+                refused.append(remote.refused)
         else:
             backup, root, fetched_from = remote.backup, remote.root, remote.source
     if backup is None:

@@ -51,6 +51,9 @@ class RemoteMiss:
     """The remote was asked and cannot give the moment back: why, for the operator."""
 
     reason: str
+    # The moment is inside the remote's window but out of its reach: the refusal, with
+    # the ranges it can restore (None: older than its window, or no window at all).
+    refused: str | None = None
 
 
 def _needed_segments(
@@ -82,7 +85,13 @@ async def fetch_for_moment(
         if backup is None:
             window = await asyncio.to_thread(wal_archive.coverage, into)
             covers = window.describe_ranges() or "no restorable range"
-            return RemoteMiss(f"the archive on {source} covers {covers}")
+            refused = window.why_out_of_reach(
+                moment,
+                f"the point-in-time archive on {source} (the local one does not reach it "
+                "either)",
+                "it has what was uploaded, after each dump",
+            )
+            return RemoteMiss(f"the archive on {source} covers {covers}", refused)
         await view.drop_stand_ins()
         stamp = backup.directory.name
         logger.info(

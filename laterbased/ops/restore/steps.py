@@ -315,6 +315,7 @@ class Restorer:
 
             moment_file = self.workdir / "point-in-time.backup"
             off_site: list[str] = []
+            off_site_refused: list[str] = []
             how = await dump_at(
                 self.config,
                 request.database,
@@ -322,12 +323,16 @@ class Restorer:
                 moment_file,
                 self.workdir.name,
                 missed=off_site,
+                refused=off_site_refused,
             )
             if how is not None:
                 self.point_in_time = True
                 return moment_file, "custom", f"{request.database!r} as it was at "\
                     f"{request.at.isoformat()} ({how})", None
             refused = await asyncio.to_thread(out_of_reach_text, self.config, request.at)
+            if refused is None and off_site_refused:
+                # The local archive is gone (or began later): the remote's window decides.
+                refused = off_site_refused[0]
             if refused is not None:
                 raise RefuseToRun(refused + await self._dump_fallback_hint(request.database))
             self.point_in_time_miss = "; ".join(
