@@ -324,7 +324,14 @@ class Coverage:
         if not self.out_of_reach(moment):
             return None
         stamp = moment.astimezone(UTC).isoformat()
-        if self.gaps and (self.latest is None or moment < self.latest):
+        now = datetime.now(UTC)
+        if moment > now:
+            # Not a fault of the archive: a typo in the date, or the wrong zone.
+            why = (
+                f"it is in the future (the clock here says {now.isoformat(timespec='seconds')};"
+                " a TIME without a zone is read in the configured timezone)"
+            )
+        elif self.gaps and (self.latest is None or moment < self.latest):
             since = self.gap_since.astimezone(UTC).isoformat() if self.gap_since else "unknown"
             missing = ", ".join(f"{first} to {last}" for first, last in self.gaps)
             why = (

@@ -394,7 +394,12 @@ class Restorer:
         if not names:
             return ""
         wanted = (self.request.database or "").casefold()
-        close = [name for name in names if name.casefold() == wanted]
+        # Only a different spelling: the name itself is no suggestion (its backups are
+        # all newer than --at, say).
+        close = [
+            name for name in names
+            if name.casefold() == wanted and name != self.request.database
+        ]
         hint = (
             f"; did you mean --database {close[0]!r}? (names are case-sensitive)" if close else ""
         )
