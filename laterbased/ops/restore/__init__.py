@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,26 @@ def _moment(text: str) -> datetime:
         ) from None
 
 
+def _local_moment(wall: datetime, zone: tzinfo) -> datetime:
+    """A TIME without a zone, in the configured one; one that the clock change skips or
+    shows twice is refused with the choices, never guessed (the night of the change is
+    when a restore to 01:30 may be needed most)."""
+    first, second = wall.replace(tzinfo=zone, fold=0), wall.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first
+    name = getattr(zone, "key", str(zone))
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
+        raise LaterbasedError(
+            f"--at {wall.isoformat()} happens twice in {name} (the clocks went back): say "
+            f"which with its offset, --at {first.isoformat()} (the first) or --at "
+            f"{second.isoformat()} (the second)"
+        )
+    raise LaterbasedError(
+        f"--at {wall.isoformat()} does not exist in {name} (the clocks went forward): "
+        f"choose another time, or give an offset, e.g. --at {first.isoformat()}"
+    )
+
+
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "restore",
@@ -64,7 +84,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="TIME",
         help="the database as it was at TIME when the point-in-time archive (pitr:) covers "
         "it, else the newest backup started at or before TIME (ISO 8601; no zone = the "
-        "config's timezone); the output says which",
+        "config's timezone, refused when the clock change shows that time twice or skips "
+        "it); the output says which",
     )
     which.add_argument("--file", type=Path, metavar="PATH", help="restore this backup file")
     parser.add_argument(
@@ -118,7 +139,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise LaterbasedError("--from-dump goes with --at TIME")
     at = args.at
     if at is not None and at.tzinfo is None:
-        at = at.replace(tzinfo=config.zone)
+        at = _local_moment(at, config.zone)
     password = None
     if args.password_file is not None:
         try:
