@@ -323,6 +323,9 @@ async def run_base_backups(ctx: WorkerContext) -> None:
             logger.error("base backup failed: %s", exc)
             ctx.state.record_event("error", f"base backup failed: {exc}")
             due_now = True
+            # Retention all the same: on a full backup disk a base backup fails for want of
+            # the room only retention gives back.
+            await _retention(ctx)
             if await ctx.sleep(RETRY_DELAY):
                 return
             continue
@@ -330,6 +333,7 @@ async def run_base_backups(ctx: WorkerContext) -> None:
             st.last_base_backup_error = str(exc)
             logger.error("base backup failed: %s", exc)
             due_now = True
+            await _retention(ctx)
             if await ctx.sleep(RETRY_DELAY):
                 return
             continue
@@ -337,11 +341,19 @@ async def run_base_backups(ctx: WorkerContext) -> None:
         st.last_base_backup = backup.finished.timestamp()
         st.base_backups += 1
         # Retention after each base backup: a newer one may let older WAL go.
-        window_start = datetime.now(UTC) - timedelta(seconds=ctx.config.pitr_window)
-        try:
-            # With the upload on, what has no off-site copy yet stays until it has one.
-            await asyncio.to_thread(
-                wal_archive.prune, root, window_start, keep_not_uploaded=ctx.config.upload.enabled
-            )
-        except OSError as exc:
-            logger.error("pitr retention failed: %s", exc)
+        await _retention(ctx)
+
+
+async def _retention(ctx: WorkerContext) -> None:
+    """Delete what the window no longer needs (wal_archive.prune); with the upload on, what
+    has no off-site copy yet stays until it has one."""
+    window_start = datetime.now(UTC) - timedelta(seconds=ctx.config.pitr_window)
+    try:
+        await asyncio.to_thread(
+            wal_archive.prune,
+            ctx.config.backup_directory,
+            window_start,
+            keep_not_uploaded=ctx.config.upload.enabled,
+        )
+    except OSError as exc:
+        logger.error("pitr retention failed: %s", exc)
