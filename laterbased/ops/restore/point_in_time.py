@@ -110,9 +110,14 @@ def remove_leftovers(root: Path) -> None:
 
 
 def remove_work_dir(directory: Path) -> None:
-    """Kill the postgres processes of the directory's owner working in it, then delete it."""
+    """Kill the postgres processes of its cluster's owner working in it, then delete it."""
     with contextlib.suppress(OSError):
-        owner = directory.stat().st_uid
+        # The data folder belongs to the run-as user (the directory itself to us, or to
+        # that user when an earlier version made it).
+        try:
+            owner = (directory / "data").lstat().st_uid
+        except FileNotFoundError:
+            owner = directory.lstat().st_uid
         for pid in proc.pids_with_cwd_under(directory):
             facts = proc.process_facts(pid)
             if facts and facts.program in ("postgres", "postmaster") and all(
@@ -143,10 +148,33 @@ def _make_work_dir(root: Path, run_as: proc.RunAs | None) -> tuple[Path, HeldLoc
     for name in ("data", "socket", "wal", "log"):
         (work / name).mkdir(mode=0o700)
     if run_as is not None:
-        for path in (work, *(work / name for name in ("data", "socket", "wal", "log"))):
-            os.chown(path, run_as.uid, run_as.gid)
+        # The directory stays ours (the run-as user passes through, cannot swap its
+        # folders for links); only the folders postgres writes in are its own.
+        os.chmod(work, 0o711)  # noqa: S103 - others may pass through, not list
+        for name in ("data", "socket", "wal", "log"):
+            os.chown(work / name, run_as.uid, run_as.gid)
         proc.ensure_reachable(work, run_as, fix_up_to=root)
     return work, lock
+
+
+def _create_owned(path: Path, run_as: proc.RunAs | None) -> int:
+    """A new file ``path`` in a folder the run-as user owns, open for writing and owned by
+    that user; whatever had the name (a link planted there) is replaced, never followed:
+    written or chowned through it, a root file would be handed to that user."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if run_as is not None:
+            os.fchown(fd, run_as.uid, run_as.gid)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_owned(path: Path, text: str, run_as: proc.RunAs | None) -> None:
+    with os.fdopen(_create_owned(path, run_as), "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _stage_wal(
@@ -163,22 +191,28 @@ def _stage_wal(
         if segment.name in staged and not staged[segment.name]:
             continue  # the complete file is there already; its partial twin adds nothing
         target = staging / segment.name
-        _decompress(segment.path, target, segment.compressed, size if segment.partial else None)
+        _decompress(
+            segment.path, target, segment.compressed, run_as, size if segment.partial else None
+        )
         staged[segment.name] = segment.partial
     for history in wal_archive.wal_dir(archive_root).glob("*.history*"):
         name = history.name.removesuffix(".gz")
-        _decompress(history, staging / name, history.name.endswith(".gz"))
-    if run_as is not None:
-        for entry in staging.iterdir():
-            os.chown(entry, run_as.uid, run_as.gid)
+        _decompress(history, staging / name, history.name.endswith(".gz"), run_as)
     return len(staged)
 
 
-def _decompress(source: Path, target: Path, compressed: bool, pad_to: int | None = None) -> None:
-    """Copy ``source`` into ``target``, inflated; a file that is not whole gzip is named in a
-    :class:`PointInTimeError` (a damaged archive), not a traceback."""
+def _decompress(
+    source: Path,
+    target: Path,
+    compressed: bool,
+    run_as: proc.RunAs | None,
+    pad_to: int | None = None,
+) -> None:
+    """Copy ``source`` into ``target`` (a new file of ``run_as``), inflated; a file that is
+    not whole gzip is named in a :class:`PointInTimeError` (a damaged archive), not a
+    traceback."""
     # A partial segment's gzip stream is still being written: decompress what is there.
-    with source.open("rb") as reader, target.open("wb") as writer:
+    with source.open("rb") as reader, os.fdopen(_create_owned(target, run_as), "wb") as writer:
         inflater = zlib.decompressobj(wbits=31) if compressed else None
         written = 0
         while chunk := reader.read(1 << 20):
@@ -200,7 +234,9 @@ def _decompress(source: Path, target: Path, compressed: bool, pad_to: int | None
             writer.write(bytes(pad_to - written))
 
 
-def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None:
+def _write_settings(
+    data_dir: Path, work: Path, target: datetime | None, run_as: proc.RunAs | None
+) -> None:
     """Our own configuration: the primary's may name files of its machine."""
     settings = dict(SETTINGS)
     settings["unix_socket_directories"] = f"'{work / 'socket'}'"
@@ -215,13 +251,13 @@ def _write_settings(data_dir: Path, work: Path, target: datetime | None) -> None
         settings["recovery_target_action"] = "'promote'"
         settings["recovery_target_inclusive"] = "on"
     text = "".join(f"{name} = {value}\n" for name, value in settings.items())
-    (data_dir / "postgresql.conf").write_text(text)
-    (data_dir / "postgresql.auto.conf").write_text("")
-    (data_dir / "pg_hba.conf").write_text("local all all trust\n")
-    (data_dir / "pg_ident.conf").write_text("")
+    _write_owned(data_dir / "postgresql.conf", text, run_as)
+    _write_owned(data_dir / "postgresql.auto.conf", "", run_as)
+    _write_owned(data_dir / "pg_hba.conf", "local all all trust\n", run_as)
+    _write_owned(data_dir / "pg_ident.conf", "", run_as)
     for name in ("standby.signal", "postmaster.pid", "postmaster.opts"):
         (data_dir / name).unlink(missing_ok=True)
-    (data_dir / "recovery.signal").write_text("")
+    _write_owned(data_dir / "recovery.signal", "", run_as)
 
 
 class ThrowAwayCluster:
@@ -295,13 +331,7 @@ class ThrowAwayCluster:
 
     def _configure(self, target: datetime | None) -> None:
         assert self.work is not None  # noqa: S101 - only after prepare()
-        _write_settings(self.data_dir, self.work, target)
-        if self.run_as is not None:
-            for name in (
-                "postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf",
-                "recovery.signal",
-            ):
-                os.chown(self.data_dir / name, self.run_as.uid, self.run_as.gid)
+        _write_settings(self.data_dir, self.work, target, self.run_as)
 
     async def recover(self, target: datetime) -> str:
         """Start the server and wait until it is promoted at ``target``; what it did."""
