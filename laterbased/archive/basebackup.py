@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,7 +43,7 @@ from laterbased.pg.connect import PgUnavailable, connect, connect_primary
 from laterbased.pg.conninfo import build_conninfo
 from laterbased.pg.passfile import passfile_line, write_passfile
 from laterbased.pg.standby_readiness import why_not_ready
-from laterbased.proc import child_environment, finish_uncancellable, run
+from laterbased.proc import child_environment, finish_uncancellable, run, stop_leftovers
 from laterbased.records import identity, wal_archive
 from laterbased.records.catalogue import STAMP_FORMAT
 from laterbased.schedule.cron import next_fire
@@ -50,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 PASSFILE = "pitr-basebackup-passfile"
 RETRY_DELAY = 300.0
+# Then SIGKILL (stop_unrelated_process).
+LEFTOVER_STOP_STEPS: tuple[tuple[signal.Signals, float], ...] = ((signal.SIGTERM, 10.0),)
 # How often a wait for the schedule looks whether a base backup is wanted sooner.
 WANTED_POLL = 1.0
 
@@ -248,6 +252,9 @@ async def _take_base_backup(
             basebackup_argv(bindir, config, passfile, partial, source),
             env=child_environment({"PGPASSFILE": str(passfile)}),
             log_name=f"pitr pg_basebackup ({source.role})",
+            # Working in the folder it writes: after a SIGKILLed daemon the next one
+            # finds it there as provably ours (stop_leftovers) and stops it.
+            cwd=partial,
             timeout=config.backup.timeout,
             stderr_level=logging.INFO,
         )
@@ -294,6 +301,16 @@ async def run_base_backups(ctx: WorkerContext) -> None:
     retried after a pause (the window cannot begin without one)."""
     st = ctx.state.archive
     root = ctx.config.backup_directory
+    # What a SIGKILLed daemon left: its pg_basebackup still reading the whole server (and
+    # holding a walsender) into a folder about to be removed, then that folder.
+    await stop_leftovers(
+        wal_archive.base_dir(root),
+        "pg_basebackup",
+        os.geteuid(),
+        LEFTOVER_STOP_STEPS,
+        "pitr",
+        target=("-D", "--pgdata"),
+    )
     await asyncio.to_thread(wal_archive.remove_base_partials, root)
     due_now = not await asyncio.to_thread(wal_archive.list_base_backups, root)
     while not ctx.stopping.is_set():
