@@ -181,7 +181,7 @@ def promoted_server(config: Config, port: int) -> Server:
 
 STANDBY_WAIT_POLL = 1.0
 # backup.source auto: how long a run waits for the standby to replay what the primary had
-# flushed when the run began (it is within monitor.max_lag_bytes: seconds at most).
+# written when the run began (it is within monitor.max_lag_bytes: seconds at most).
 STANDBY_CATCH_UP = 30.0
 
 

@@ -22,7 +22,11 @@ SELECT pg_is_in_recovery() AS in_recovery,
        (SELECT pid FROM pg_stat_wal_receiver LIMIT 1) AS receiver_pid,
        pg_is_wal_replay_paused() AS paused
 """
-PRIMARY_FLUSH_LSN = "SELECT pg_current_wal_flush_lsn()::text"
+# Where the primary has *inserted* WAL, not where it flushed it: with synchronous_commit off
+# a commit is visible on the primary before its WAL is flushed (and sent to standbys), so a
+# standby caught up with the flush position could still miss it. The WAL writer flushes it
+# within a few wal_writer_delay; the catch-up below waits for that.
+PRIMARY_WAL_LSN = "SELECT pg_current_wal_insert_lsn()::text"
 # $1 = an LSN of the primary: how many bytes of WAL up to it the standby has not replayed.
 REPLAY_BEHIND = (
     "SELECT greatest(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::bigint"
@@ -41,8 +45,9 @@ async def why_not_ready(
 ) -> str | None:
     """None when the standby behind the connection ``standby`` can be read instead of the
     primary behind ``primary``; else why not, for the log. With ``catch_up`` > 0 it must
-    also replay, within that many seconds, everything the primary had flushed when asked:
-    a read then sees every transaction committed before it, as on the primary."""
+    also replay, within that many seconds, all the WAL the primary had written when asked
+    (also commits not flushed yet): a read then sees every transaction committed before
+    it, as on the primary."""
     version_num = int(await standby.fetchval("SELECT current_setting('server_version_num')"))
     if version_num < MIN_VERSION_NUM:
         return f"it runs PostgreSQL {version_num}; reading a standby needs 10 or newer"
@@ -61,7 +66,7 @@ async def why_not_ready(
     hidden = facts["receiver"] is None and facts["receiver_pid"] is not None
     if facts["receiver"] != "streaming" and not hidden:
         return f"it is not streaming from the primary (wal receiver: {facts['receiver'] or 'none'})"
-    target = str(await primary.fetchval(PRIMARY_FLUSH_LSN))
+    target = str(await primary.fetchval(PRIMARY_WAL_LSN))
     behind = int(await standby.fetchval(REPLAY_BEHIND, target))
     if behind > max_lag_bytes:
         return (
