@@ -294,6 +294,9 @@ class Coverage:
     gaps: tuple[tuple[str, str], ...] = ()
     gap_since: datetime | None = None  # when the newest gap began (the file before it)
     ranges: tuple[Range, ...] = ()
+    # The end of the oldest base backup kept: from there on the archive is meant to reach
+    # every moment, whether or not missing WAL left that base backup any range.
+    began: datetime | None = None
 
     def covers(self, moment: datetime) -> bool:
         return self.range_of(moment) is not None
@@ -308,10 +311,12 @@ class Coverage:
         """``moment`` lies after the first restorable moment, yet no range reaches it: in a
         gap, after a gap before the next base backup, or past the last WAL received. A
         restore there is refused (the ranges are what can be had); a moment before the
-        whole window is simply older than the archive."""
-        return bool(self.ranges) and moment >= self.ranges[0].earliest and not self.covers(
-            moment
-        )
+        whole window is simply older than the archive. The window began with the oldest
+        base backup, usable or not: WAL missing from its own start on leaves it no range,
+        and a moment after it is no older than the archive (it must not quietly become an
+        older dump)."""
+        began = self.began or (self.ranges[0].earliest if self.ranges else None)
+        return began is not None and moment >= began and not self.covers(moment)
 
     def why_out_of_reach(
         self,
@@ -338,12 +343,14 @@ class Coverage:
                 f"WAL segments {missing} are missing (broken since {since}; after a gap the "
                 "archive restores again only from the next base backup on)"
             )
-        else:
+        elif self.ranges:
             reached = self.ranges[-1].latest.astimezone(UTC).isoformat()
             why = f"the archive has WAL only up to {reached} ({end_hint})"
+        else:
+            why = "the WAL its base backups start from is missing"
         return (
             f"{stamp} cannot be restored from {archive}: {why}. Restorable exactly: "
-            f"{self.describe_ranges()}"
+            f"{self.describe_ranges() or 'nothing yet (until the next base backup)'}"
         )
 
     def describe_ranges(self) -> str:
@@ -489,6 +496,7 @@ def coverage(root: Path) -> Coverage:
         tuple(gaps),
         gap_since,
         tuple(ranges),
+        min(b.finished for b in backups) if backups else None,
     )
 
 

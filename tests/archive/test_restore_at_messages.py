@@ -86,3 +86,30 @@ async def test_a_time_before_every_dump_does_not_suggest_the_name_that_was_typed
     assert f"no backup of database {LIBRARY!r} started at or before" in message, message
     assert "did you mean" not in message, message
     assert f"backed-up databases here: {LIBRARY!r}" in message, message
+
+
+def test_a_moment_after_a_base_backup_whose_own_wal_is_missing_is_refused_not_a_dump(
+    tmp_path: Path,
+) -> None:
+    # The oldest base backup's segment is gone (deleted by hand, lost): it has no range, the
+    # next base backup starts one. A moment between them is refused, not an older dump.
+    now = datetime.now(UTC).replace(microsecond=0)
+    base_backup(tmp_path, 1, now - timedelta(minutes=50))
+    for number, minutes_ago in ((2, 40), (3, 30), (4, 10)):
+        segment(tmp_path, number, now - timedelta(minutes=minutes_ago))
+    window = wal_archive.coverage(tmp_path)
+    assert not window.ranges and not window.gaps, window
+    lost = now - timedelta(minutes=45)
+    said = window.why_out_of_reach(lost)
+    assert said is not None, "restored from an older dump without a word"
+    assert "the WAL its base backups start from is missing" in said, said
+    assert "Restorable exactly: nothing yet (until the next base backup)" in said, said
+
+    base_backup(tmp_path, 3, now - timedelta(minutes=25))
+    window = wal_archive.coverage(tmp_path)
+    (only,) = window.ranges
+    said = window.why_out_of_reach(lost)
+    assert said is not None, "restored from an older dump without a word"
+    assert only.earliest.isoformat() in said, said
+    # Older than every base backup: older than the archive, the dump (no refusal).
+    assert window.why_out_of_reach(now - timedelta(minutes=55)) is None
