@@ -566,6 +566,16 @@ def check_pitr(state: State, now: float) -> Check:
             f"the archive's slot {slot.name if slot else ''} keeps {format_size(retained)} of "
             "WAL on the primary: pg_receivewal is behind (is the backup disk full or slow?)",
         )
+    if archive.earliest is None and archive.base_backups and not archive.ranges:
+        # Base backups there, none usable, no hole between segments: the WAL they start
+        # from is gone (deleted by hand, lost) — not 'the first one is under way'.
+        return Check(
+            "pitr",
+            "critical",
+            f"{archive.base_backups} base backup(s) but nothing restorable: the WAL they start "
+            "from is missing from the archive (deleted?); restorable again from the next base "
+            "backup on",
+        )
     if archive.earliest is None:
         error = archive.last_base_backup_error
         reason = f"the last one failed: {error}" if error else "the first one is under way"
