@@ -537,8 +537,17 @@ def check_pitr(state: State, now: float) -> Check:
         severity: Severity = "warning" if coming_up else "critical"
         return Check("pitr", severity, f"WAL archive not streaming (phase {archive.phase}){detail}")
     window_start = now - state.config.pitr_window
-    if archive.gaps and (archive.gap_since is None or archive.gap_since >= window_start):
-        first, last = archive.gaps[-1]
+    hole = ""
+    first, last = archive.gaps[-1] if archive.gaps else ("", "")
+    if archive.gaps and _healed(archive.gap_since, archive.earliest, window_start):
+        # A base backup after the gap made the window whole again from it on: the archive
+        # works, and a week of 503 (the gap stays in the window that long) would page every
+        # day for nothing anyone can do. The hole stays in the reason, status and metrics.
+        hole = (
+            f"; WAL segments {first} to {last} are missing, so moments from "
+            f"{iso_utc(archive.gap_since)} to {iso_utc(archive.earliest)} cannot be restored"
+        )
+    elif archive.gaps and (archive.gap_since is None or archive.gap_since >= window_start):
         since = iso_utc(archive.gap_since) or "unknown"
         ranges = "; ".join(f"{iso_utc(a)} to {iso_utc(b)}" for a, b in archive.ranges)
         restorable = f"restorable: {ranges}" if ranges else "nothing restorable to a moment"
@@ -583,7 +592,19 @@ def check_pitr(state: State, now: float) -> Check:
     return Check(
         "pitr",
         "ok",
-        f"streaming; restorable from {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}",
+        f"streaming; restorable from {iso_utc(archive.earliest)} to {iso_utc(archive.latest)}"
+        f"{hole}",
+    )
+
+
+def _healed(gap_since: float | None, earliest: float | None, window_start: float) -> bool:
+    """A gap inside the window that a later base backup has left behind: the newest unbroken
+    run (from ``earliest``) starts after it."""
+    return (
+        gap_since is not None
+        and gap_since >= window_start
+        and earliest is not None
+        and earliest > gap_since
     )
 
 

@@ -113,10 +113,11 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
         ) == "t", "the slot created again and used"
         server.sql("INSERT INTO clips VALUES (3, 'after-the-loss')", database=LIBRARY)
         await wait_for(archived_through(server), "new WAL archived after the gap")
-        verdict = check_pitr(state, time.time())
-        assert verdict.severity == "critical", verdict
-        assert "the window is broken since" in verdict.reason, verdict
         first, _ = state.archive.gaps[-1]
+        verdict = check_pitr(state, time.time())
+        if state.archive.earliest is None:  # the base backup below not finished yet
+            assert verdict.severity == "critical", verdict
+            assert "the window is broken since" in verdict.reason, verdict
         assert first in verdict.reason, verdict
         assert any("is created again" in e.message for e in state.events), state.events
         assert any("the WAL between is lost" in e.message for e in state.events), state.events
@@ -126,6 +127,16 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
             "a base backup after the gap, the window restorable again from it",
             log=lambda: f"{state.archive.last_base_backup_error}",
         )
+        # Whole again from that base backup on: green, the hole still named.
+        await wait_for(
+            lambda: check_pitr(state, time.time()).severity == "ok",
+            "pitr ok again once the window is whole from the new base backup",
+            log=lambda: str(check_pitr(state, time.time())),
+        )
+        verdict = check_pitr(state, time.time())
+        assert f"WAL segments {first} to" in verdict.reason and "cannot be restored" in (
+            verdict.reason
+        ), verdict
 
     window = wal_archive.coverage(config.backup_directory)
     assert window.covers(moment) and len(window.ranges) == 2, window
