@@ -158,6 +158,16 @@ async def _promote_pg_ctl(config: Config, data_dir: Path) -> None:
         timeout=PROMOTE_WAIT + 30,
     )
     if result.returncode != 0:
+        # pg_ctl stops waiting when the server stops; the supervisor restarts a promoted
+        # server on the failover endpoint at once, which can land inside that wait. The
+        # promotion happened all the same when the standby marker is gone.
+        if await asyncio.to_thread(configure.is_promoted, data_dir, major):
+            logger.info(
+                "pg_ctl promote stopped waiting (%s), but %s is promoted",
+                " | ".join(result.stderr_tail[-1:]) or "no message",
+                data_dir,
+            )
+            return
         raise JobFailed("pg_ctl promote failed: " + " | ".join(result.stderr_tail[-3:]))
 
 
