@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from pgserver import PgServer
+from pitr_support import config_for
 from waiting import wait_for
 
 from laterbased.archive.worker import run_archive
-from laterbased.config import load_config
 from laterbased.core.context import WorkerContext
 from laterbased.core.state import State
 from laterbased.records import wal_archive
@@ -40,18 +40,7 @@ async def test_a_commit_is_flushed_into_the_archive_before_its_wal_segment_is_co
     make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
 ) -> None:
     server = make_primary()
-    config = load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": server.superuser,
-            "REPL_PASSWORD": server.superuser_password,
-            "LOCAL_BACKUP_PATH": str(tmp_path / "backups"),
-            "LATERBASED_STATE_DIR": str(state_dir),
-            "LATERBASED_PITR_ENABLED": "true",
-        },
-    )
+    config = config_for(server, tmp_path, state_dir)
     state = State(config=config)
     ctx = WorkerContext(state, asyncio.Event())
     task = asyncio.create_task(run_archive(ctx))

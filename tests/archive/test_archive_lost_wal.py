@@ -6,71 +6,23 @@ it stay restorable, and a base backup at once starts the window again."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from pgserver import PgServer
+from pitr_support import LIBRARY, archive_running, archived_up_to_now, config_for
 from waiting import wait_for
 
-from laterbased.archive.worker import run_archive
-from laterbased.config import Config, load_config
-from laterbased.core.context import WorkerContext
-from laterbased.core.state import State
 from laterbased.health.verdicts import check_pitr
 from laterbased.ops.restore.steps import RestoreRequest, restore
 from laterbased.records import wal_archive
 
 pytestmark = pytest.mark.slow
 
-LIBRARY = "Resolve Library"
 SLOT = "laterbase_wal_slot"
-
-
-def archive_config(server: PgServer, work: Path, state_dir: Path) -> Config:
-    return load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": server.superuser,
-            "REPL_PASSWORD": server.superuser_password,
-            "LOCAL_BACKUP_PATH": str(work / "backups"),
-            "LATERBASED_STATE_DIR": str(state_dir),
-            "LATERBASED_PITR_ENABLED": "true",
-        },
-    )
-
-
-@contextlib.asynccontextmanager
-async def archiving(config: Config) -> AsyncIterator[State]:
-    state = State(config=config)
-    ctx = WorkerContext(state, asyncio.Event())
-    task = asyncio.create_task(run_archive(ctx))
-    try:
-        await wait_for(
-            lambda: state.archive.base_backups >= 1 and state.archive.phase == "streaming",
-            "a base backup and pg_receivewal streaming",
-        )
-        yield state
-    finally:
-        ctx.stopping.set()
-        await asyncio.wait_for(task, 30)
-
-
-def archived_through(server: PgServer) -> Callable[[], bool]:
-    lsn = server.sql("SELECT pg_current_wal_lsn()")
-
-    def flushed() -> bool:
-        return server.sql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE "
-            f"'laterbased_archive%' AND flush_lsn >= '{lsn}'::pg_lsn"  # noqa: S608
-        ) == "1"
-
-    return flushed
 
 
 async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_gap(
@@ -83,13 +35,13 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
         'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text)',
         database=LIBRARY,
     )
-    config = archive_config(server, tmp_path, state_dir)
-    async with archiving(config):
+    config = config_for(server, tmp_path, state_dir)
+    async with archive_running(config):
         server.sql("INSERT INTO clips VALUES (1, 'before-the-loss')", database=LIBRARY)
         moment = datetime.fromisoformat(server.sql("SELECT clock_timestamp()::text"))
         await asyncio.sleep(0.05)
         server.sql("INSERT INTO clips VALUES (2, 'lost-with-the-wal')", database=LIBRARY)
-        await wait_for(archived_through(server), "the WAL so far archived")
+        await archived_up_to_now(server)
     end = wal_archive.list_segments(config.backup_directory)[-1].name
 
     # laterbased is down; someone drops its slot on the Resolve server, which moves on.
@@ -102,7 +54,7 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
     kept = server.sql("SELECT string_agg(name, ' ') FROM pg_ls_waldir()")
     assert end not in kept, f"the primary still has {end}: {kept}"
 
-    async with archiving(config) as state:
+    async with archive_running(config) as state:
         await wait_for(
             lambda: bool(state.archive.gaps) and state.archive.phase == "streaming",
             "the gap reported and archiving going on",
@@ -112,7 +64,7 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
             f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"  # noqa: S608
         ) == "t", "the slot created again and used"
         server.sql("INSERT INTO clips VALUES (3, 'after-the-loss')", database=LIBRARY)
-        await wait_for(archived_through(server), "new WAL archived after the gap")
+        await archived_up_to_now(server)
         first, _ = state.archive.gaps[-1]
         verdict = check_pitr(state, time.time())
         if state.archive.earliest is None:  # the base backup below not finished yet

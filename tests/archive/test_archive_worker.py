@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from daemon_process import DaemonProcess, minimal_config, write_config
 from pgserver import PgServer
+from pitr_support import config_for
 
 from laterbased.archive.worker import run_archive
 from laterbased.config import load_config
@@ -52,18 +53,7 @@ async def test_a_killed_pg_receivewal_is_restarted_and_the_archive_goes_on(
     make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
 ) -> None:
     server = make_primary()
-    config = load_config(
-        None,
-        {
-            "PRIMARY_HOST": server.host,
-            "PRIMARY_PORT": str(server.port),
-            "PRIMARY_USER": server.superuser,
-            "REPL_PASSWORD": server.superuser_password,
-            "LOCAL_BACKUP_PATH": str(tmp_path / "backups"),
-            "LATERBASED_STATE_DIR": str(state_dir),
-            "LATERBASED_PITR_ENABLED": "true",
-        },
-    )
+    config = config_for(server, tmp_path, state_dir)
     state = State(config=config)
     ctx = WorkerContext(state, asyncio.Event())
     task = asyncio.create_task(run_archive(ctx))
