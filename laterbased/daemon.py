@@ -183,44 +183,39 @@ class Daemon:
     async def main_loop(self) -> None:
         if self.stopping.is_set():  # a SIGTERM during start-up: start nothing
             return
+        # Cancelled however the group ends (a stop, or an error out of it).
         reporter: asyncio.Task[None] | None = None
         try:
-            reporter = await self._run_workers()
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
+                    for worker in self.workers
+                ]
+                tasks.append(group.create_task(self._reload_loop(), name="reload"))
+                if self.notifier.watchdog_interval:
+                    tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
+                self.state.ready = True
+                self.ready.set()
+                # Everything built during start-up lives as long as the daemon: move it out
+                # of the collector's sight, so a full collection never walks it again (those
+                # walks showed up as 40-50 ms event-loop stalls under /healthz).
+                gc.freeze()
+                self.notifier.ready(self._status_line())
+                logger.info(
+                    "laterbased ready workers=%s http=%s",
+                    ",".join(w.name for w in self.workers) or "-",
+                    f"{self.http.host}:{self.http.port}" if self.http else "off",
+                )
+                await self.stopping.wait()
+                self.notifier.stopping()
+                logger.info("stopping: cancelling workers")
+                for task in tasks:
+                    task.cancel()
+                # Outside the group: it must not keep the group (and the daemon) alive.
+                reporter = asyncio.create_task(report_slow_stop(tasks), name="slow-stop report")
         finally:
             if reporter is not None:
                 reporter.cancel()
-
-    async def _run_workers(self) -> asyncio.Task[None] | None:
-        """Run the workers until the stop; returns the slow-stop reporter it started."""
-        reporter: asyncio.Task[None] | None = None
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._supervise(worker), name=f"worker:{worker.name}")
-                for worker in self.workers
-            ]
-            tasks.append(group.create_task(self._reload_loop(), name="reload"))
-            if self.notifier.watchdog_interval:
-                tasks.append(group.create_task(self._watchdog_loop(), name="watchdog"))
-            self.state.ready = True
-            self.ready.set()
-            # Everything built during start-up lives as long as the daemon: move it out
-            # of the collector's sight, so a full collection never walks it again (those
-            # walks showed up as 40-50 ms event-loop stalls under /healthz).
-            gc.freeze()
-            self.notifier.ready(self._status_line())
-            logger.info(
-                "laterbased ready workers=%s http=%s",
-                ",".join(w.name for w in self.workers) or "-",
-                f"{self.http.host}:{self.http.port}" if self.http else "off",
-            )
-            await self.stopping.wait()
-            self.notifier.stopping()
-            logger.info("stopping: cancelling workers")
-            for task in tasks:
-                task.cancel()
-            # Outside the group: it must not keep the group (and the daemon) alive.
-            reporter = asyncio.create_task(report_slow_stop(tasks), name="slow-stop report")
-        return reporter
 
     async def shutdown(self) -> None:
         self.state.ready = False
