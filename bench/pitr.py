@@ -47,13 +47,14 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import yaml
+from report import Report, percentile, phase  # bench/report.py, beside this file
 
 from laterbased.archive.worker import run_archive
 from laterbased.config import Config, load_config
@@ -66,57 +67,6 @@ ARCHIVE_APP = "laterbased_archive_receivewal"
 LOGS: list[str] = []  # the JSON log of every laterbased restore, for --json
 MB = 1024 * 1024
 DAY = 86400.0
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (p99 of fewer than 100 samples is their maximum)."""
-    ordered = sorted(values)
-    rank = max(1, round(fraction * len(ordered) + 0.5 - 1e-9))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def phase(title: str) -> None:
-    print(f"\n== {title} ({time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f})",
-          flush=True)
-
-
-class Sink(Protocol):
-    """Where figures go: this script's Results, or bench/run.py's Report (--pitr)."""
-
-    raw: dict[str, Any]
-
-    def add(self, measure: str, scale: object, value: str, baseline: str = "",
-            ratio: str = "", goal: str = "", verdict: str = "info") -> None: ...
-
-    def note(self, text: str) -> None: ...
-
-
-@dataclass
-class Results:
-    rows: list[tuple[str, str, str, str, str, str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, measure: str, scale: object, value: str, baseline: str = "",
-            ratio: str = "", goal: str = "", verdict: str = "info") -> None:
-        self.rows.append((measure, str(scale), value, baseline, ratio, goal, verdict))
-        print(f"  -> {measure} [{scale}]: {value} | {baseline} | {ratio} | {goal} | {verdict}",
-              flush=True)
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-        print(f"  note: {text}", flush=True)
-
-    def table(self) -> str:
-        header = ("measure", "scale", "laterbased", "baseline", "ratio", "goal", "verdict")
-        rows = [header, *self.rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-
-        def line(cells: tuple[str, ...]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-        out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        return "\n".join(out + [line(row) for row in self.rows])
 
 
 # --- the primary, the daemon's configuration, its archive worker ----------------------------
@@ -374,7 +324,7 @@ def per_day(amount: float, seconds: float) -> float:
     return amount * DAY / seconds
 
 
-async def bench_archive(results: Sink, primary: PgServer, archive: Archive, db: str,
+async def bench_archive(results: Report, primary: PgServer, archive: Archive, db: str,
                         scale: int, options: argparse.Namespace) -> None:
     wal_dir = wal_archive.wal_dir(archive.config.backup_directory).parent
     phase(f"RPO, idle primary: {options.rpo_commits} probe commits")
@@ -600,7 +550,7 @@ def fingerprint(primary: PgServer, db: str) -> str:
         "(SELECT sum(bbalance) FROM pgbench_branches)", database=db)
 
 
-async def bench_restore(results: Sink, scale: int, rounds: int,
+async def bench_restore(results: Report, scale: int, rounds: int,
                         options: argparse.Namespace) -> None:
     db = f"bench_{scale}"
     with work_directory(f"laterbased-bench-pitr-{scale}-") as work:
@@ -716,7 +666,7 @@ async def bench_restore(results: Sink, scale: int, rounds: int,
             await asyncio.to_thread(primary.cleanup)
 
 
-async def run(options: argparse.Namespace, results: Sink) -> None:
+async def run(options: argparse.Namespace, results: Report) -> None:
     for scale in options.scales:
         rounds = options.rounds if scale <= 10 else options.rounds_large
         await bench_restore(results, scale, rounds, options)
@@ -762,7 +712,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="  %(name)s: %(message)s")
-    results = Results()
+    results = Report()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.monotonic()
     failure: BaseException | None = None
@@ -784,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {text}")
     if options.json:
         options.json.write_text(json.dumps(
-            {"rows": results.rows, "notes": results.notes, **results.raw,
+            {"rows": [astuple(row) for row in results.rows], "notes": results.notes, **results.raw,
              "laterbased_logs": LOGS}, indent=1, default=str))
     if failure is not None:
         print(f"\nbenchmark stopped early: {failure!r}", file=sys.stderr)
