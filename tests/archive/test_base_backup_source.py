@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from pgserver import PgServer
-from pitr_support import LIBRARY, archive_running, archived_up_to_now, rows
+from pitr_support import LIBRARY, archive_running, archived_up_to_now, create_library, rows
 from pitr_support import config_for as pitr_config
 from streaming_standby import StreamingStandby
 from waiting import wait_for
@@ -36,12 +36,7 @@ BASEBACKUP_APPLICATION = "application_name=laterbased_archive_basebackup"
 @pytest.fixture
 def pair(make_primary: Callable[..., PgServer]) -> Iterator[tuple[PgServer, StreamingStandby]]:
     primary = make_primary(log_connections="on")
-    primary.create_database(LIBRARY)
-    primary.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'before')",
-        database=LIBRARY,
-    )
+    create_library(primary, "before")
     standby = StreamingStandby.running(primary, "base_backup_source_slot")
     try:
         yield primary, standby

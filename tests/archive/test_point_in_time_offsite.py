@@ -18,6 +18,7 @@ from pitr_support import (
     archive_running,
     archived_up_to_now,
     config_for,
+    create_library,
     environment,
     rows,
 )
@@ -48,12 +49,7 @@ async def work_then_a_mistake(server: PgServer, config: Config) -> datetime:
 
 
 def library(server: PgServer) -> None:
-    server.create_database(LIBRARY)
-    server.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'dumped')",
-        database=LIBRARY,
-    )
+    create_library(server)
 
 
 def delete_local_archive(config: Config) -> None:

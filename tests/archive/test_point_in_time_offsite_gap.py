@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from backup_files import publish_real_backup
 from pgserver import PgServer
-from pitr_support import LIBRARY, archive_running, archived_up_to_now, config_for, environment
+from pitr_support import (
+    LIBRARY,
+    archive_running,
+    archived_up_to_now,
+    config_for,
+    create_library,
+    environment,
+)
 from rclone_servers import local_remote_env
 
 from laterbased import cli
@@ -32,12 +39,7 @@ async def test_a_moment_in_a_gap_of_the_remote_archive_is_refused_with_its_range
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = make_primary()
-    server.create_database(LIBRARY)
-    server.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'dumped')",
-        database=LIBRARY,
-    )
+    create_library(server)
     remote = tmp_path / "offsite"
     config = config_for(server, tmp_path, state_dir, local_remote_env(remote))
     publish_real_backup(

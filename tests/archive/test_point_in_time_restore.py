@@ -18,6 +18,7 @@ from pitr_support import (
     archive_running,
     archived_up_to_now,
     config_for,
+    create_library,
     environment,
     rows,
 )
@@ -43,12 +44,7 @@ async def test_restore_at_a_moment_before_a_mistake_brings_back_the_rows_of_that
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = make_primary()
-    server.create_database(LIBRARY)
-    server.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'dumped')",
-        database=LIBRARY,
-    )
+    create_library(server)
     config = config_for(server, tmp_path, state_dir)
     publish_real_backup(
         server, Catalogue(config.backup_directory), LIBRARY,
@@ -100,12 +96,7 @@ async def test_restore_at_a_moment_outside_the_window_takes_the_newest_dump_and_
     make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
 ) -> None:
     server = make_primary()
-    server.create_database(LIBRARY)
-    server.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'dumped')",
-        database=LIBRARY,
-    )
+    create_library(server)
     config = config_for(server, tmp_path, state_dir)
     publish_real_backup(
         server, Catalogue(config.backup_directory), LIBRARY,
@@ -255,12 +246,7 @@ async def test_an_idle_library_is_restorable_up_to_now_not_only_to_its_last_writ
     make_primary: Callable[..., PgServer], tmp_path: Path, state_dir: Path
 ) -> None:
     server = make_primary(autovacuum=False)
-    server.create_database(LIBRARY)
-    server.sql(
-        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
-        "INSERT INTO clips VALUES (1, 'last-write')",
-        database=LIBRARY,
-    )
+    create_library(server, "last-write")
     env = environment(server, tmp_path, state_dir) | {"LATERBASED_MONITOR_INTERVAL": "1s"}
     config = load_config(None, env)
     async with archive_running(config):

@@ -36,6 +36,17 @@ def environment(server: PgServer, work: Path, state_dir: Path) -> dict[str, str]
     }
 
 
+def create_library(server: PgServer, first_note: str = "dumped") -> None:
+    """The Resolve library ``LIBRARY`` on ``server``: its ``SM_Project`` table and a table
+    ``clips`` holding one row, (1, ``first_note``)."""
+    server.create_database(LIBRARY)
+    server.sql(
+        'CREATE TABLE "SM_Project" (id int); CREATE TABLE clips (id int PRIMARY KEY, note text);'
+        f"INSERT INTO clips VALUES (1, '{first_note}')",
+        database=LIBRARY,
+    )
+
+
 def config_for(
     server: PgServer, work: Path, state_dir: Path, extra: dict[str, str] | None = None
 ) -> Config:
