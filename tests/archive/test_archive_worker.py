@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_process import DaemonProcess, minimal_config, write_config
+from daemon_process import DaemonProcess, minimal_config, primary_section, write_config
 from pgserver import PgServer
 from pitr_support import config_for
 
@@ -103,12 +103,7 @@ async def test_sigterm_during_a_base_backup_leaves_nothing_behind(
     backups = tmp_path / "backups"
     data = minimal_config(
         tmp_path,
-        primary={
-            "host": server.host,
-            "port": server.port,
-            "user": server.superuser,
-            "password": server.superuser_password,
-        },
+        primary=primary_section(server, superuser=True),
         backup={"enabled": False, "directory": str(backups)},
         pitr={"enabled": True, "compression": "none"},
         state_dir=str(state_dir),
@@ -190,12 +185,7 @@ async def test_a_pg_receivewal_left_by_a_sigkilled_daemon_is_stopped_by_the_next
     backups = tmp_path / "backups"
     data = minimal_config(
         tmp_path,
-        primary={
-            "host": server.host,
-            "port": server.port,
-            "user": server.superuser,
-            "password": server.superuser_password,
-        },
+        primary=primary_section(server, superuser=True),
         backup={"enabled": False, "directory": str(backups)},
         pitr={"enabled": True},
         state_dir=str(state_dir),

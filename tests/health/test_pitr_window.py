@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_process import DaemonProcess, minimal_config, write_config
+from daemon_process import DaemonProcess, minimal_config, primary_section, write_config
 from pgserver import PgServer
 
 from laterbased.config import load_config
@@ -58,12 +58,7 @@ async def test_status_shows_the_window_and_a_missing_segment_breaks_it_in_health
     backups = tmp_path / "backups"
     data = minimal_config(
         tmp_path,
-        primary={
-            "host": server.host,
-            "port": server.port,
-            "user": server.superuser,
-            "password": server.superuser_password,
-        },
+        primary=primary_section(server, superuser=True),
         backup={"enabled": False, "directory": str(backups)},
         pitr={"enabled": True},
         state_dir=str(state_dir),
