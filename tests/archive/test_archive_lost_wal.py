@@ -60,9 +60,13 @@ async def test_a_dropped_slot_is_created_again_and_the_lost_wal_reported_as_a_ga
             "the gap reported and archiving going on",
             log=lambda: f"{state.archive.last_exit} {state.archive.message}",
         )
-        assert server.sql(
-            f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"  # noqa: S608
-        ) == "t", "the slot created again and used"
+        # pg_receivewal leaves its resume folder and restarts once: the slot is idle a moment.
+        await wait_for(
+            lambda: server.sql(
+                f"SELECT active FROM pg_replication_slots WHERE slot_name = '{SLOT}'"  # noqa: S608
+            ) == "t",
+            "the slot created again and used",
+        )
         server.sql("INSERT INTO clips VALUES (3, 'after-the-loss')", database=LIBRARY)
         await archived_up_to_now(server)
         first, _ = state.archive.gaps[-1]
